@@ -1,0 +1,147 @@
+//! Answer inline when the work is done in time, otherwise acknowledge now and deliver later:
+//! never both, never neither.
+//!
+//! Both chat platforms drop an answer after 3 seconds. The work runs in its own task; the
+//! request waits up to the reply budget. If the budget runs out, the receiver is closed and
+//! checked once more, so a value that arrived at the last instant is still answered inline;
+//! otherwise the task finds the receiver closed and hands its value to the late-delivery
+//! closure (Slack `response_url`, Discord edit). Tasks are tracked so shutdown can wait for them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+
+/// How a request was answered.
+#[derive(Debug)]
+pub enum Answer<T> {
+    /// The work finished inside the budget: answer with it now.
+    Inline(T),
+    /// Acknowledge now; the value goes to the late-delivery closure.
+    Deferred,
+}
+
+/// Runs `work`; returns its value if it is ready within `budget`, else arranges for `late` to
+/// get it.
+pub async fn inline_or_later<T, W, L, LF>(
+    tasks: &TaskTracker,
+    budget: Duration,
+    work: W,
+    late: L,
+) -> Answer<T>
+where
+    T: Send + 'static,
+    W: Future<Output = T> + Send + 'static,
+    L: FnOnce(T) -> LF + Send + 'static,
+    LF: Future<Output = ()> + Send,
+{
+    let (tx, mut rx) = oneshot::channel();
+    tasks.spawn(async move {
+        let value = work.await;
+        if let Err(value) = tx.send(value) {
+            late(value).await;
+        }
+    });
+    match tokio::time::timeout(budget, &mut rx).await {
+        Ok(Ok(value)) => Answer::Inline(value),
+        Ok(Err(_)) => {
+            tracing::error!("the request's work ended without an answer");
+            Answer::Deferred
+        }
+        Err(_) => {
+            rx.close();
+            match rx.try_recv() {
+                Ok(value) => Answer::Inline(value),
+                Err(_) => Answer::Deferred,
+            }
+        }
+    }
+}
+
+/// Retries a late delivery a few times with a short backoff; the platforms' tokens stay valid
+/// for minutes, so a brief outage on their side should not lose an answer.
+pub async fn with_retries<F, Fut, E>(what: &'static str, mut attempt: F) -> Result<(), E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries >= 4 => {
+                tracing::error!(what, tries, error = %e, "late delivery failed; giving up");
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(what, tries, error = %e, "late delivery failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn fast_work_is_inline_and_slow_work_is_delivered_once() {
+        let tasks = TaskTracker::new();
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let d = delivered.clone();
+        let fast = inline_or_later(&tasks, Duration::from_millis(200), async { 1 }, move |v| {
+            let d = d.clone();
+            async move { d.lock().unwrap().push(v) }
+        })
+        .await;
+        assert!(matches!(fast, Answer::Inline(1)));
+        let d = delivered.clone();
+        let slow = inline_or_later(
+            &tasks,
+            Duration::from_millis(20),
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                2
+            },
+            move |v| async move { d.lock().unwrap().push(v) },
+        )
+        .await;
+        assert!(matches!(slow, Answer::Deferred));
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(*delivered.lock().unwrap(), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn at_the_edge_it_is_exactly_one_of_the_two() {
+        let tasks = TaskTracker::new();
+        for i in 0..200u64 {
+            let delivered = Arc::new(Mutex::new(0));
+            let d = delivered.clone();
+            let answer = inline_or_later(
+                &tasks,
+                Duration::from_micros(500),
+                async move {
+                    tokio::time::sleep(Duration::from_micros(i % 7 * 150)).await;
+                },
+                move |_| async move { *d.lock().unwrap() += 1 },
+            )
+            .await;
+            tasks.close();
+            tasks.wait().await;
+            tasks.reopen();
+            let late = *delivered.lock().unwrap();
+            match answer {
+                Answer::Inline(()) => assert_eq!(late, 0),
+                Answer::Deferred => assert_eq!(late, 1),
+            }
+        }
+    }
+}

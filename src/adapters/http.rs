@@ -1,0 +1,45 @@
+//! The HTTP surface shared by every platform: health, metrics, and the limits every request
+//! meets (64 KiB bodies, a request timeout against slow uploads). Slack's and Discord's routes
+//! are merged in by their adapters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::App;
+
+/// Largest request body accepted (the spec's 64 KiB).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// How long one request may take, body upload included (slow-loris guard).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `/healthz` and `/metrics`.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+/// Wraps the whole router in the limits every request meets.
+pub fn with_limits(router: Router) -> Router {
+    router
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        app.metrics.render(),
+    )
+}

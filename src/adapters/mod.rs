@@ -1,0 +1,13 @@
+//! Adapters: each translates one outside world to and from the core, and does nothing else.
+
+pub mod deliver;
+pub mod discord;
+pub mod http;
+pub mod slack;
+
+/// What a chat adapter adds to the running app: routes for the HTTP server and background
+/// tasks (Socket Mode, gateway, refreshers), all of which stop on shutdown.
+pub struct Started {
+    pub router: axum::Router,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}

@@ -1,0 +1,68 @@
+//! `portal-bot check`: is this config going to work? Validates it, then makes one
+//! authenticated call to Planhat and says in plain words what is wrong.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::exit;
+use crate::core::metrics::Metrics;
+use crate::core::planhat::{Planhat, PlanhatError};
+
+pub async fn run(path: &Path) -> u8 {
+    let config = match super::load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(code) = super::need_token(&config) {
+        return code;
+    }
+    println!("config {}: valid", path.display());
+    let on = |b: bool| if b { "on" } else { "off" };
+    println!(
+        "slack: {}, discord: {}, public_url: {}",
+        config.slack.as_ref().map(|s| format!("{:?} mode", s.mode).to_lowercase()).unwrap_or_else(|| on(false).into()),
+        config.discord.as_ref().map(|d| format!("{:?} mode", d.mode).to_lowercase()).unwrap_or_else(|| on(false).into()),
+        config.server.public_url.as_ref().map(|u| u.to_string()).unwrap_or_else(|| "unset (links shown directly)".into()),
+    );
+    let a = &config.access;
+    let listed = a.slack_users.len() + a.slack_usergroups.len() + a.discord_users.len() + a.discord_roles.len();
+    if listed == 0 {
+        println!("warning: [access] lists nobody, so nobody may mint links (deny by default)");
+    }
+    let api = config.planhat.api_url.to_string();
+    let planhat = match Planhat::new(&config.planhat, Arc::new(Metrics::new())) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("planhat: {e}");
+            return exit::UPSTREAM;
+        }
+    };
+    match planhat.probe().await {
+        Ok(()) => {
+            println!("planhat {api}: reachable, API token accepted");
+            exit::OK
+        }
+        Err(e) => {
+            println!("planhat {api}: {}", explain(&e, &config.planhat.timeout));
+            exit::UPSTREAM
+        }
+    }
+}
+
+fn explain(e: &PlanhatError, timeout: &std::time::Duration) -> String {
+    match e {
+        PlanhatError::TokenRejected(status) => format!(
+            "the API token was rejected (HTTP {status}). Check planhat.token or PLANHAT_API_TOKEN, \
+             and that planhat.cluster is your account's cluster: a token of one cluster is refused by another."
+        ),
+        PlanhatError::Unreachable(detail) => format!(
+            "cannot reach the host ({detail}). Check planhat.cluster / planhat.api_url and this machine's network."
+        ),
+        PlanhatError::TooSlow(_) => format!(
+            "no answer within {} (planhat.timeout). The host may be wrong or unreachable from here.",
+            humantime::format_duration(*timeout)
+        ),
+        PlanhatError::NotFound => "answered 404: this is not the Planhat API; check planhat.api_url.".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,162 @@
+//! Who may mint links: the `[access]` lists, deny by default.
+//!
+//! A link logs its holder in as a customer, so nobody may mint one until an operator lists them
+//! (directly, through a Slack user group or a Discord role). Channel and guild lists narrow
+//! where the command works at all. The terminal (`portal-bot link`) is trusted: whoever holds
+//! the config holds the Planhat token anyway.
+
+use std::collections::HashSet;
+
+use super::asker::{Asker, Groups, Platform};
+use super::config::AccessConfig;
+
+/// Why an asker was refused. `Display` is the line the asker sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("you are not allowed to open customer portals with this bot; ask its admins to add you")]
+    NotListed,
+    #[error("/portal is not enabled in this channel")]
+    Channel,
+    #[error("/portal is not enabled in this server")]
+    Guild,
+    #[error("your group membership could not be checked right now, so no link was made; try again in a minute")]
+    MembershipUnknown,
+}
+
+/// The access lists, as sets.
+#[derive(Debug, Clone, Default)]
+pub struct AccessPolicy {
+    slack_users: HashSet<String>,
+    slack_usergroups: Vec<String>,
+    slack_channels: HashSet<String>,
+    discord_users: HashSet<String>,
+    discord_roles: HashSet<String>,
+    discord_guilds: HashSet<String>,
+}
+
+fn strings(ids: &[u64]) -> HashSet<String> {
+    ids.iter().map(u64::to_string).collect()
+}
+
+impl AccessPolicy {
+    /// Builds the policy from `[access]`.
+    pub fn new(config: &AccessConfig) -> Self {
+        AccessPolicy {
+            slack_users: config.slack_users.iter().cloned().collect(),
+            slack_usergroups: config.slack_usergroups.clone(),
+            slack_channels: config.slack_channels.iter().cloned().collect(),
+            discord_users: strings(&config.discord_users),
+            discord_roles: strings(&config.discord_roles),
+            discord_guilds: strings(&config.discord_guilds),
+        }
+    }
+
+    /// The Slack user groups whose members may ask (the Slack adapter keeps them fetched).
+    pub fn slack_usergroups(&self) -> &[String] {
+        &self.slack_usergroups
+    }
+
+    /// True when listing the user directly is enough (no group lookup needed).
+    pub fn is_listed_user(&self, asker: &Asker) -> bool {
+        match asker.platform {
+            Platform::Slack => self.slack_users.contains(&asker.user_id),
+            Platform::Discord => self.discord_users.contains(&asker.user_id),
+            Platform::Cli => true,
+        }
+    }
+
+    /// May this asker mint a link here?
+    pub fn authorize(&self, asker: &Asker) -> Result<(), Denied> {
+        let (places, place_denied, groups): (&HashSet<String>, Denied, HashSet<&str>) =
+            match asker.platform {
+                Platform::Cli => return Ok(()),
+                Platform::Slack => (
+                    &self.slack_channels,
+                    Denied::Channel,
+                    self.slack_usergroups.iter().map(String::as_str).collect(),
+                ),
+                Platform::Discord => (
+                    &self.discord_guilds,
+                    Denied::Guild,
+                    self.discord_roles.iter().map(String::as_str).collect(),
+                ),
+            };
+        let place = match asker.platform {
+            Platform::Slack => asker.channel_id.as_deref(),
+            _ => asker.team_id.as_deref(),
+        };
+        if !places.is_empty() && !place.is_some_and(|p| places.contains(p)) {
+            return Err(place_denied);
+        }
+        if self.is_listed_user(asker) {
+            return Ok(());
+        }
+        if groups.is_empty() {
+            return Err(Denied::NotListed);
+        }
+        match &asker.groups {
+            Groups::Known(mine) if mine.iter().any(|g| groups.contains(g.as_str())) => Ok(()),
+            Groups::Known(_) => Err(Denied::NotListed),
+            Groups::Unknown => Err(Denied::MembershipUnknown),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asker(platform: Platform, user: &str, place: Option<&str>, groups: Groups) -> Asker {
+        Asker {
+            platform,
+            user_id: user.into(),
+            team_id: place.map(str::to_string),
+            channel_id: place.map(str::to_string),
+            groups,
+        }
+    }
+
+    fn policy() -> AccessPolicy {
+        AccessPolicy::new(&AccessConfig {
+            slack_users: vec!["U1".into()],
+            slack_usergroups: vec!["S1".into()],
+            slack_channels: vec![],
+            discord_users: vec![10],
+            discord_roles: vec![20],
+            discord_guilds: vec![30],
+        })
+    }
+
+    #[test]
+    fn deny_by_default() {
+        let empty = AccessPolicy::new(&AccessConfig::default());
+        let a = asker(Platform::Slack, "U1", Some("C1"), Groups::Known(vec![]));
+        assert_eq!(empty.authorize(&a), Err(Denied::NotListed));
+    }
+
+    #[test]
+    fn users_groups_and_places() {
+        let p = policy();
+        let ok = |a: &Asker| p.authorize(a);
+        assert_eq!(ok(&asker(Platform::Slack, "U1", Some("C"), Groups::Unknown)), Ok(()));
+        assert_eq!(ok(&asker(Platform::Slack, "U2", Some("C"), Groups::Known(vec!["S1".into()]))), Ok(()));
+        assert_eq!(ok(&asker(Platform::Slack, "U2", Some("C"), Groups::Known(vec!["S9".into()]))), Err(Denied::NotListed));
+        assert_eq!(ok(&asker(Platform::Slack, "U2", Some("C"), Groups::Unknown)), Err(Denied::MembershipUnknown));
+        assert_eq!(ok(&asker(Platform::Discord, "10", Some("30"), Groups::Known(vec![]))), Ok(()));
+        assert_eq!(ok(&asker(Platform::Discord, "11", Some("30"), Groups::Known(vec!["20".into()]))), Ok(()));
+        assert_eq!(ok(&asker(Platform::Discord, "10", Some("31"), Groups::Known(vec![]))), Err(Denied::Guild));
+        assert_eq!(ok(&asker(Platform::Discord, "10", None, Groups::Known(vec![]))), Err(Denied::Guild));
+        assert_eq!(ok(&Asker::local_user()), Ok(()));
+    }
+
+    #[test]
+    fn slack_channels_narrow() {
+        let p = AccessPolicy::new(&AccessConfig {
+            slack_users: vec!["U1".into()],
+            slack_channels: vec!["C1".into()],
+            ..Default::default()
+        });
+        assert_eq!(p.authorize(&asker(Platform::Slack, "U1", Some("C1"), Groups::Unknown)), Ok(()));
+        assert_eq!(p.authorize(&asker(Platform::Slack, "U1", Some("C2"), Groups::Unknown)), Err(Denied::Channel));
+    }
+}

@@ -1,0 +1,76 @@
+//! Who is asking, in platform-neutral terms.
+//!
+//! Each adapter translates its platform's request into an [`Asker`]; the core decides on that
+//! alone, so the access policy, rate limit and audit never see a Slack or Discord type.
+
+use std::fmt;
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Platform {
+    Slack,
+    Discord,
+    /// `portal-bot link` in a terminal.
+    Cli,
+}
+
+impl Platform {
+    /// Stable lower-case name for audit events, metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::Slack => "slack",
+            Platform::Discord => "discord",
+            Platform::Cli => "cli",
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Group or role membership as the adapter could establish it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Groups {
+    /// The groups (Slack user groups, Discord roles) the asker is in, as far as the policy
+    /// cares.
+    Known(Vec<String>),
+    /// Membership could not be established (e.g. Slack's API failed): never treated as "none".
+    Unknown,
+}
+
+/// The person asking for a link, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asker {
+    pub platform: Platform,
+    /// Slack user id, Discord user id, or the local user name for the CLI.
+    pub user_id: String,
+    /// Slack team or Discord guild.
+    pub team_id: Option<String>,
+    /// Slack channel or Discord channel.
+    pub channel_id: Option<String>,
+    pub groups: Groups,
+}
+
+impl Asker {
+    /// The person at this terminal (platform `cli`, the local user name).
+    pub fn local_user() -> Asker {
+        let name = std::env::var("USER")
+            .or_else(|_| std::env::var("USERNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        Asker {
+            platform: Platform::Cli,
+            user_id: name,
+            team_id: None,
+            channel_id: None,
+            groups: Groups::Known(Vec::new()),
+        }
+    }
+
+    /// The key the rate limiter counts under: one bucket per person per platform.
+    pub fn rate_key(&self) -> String {
+        format!("{}:{}:{}", self.platform.name(), self.team_id.as_deref().unwrap_or(""), self.user_id)
+    }
+}

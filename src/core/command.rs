@@ -1,0 +1,58 @@
+//! The text after `/portal`, as both chat platforms deliver it, turned into a command.
+//!
+//! Slack sends the whole text; Discord sends the `enduser` option. Both may carry a leading
+//! `check`, so the grammar lives here once: `help`, `check <enduser>`, `<enduser>`.
+
+use super::enduser::{parse_target, BadEndUser, Target};
+
+/// What the asker wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Usage, for empty text or `help`.
+    Help,
+    /// A login link for the end user.
+    Link(Target),
+    /// Only whether the end user has portal access; nothing is minted.
+    Check(Target),
+}
+
+/// How to use the bot, for every platform (no markup: adapters add their own).
+pub const USAGE: &str = "/portal <end-user id or email>: a login link to the customer's portal as that end user, visible only to you; it works for 30 seconds.\n/portal check <end-user id or email>: whether that end user has portal access (nothing is minted).";
+
+/// Parses the command text.
+pub fn parse_command(text: &str) -> Result<Command, BadEndUser> {
+    let t = text.trim();
+    let (is_check, rest) = match t.split_once(char::is_whitespace) {
+        Some((first, rest)) if first.eq_ignore_ascii_case("check") => (true, rest),
+        None if t.eq_ignore_ascii_case("check") => (true, ""),
+        _ => (false, t),
+    };
+    match (is_check, parse_target(rest)?) {
+        (_, Target::Help) => Ok(Command::Help),
+        (true, target) => Ok(Command::Check(target)),
+        (false, target) => Ok(Command::Link(target)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn grammar() {
+        assert_eq!(parse_command("  "), Ok(Command::Help));
+        assert_eq!(parse_command("check"), Ok(Command::Help));
+        assert!(matches!(parse_command("abc"), Ok(Command::Link(Target::EndUser(_)))));
+        assert!(matches!(parse_command("CHECK  abc "), Ok(Command::Check(Target::EndUser(_)))));
+        assert!(matches!(parse_command("check a@b.co"), Ok(Command::Check(Target::Email(_)))));
+        assert!(parse_command("check a b").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(text in "\\PC{0,300}") {
+            let _ = parse_command(&text);
+        }
+    }
+}

@@ -1,0 +1,756 @@
+//! The configuration: TOML on disk, secrets from the environment, validated once at start.
+//!
+//! Operators meet this module first, usually at 3 a.m. with a typo in a file, so every problem
+//! is reported as one line that names the key (`planhat.timeout: invalid duration "5 secs"`)
+//! and nothing here panics. What comes out is a [`Config`] whose values are already checked:
+//! the rest of the bot never re-validates a URL or a duration.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::secret::Secret;
+
+/// A configuration problem, phrased for the operator: one line naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn at(key: &str, problem: impl std::fmt::Display) -> Self {
+        ConfigError(format!("{key}: {problem}"))
+    }
+}
+
+/// Which environment variable overrides which key. The variable wins over the file so that no
+/// secret has to be written into it.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("planhat.token", "PLANHAT_API_TOKEN"),
+    ("slack.signing_secret", "SLACK_SIGNING_SECRET"),
+    ("slack.bot_token", "SLACK_BOT_TOKEN"),
+    ("slack.app_token", "SLACK_APP_TOKEN"),
+    ("discord.token", "DISCORD_TOKEN"),
+    ("discord.public_key", "DISCORD_PUBLIC_KEY"),
+];
+
+/// The validated configuration of one bot process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub planhat: PlanhatConfig,
+    pub slack: Option<SlackConfig>,
+    pub discord: Option<DiscordConfig>,
+    pub access: AccessConfig,
+    pub limits: LimitsConfig,
+    pub audit: AuditConfig,
+}
+
+/// `[server]`: where the HTTP endpoints listen and how long a chat reply may wait inline.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Set: link buttons point at `{public_url}/go/{id}` and mint at click time.
+    pub public_url: Option<Url>,
+    /// How long a chat request waits for its link before it is acknowledged and the answer is
+    /// delivered later. Both platforms give 3 s; the default leaves room for the network.
+    pub reply_budget: Duration,
+}
+
+/// `[planhat]`: where Planhat is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct PlanhatConfig {
+    /// API base, without a trailing slash.
+    pub api_url: Url,
+    /// Portal base, without a trailing slash; signed URLs must start with `{portal_url}/redirect/`.
+    pub portal_url: Url,
+    pub token: Secret,
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    /// How long a signed URL lives after it is minted (Planhat: 30 s).
+    pub link_lifetime: Duration,
+}
+
+/// How Slack reaches the bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlackMode {
+    /// Signed webhooks to `/slack/commands` and `/slack/interactions`.
+    Http,
+    /// Socket Mode: the bot dials out over a WebSocket.
+    Socket,
+}
+
+/// `[slack]`: present means Slack is on.
+#[derive(Debug, Clone)]
+pub struct SlackConfig {
+    pub mode: SlackMode,
+    pub signing_secret: Secret,
+    pub bot_token: Secret,
+    pub app_token: Secret,
+    pub api_url: Url,
+    /// How long fetched user-group members are trusted before a background refresh.
+    pub usergroup_ttl: Duration,
+}
+
+/// How Discord reaches the bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscordMode {
+    /// The bot holds a gateway WebSocket.
+    Gateway,
+    /// Discord posts signed interactions to `/discord/interactions`.
+    Http,
+}
+
+/// `[discord]`: present means Discord is on.
+#[derive(Debug, Clone)]
+pub struct DiscordConfig {
+    pub mode: DiscordMode,
+    pub token: Secret,
+    pub application_id: u64,
+    /// The application's Ed25519 public key (32 bytes), checked to be well-formed.
+    pub public_key: [u8; 32],
+    pub guild_ids: Vec<u64>,
+    pub api_url: Url,
+}
+
+/// `[access]`: who may mint links. Empty lists allow nobody (deny by default).
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    pub slack_users: Vec<String>,
+    pub slack_usergroups: Vec<String>,
+    pub slack_channels: Vec<String>,
+    pub discord_users: Vec<u64>,
+    pub discord_roles: Vec<u64>,
+    pub discord_guilds: Vec<u64>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub per_user_per_minute: u32,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Unset: audit events go to the log.
+    pub path: Option<PathBuf>,
+    /// True: no link is handed out unless its audit event was written.
+    pub required: bool,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`, letting the process environment override secrets.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Config::parse(&text, &|name| env.get(name).cloned())
+    }
+
+    /// Parses and validates TOML text; `env` looks up environment variables (tests pass a map).
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(1);
+            ConfigError(format!("config file, line {line}: {}", one_line(e.message())))
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let message = one_line(e.inner().message());
+                if path == "." || path.is_empty() {
+                    ConfigError(message)
+                } else {
+                    ConfigError::at(&path, message)
+                }
+            })?;
+        raw.validate(env)
+    }
+
+    /// A configuration for the built-in sandbox Planhat at `base` (demo, `serve --sandbox`).
+    pub fn point_at_sandbox(&mut self, base: &Url, token: Secret) {
+        self.planhat.api_url = base.clone();
+        self.planhat.portal_url = base.clone();
+        self.planhat.token = token;
+    }
+}
+
+// ---- raw, as written in the file -------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    planhat: RawPlanhat,
+    slack: Option<RawSlack>,
+    discord: Option<RawDiscord>,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: String,
+    public_url: Option<String>,
+    #[serde(default = "default_reply_budget")]
+    reply_budget: HumanDuration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer { listen: default_listen(), public_url: None, reply_budget: default_reply_budget() }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:3000".into()
+}
+fn default_reply_budget() -> HumanDuration {
+    HumanDuration(Duration::from_millis(2500))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlanhat {
+    #[serde(default)]
+    cluster: String,
+    api_url: Option<String>,
+    portal_url: Option<String>,
+    #[serde(default)]
+    token: String,
+    #[serde(default = "default_timeout")]
+    timeout: HumanDuration,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: i64,
+    #[serde(default = "default_link_lifetime")]
+    link_lifetime: HumanDuration,
+}
+
+impl Default for RawPlanhat {
+    fn default() -> Self {
+        RawPlanhat {
+            cluster: String::new(),
+            api_url: None,
+            portal_url: None,
+            token: String::new(),
+            timeout: default_timeout(),
+            max_in_flight: default_max_in_flight(),
+            link_lifetime: default_link_lifetime(),
+        }
+    }
+}
+
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_max_in_flight() -> i64 {
+    32
+}
+fn default_link_lifetime() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlack {
+    #[serde(default = "default_slack_mode")]
+    mode: SlackMode,
+    #[serde(default)]
+    signing_secret: String,
+    #[serde(default)]
+    bot_token: String,
+    #[serde(default)]
+    app_token: String,
+    api_url: Option<String>,
+    #[serde(default = "default_usergroup_ttl")]
+    usergroup_ttl: HumanDuration,
+}
+
+fn default_slack_mode() -> SlackMode {
+    SlackMode::Http
+}
+fn default_usergroup_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscord {
+    #[serde(default = "default_discord_mode")]
+    mode: DiscordMode,
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    application_id: Option<DiscordId>,
+    #[serde(default)]
+    public_key: String,
+    #[serde(default)]
+    guild_ids: Vec<DiscordId>,
+    api_url: Option<String>,
+}
+
+fn default_discord_mode() -> DiscordMode {
+    DiscordMode::Gateway
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    #[serde(default)]
+    slack_users: Vec<String>,
+    #[serde(default)]
+    slack_usergroups: Vec<String>,
+    #[serde(default)]
+    slack_channels: Vec<String>,
+    #[serde(default)]
+    discord_users: Vec<DiscordId>,
+    #[serde(default)]
+    discord_roles: Vec<DiscordId>,
+    #[serde(default)]
+    discord_guilds: Vec<DiscordId>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "default_per_user")]
+    per_user_per_minute: i64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits { per_user_per_minute: default_per_user() }
+    }
+}
+
+fn default_per_user() -> i64 {
+    10
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<PathBuf>,
+    #[serde(default)]
+    required: bool,
+}
+
+/// A duration written as a human string: `"5s"`, `"250ms"`, `"1m 30s"`.
+#[derive(Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map(HumanDuration).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?}: write it like \"5s\" or \"250ms\""
+            ))
+        })
+    }
+}
+
+/// A Discord snowflake, accepted as a string or an integer.
+#[derive(Clone, Copy)]
+struct DiscordId(u64);
+
+impl<'de> Deserialize<'de> for DiscordId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Int(i64),
+            Text(String),
+        }
+        let bad = |shown: String| {
+            serde::de::Error::custom(format!("{shown} is not a Discord id (a positive number)"))
+        };
+        match Either::deserialize(d)? {
+            Either::Int(n) if n > 0 => Ok(DiscordId(n as u64)),
+            Either::Int(n) => Err(bad(n.to_string())),
+            Either::Text(s) => match s.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Ok(DiscordId(n)),
+                _ => Err(bad(format!("{s:?}"))),
+            },
+        }
+    }
+}
+
+fn ids(list: Vec<DiscordId>) -> Vec<u64> {
+    list.into_iter().map(|d| d.0).collect()
+}
+
+/// Parses an absolute http(s) URL and drops a trailing slash, so `{base}/path` joins cleanly.
+fn base_url(key: &str, text: &str) -> Result<Url, ConfigError> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let url = Url::parse(trimmed)
+        .map_err(|e| ConfigError::at(key, format!("{text:?} is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::at(key, format!("{text:?} must be an http(s) URL with a host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::at(key, format!("{text:?} must not have a query or fragment")));
+    }
+    Ok(url)
+}
+
+/// The value of a secret: the environment variable when set and non-empty, else the file's.
+fn secret(key: &str, file_value: String, env: &dyn Fn(&str) -> Option<String>) -> Secret {
+    let var = ENV_OVERRIDES.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    match var.and_then(env).filter(|v| !v.trim().is_empty()) {
+        Some(v) => Secret::new(v.trim()),
+        None => Secret::new(file_value.trim()),
+    }
+}
+
+fn require(key: &str, value: &Secret, why: &str) -> Result<(), ConfigError> {
+    if value.is_empty() {
+        let var = ENV_OVERRIDES.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let hint = var.map(|v| format!(" (or set {v})")).unwrap_or_default();
+        return Err(ConfigError::at(key, format!("missing: {why}{hint}")));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, value: i64, max: i64) -> Result<i64, ConfigError> {
+    if value < 1 || value > max {
+        return Err(ConfigError::at(key, format!("{value} is out of range (1 to {max})")));
+    }
+    Ok(value)
+}
+
+/// Both Planhat URLs for a cluster name (`""` is app.planhat.com).
+pub fn cluster_urls(cluster: &str) -> Result<(Url, Url), ConfigError> {
+    let c = cluster.trim();
+    if !c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-') {
+        return Err(ConfigError::at(
+            "planhat.cluster",
+            format!("{cluster:?} is not a cluster name (like \"eu5\", or \"\" for app.planhat.com)"),
+        ));
+    }
+    let (api, share) = if c.is_empty() {
+        ("https://api.planhat.com".to_string(), "https://share.planhat.com".to_string())
+    } else {
+        (format!("https://api-{c}.planhat.com"), format!("https://share-{c}.planhat.com"))
+    };
+    Ok((base_url("planhat.cluster", &api)?, base_url("planhat.cluster", &share)?))
+}
+
+impl RawConfig {
+    fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let listen = self.server.listen.trim().parse::<SocketAddr>().map_err(|_| {
+            ConfigError::at(
+                "server.listen",
+                format!("{:?} is not an address like \"0.0.0.0:3000\"", self.server.listen),
+            )
+        })?;
+        let public_url = self
+            .server
+            .public_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| base_url("server.public_url", u))
+            .transpose()?;
+        let reply_budget = self.server.reply_budget.0;
+        if reply_budget > Duration::from_millis(2900) {
+            return Err(ConfigError::at(
+                "server.reply_budget",
+                "must be under 2.9s: the chat platforms drop answers after 3s",
+            ));
+        }
+
+        let (cluster_api, cluster_portal) = cluster_urls(&self.planhat.cluster)?;
+        let api_url = match self.planhat.api_url.as_deref() {
+            Some(u) => base_url("planhat.api_url", u)?,
+            None => cluster_api,
+        };
+        let portal_url = match self.planhat.portal_url.as_deref() {
+            Some(u) => base_url("planhat.portal_url", u)?,
+            None => cluster_portal,
+        };
+        let timeout = self.planhat.timeout.0;
+        if timeout.is_zero() || timeout > Duration::from_secs(60) {
+            return Err(ConfigError::at("planhat.timeout", "must be between 1ms and 60s"));
+        }
+        let link_lifetime = self.planhat.link_lifetime.0;
+        if link_lifetime.is_zero() {
+            return Err(ConfigError::at("planhat.link_lifetime", "must be more than 0s"));
+        }
+        let planhat = PlanhatConfig {
+            api_url,
+            portal_url,
+            token: secret("planhat.token", self.planhat.token, env),
+            timeout,
+            max_in_flight: positive("planhat.max_in_flight", self.planhat.max_in_flight, 10_000)?
+                as usize,
+            link_lifetime,
+        };
+
+        let slack = self
+            .slack
+            .map(|s| -> Result<SlackConfig, ConfigError> {
+                let cfg = SlackConfig {
+                    mode: s.mode,
+                    signing_secret: secret("slack.signing_secret", s.signing_secret, env),
+                    bot_token: secret("slack.bot_token", s.bot_token, env),
+                    app_token: secret("slack.app_token", s.app_token, env),
+                    api_url: base_url(
+                        "slack.api_url",
+                        s.api_url.as_deref().unwrap_or("https://slack.com/api"),
+                    )?,
+                    usergroup_ttl: s.usergroup_ttl.0,
+                };
+                require("slack.bot_token", &cfg.bot_token, "Slack is on")?;
+                match cfg.mode {
+                    SlackMode::Http => require(
+                        "slack.signing_secret",
+                        &cfg.signing_secret,
+                        "Slack http mode verifies every request with it",
+                    )?,
+                    SlackMode::Socket => require(
+                        "slack.app_token",
+                        &cfg.app_token,
+                        "Slack socket mode connects with it",
+                    )?,
+                }
+                Ok(cfg)
+            })
+            .transpose()?;
+
+        let discord = self
+            .discord
+            .map(|d| -> Result<DiscordConfig, ConfigError> {
+                let token = secret("discord.token", d.token, env);
+                require("discord.token", &token, "Discord is on")?;
+                let application_id = d.application_id.map(|i| i.0).ok_or_else(|| {
+                    ConfigError::at("discord.application_id", "missing: Discord is on")
+                })?;
+                let key_text = secret("discord.public_key", d.public_key, env);
+                let public_key = match (d.mode, key_text.is_empty()) {
+                    (DiscordMode::Http, true) => {
+                        return Err(ConfigError::at(
+                            "discord.public_key",
+                            "missing: Discord http mode verifies every request with it (or set DISCORD_PUBLIC_KEY)",
+                        ))
+                    }
+                    (_, true) => [0u8; 32],
+                    (_, false) => parse_public_key(key_text.expose())?,
+                };
+                Ok(DiscordConfig {
+                    mode: d.mode,
+                    token,
+                    application_id,
+                    public_key,
+                    guild_ids: ids(d.guild_ids),
+                    api_url: base_url(
+                        "discord.api_url",
+                        d.api_url.as_deref().unwrap_or("https://discord.com/api/v10"),
+                    )?,
+                })
+            })
+            .transpose()?;
+
+        let access = AccessConfig {
+            slack_users: trimmed(self.access.slack_users),
+            slack_usergroups: trimmed(self.access.slack_usergroups),
+            slack_channels: trimmed(self.access.slack_channels),
+            discord_users: ids(self.access.discord_users),
+            discord_roles: ids(self.access.discord_roles),
+            discord_guilds: ids(self.access.discord_guilds),
+        };
+        let limits = LimitsConfig {
+            per_user_per_minute: positive(
+                "limits.per_user_per_minute",
+                self.limits.per_user_per_minute,
+                10_000,
+            )? as u32,
+        };
+        let audit = AuditConfig {
+            path: self.audit.path.filter(|p| !p.as_os_str().is_empty()),
+            required: self.audit.required,
+        };
+        Ok(Config {
+            server: ServerConfig { listen, public_url, reply_budget },
+            planhat,
+            slack,
+            discord,
+            access,
+            limits,
+            audit,
+        })
+    }
+}
+
+/// Checks that a Planhat token is configured; `serve`, `link` and `check` need one (the
+/// sandbox brings its own).
+pub fn require_planhat_token(config: &Config) -> Result<(), ConfigError> {
+    require("planhat.token", &config.planhat.token, "every Planhat call needs it")
+}
+
+/// Error texts from the TOML parser may span lines; the operator gets one.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn trimmed(list: Vec<String>) -> Vec<String> {
+    list.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+fn parse_public_key(text: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = hex::decode(text.trim()).map_err(|_| {
+        ConfigError::at("discord.public_key", "must be the hex public key from the developer portal")
+    })?;
+    bytes.try_into().map_err(|_| {
+        ConfigError::at("discord.public_key", "must be 64 hex characters (a 32-byte Ed25519 key)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, &no_env)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults_for_app_planhat_com() {
+        let c = parse("").unwrap();
+        assert_eq!(c.planhat.api_url.as_str(), "https://api.planhat.com/");
+        assert_eq!(c.planhat.portal_url.as_str(), "https://share.planhat.com/");
+        assert_eq!(c.planhat.timeout, Duration::from_secs(5));
+        assert_eq!(c.planhat.max_in_flight, 32);
+        assert_eq!(c.limits.per_user_per_minute, 10);
+        assert!(c.slack.is_none() && c.discord.is_none());
+        assert!(c.access.slack_users.is_empty());
+    }
+
+    #[test]
+    fn cluster_derives_both_urls_and_overrides_win() {
+        let c = parse("[planhat]\ncluster = \"eu5\"\n").unwrap();
+        assert_eq!(c.planhat.api_url.as_str(), "https://api-eu5.planhat.com/");
+        assert_eq!(c.planhat.portal_url.as_str(), "https://share-eu5.planhat.com/");
+        let c = parse(
+            "[planhat]\ncluster = \"eu5\"\napi_url = \"http://127.0.0.1:9/x/\"\nportal_url = \"http://127.0.0.1:8\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.planhat.api_url.as_str(), "http://127.0.0.1:9/x");
+        assert_eq!(c.planhat.portal_url.as_str(), "http://127.0.0.1:8/");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[planhat]\ntimout = \"5s\"\n", "planhat"),
+            ("[planhat]\ntimeout = \"5 parsecs\"\n", "planhat.timeout"),
+            ("[planhat]\ntimeout = 5\n", "planhat.timeout"),
+            ("[planhat]\napi_url = \"not a url\"\n", "planhat.api_url"),
+            ("[planhat]\nmax_in_flight = 0\n", "planhat.max_in_flight"),
+            ("[server]\nlisten = \"here\"\n", "server.listen"),
+            ("[limits]\nper_user_per_minute = -1\n", "limits.per_user_per_minute"),
+            ("[slack]\nmode = \"http\"\nbot_token = \"x\"\n", "slack.signing_secret"),
+            ("[slack]\nmode = \"socket\"\nbot_token = \"x\"\n", "slack.app_token"),
+            ("[slack]\nmode = \"carrier-pigeon\"\n", "slack.mode"),
+            ("[discord]\ntoken = \"t\"\n", "discord.application_id"),
+            ("[discord]\nmode = \"http\"\ntoken = \"t\"\napplication_id = 1\n", "discord.public_key"),
+            ("[access]\ndiscord_roles = [\"abc\"]\n", "access.discord_roles"),
+            ("[bogus]\n", "bogus"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text:?} gave {err:?}, expected it to name {key}");
+            assert!(!err.contains('\n'), "one line please: {err:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_give_the_line() {
+        let err = parse("[planhat]\ntoken = \n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn environment_wins_for_secrets() {
+        let env = |name: &str| (name == "PLANHAT_API_TOKEN").then(|| "from-env".to_string());
+        let c = Config::parse("[planhat]\ntoken = \"from-file\"\n", &env).unwrap();
+        assert_eq!(c.planhat.token.expose(), "from-env");
+        let c = Config::parse("[planhat]\ntoken = \"from-file\"\n", &no_env).unwrap();
+        assert_eq!(c.planhat.token.expose(), "from-file");
+        assert!(require_planhat_token(&parse("").unwrap()).unwrap_err().to_string().contains("PLANHAT_API_TOKEN"));
+    }
+
+    #[test]
+    fn discord_ids_as_strings_or_integers() {
+        let c = parse(
+            "[discord]\ntoken = \"t\"\napplication_id = \"123\"\nguild_ids = [1, \"2\"]\n[access]\ndiscord_roles = [7, \"8\"]\n",
+        )
+        .unwrap();
+        let d = c.discord.unwrap();
+        assert_eq!(d.application_id, 123);
+        assert_eq!(d.guild_ids, vec![1, 2]);
+        assert_eq!(c.access.discord_roles, vec![7, 8]);
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../config.example.toml");
+        let env = |name: &str| match name {
+            "DISCORD_PUBLIC_KEY" => Some("ab".repeat(32)),
+            _ => Some(format!("env-{name}")),
+        };
+        let c = Config::parse(text, &env).expect("config.example.toml must stay valid");
+        assert!(c.slack.is_some() && c.discord.is_some());
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let c = Config::parse(
+            "[planhat]\ntoken = \"ph-secret-123\"\n[slack]\nsigning_secret = \"sig-secret-456\"\nbot_token = \"xoxb-789\"\n",
+            &no_env,
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        for s in ["ph-secret-123", "sig-secret-456", "xoxb-789"] {
+            assert!(!shown.contains(s), "{s} leaked in Debug");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn no_input_makes_the_parser_panic(text in ".{0,400}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn no_value_makes_a_key_panic(
+            key in prop::sample::select(vec!["timeout", "api_url", "max_in_flight", "cluster", "token", "link_lifetime"]),
+            value in "[ -~]{0,40}",
+        ) {
+            let text = format!("[planhat]\n{key} = {}\n", toml::Value::String(value));
+            let _ = parse(&text);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The platform-neutral core: everything portal-bot decides, with no Slack or Discord type in
+//! it. Adapters (`crate::adapters`) translate chat requests into an [`asker::Asker`] and a
+//! command text, call [`portal::PortalService`], and render the [`portal::Reply`].
+
+pub mod access;
+pub mod asker;
+pub mod audit;
+pub mod command;
+pub mod config;
+pub mod enduser;
+pub mod metrics;
+pub mod planhat;
+pub mod portal;
+pub mod ratelimit;
+pub mod secret;

@@ -1,0 +1,174 @@
+//! Reading Planhat's answers, which are not formally documented.
+//!
+//! The spec lists exactly what is accepted; everything else is an "unusable answer". These
+//! functions are pure (body in, value out) so that property tests can throw any bytes at them.
+
+use serde_json::Value;
+
+/// The access check: a JSON boolean, an object with a boolean `access`/`hasAccess`, or the
+/// text `true`/`false`. `None`: not an answer we understand.
+pub fn parse_access(body: &[u8]) -> Option<bool> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    if text.eq_ignore_ascii_case("true") {
+        return Some(true);
+    }
+    if text.eq_ignore_ascii_case("false") {
+        return Some(false);
+    }
+    match serde_json::from_str::<Value>(text).ok()? {
+        Value::Bool(b) => Some(b),
+        Value::Object(map) => ["access", "hasAccess"]
+            .iter()
+            .find_map(|k| map.get(*k).and_then(Value::as_bool)),
+        _ => None,
+    }
+}
+
+/// The signed URL: the first string in the body (plain text, or anywhere in JSON, in document
+/// order) that starts with `prefix` (`{portal_url}/redirect/`) and is followed by a token of
+/// URL-safe characters. `None` when there is no such string: the caller shows nothing.
+pub fn parse_signed_url(body: &[u8], prefix: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    if let Ok(value) = serde_json::from_str::<Value>(text) {
+        return first_in_json(&value, prefix);
+    }
+    // Plain text: the whole body is the URL (quotes aside).
+    let text = text.trim_matches(|c| c == '"' || c == '\'').trim();
+    acceptable(text, prefix).then(|| text.to_string())
+}
+
+fn first_in_json(value: &Value, prefix: &str) -> Option<String> {
+    match value {
+        Value::String(s) if acceptable(s.trim(), prefix) => Some(s.trim().to_string()),
+        Value::Array(items) => items.iter().find_map(|v| first_in_json(v, prefix)),
+        Value::Object(map) => map.values().find_map(|v| first_in_json(v, prefix)),
+        _ => None,
+    }
+}
+
+/// The prefix, then a non-empty token with no character that could leave the portal's path.
+fn acceptable(candidate: &str, prefix: &str) -> bool {
+    match candidate.strip_prefix(prefix) {
+        Some(token) => {
+            !token.is_empty()
+                && !token.contains("..")
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._~+=/%?&:".contains(c))
+        }
+        None => false,
+    }
+}
+
+/// One end user found by email: enough to name them and to proceed with their id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndUserSummary {
+    pub id: String,
+    pub name: Option<String>,
+    pub company: Option<String>,
+}
+
+/// `GET /endusers?email=…`: an array of end users (`_id`, `name` or first/last, `companyName`).
+/// `None` when the body is not such an array.
+pub fn parse_endusers(body: &[u8]) -> Option<Vec<EndUserSummary>> {
+    let items: Vec<Value> = serde_json::from_slice(body).ok()?;
+    Some(
+        items
+            .iter()
+            .filter_map(|item| {
+                let id = item.get("_id").or_else(|| item.get("id")).and_then(Value::as_str)?;
+                let name = item.get("name").and_then(Value::as_str).map(str::to_string).or_else(|| {
+                    let first = item.get("firstName").and_then(Value::as_str).unwrap_or("");
+                    let last = item.get("lastName").and_then(Value::as_str).unwrap_or("");
+                    let full = format!("{first} {last}").trim().to_string();
+                    (!full.is_empty()).then_some(full)
+                });
+                let company = item.get("companyName").and_then(Value::as_str).map(str::to_string);
+                Some(EndUserSummary { id: id.to_string(), name, company })
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const P: &str = "https://share.planhat.com/redirect/";
+
+    #[test]
+    fn access_shapes() {
+        for (body, want) in [
+            ("true", Some(true)),
+            (" false\n", Some(false)),
+            ("TRUE", Some(true)),
+            ("{\"access\":true}", Some(true)),
+            ("{\"hasAccess\":false}", Some(false)),
+            ("{\"access\":\"yes\"}", None),
+            ("[true]", None),
+            ("<html>", None),
+            ("{\"acc", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_access(body.as_bytes()), want, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn url_shapes() {
+        let good = format!("{P}abc.DEF-123");
+        assert_eq!(parse_signed_url(good.as_bytes(), P), Some(good.clone()));
+        assert_eq!(parse_signed_url(format!("\"{good}\"").as_bytes(), P), Some(good.clone()));
+        let json = format!("{{\"meta\":{{\"n\":1}},\"data\":{{\"other\":\"x\",\"url\":\"{good}\"}}}}");
+        assert_eq!(parse_signed_url(json.as_bytes(), P), Some(good.clone()));
+        let two = format!("[\"{P}first\",\"{P}second\"]");
+        assert_eq!(parse_signed_url(two.as_bytes(), P), Some(format!("{P}first")));
+    }
+
+    #[test]
+    fn foreign_urls_are_never_accepted() {
+        for body in [
+            "https://share.planhat.com.evil.com/redirect/abc",
+            "https://evil.com/https://share.planhat.com/redirect/abc",
+            "http://share.planhat.com/redirect/abc",
+            "https://share.planhat.com/redirect/",
+            "https://share.planhat.com/redirect/../../admin",
+            "https://share.planhat.com/redirect/a b",
+            "{\"url\":\"https://evil.com/redirect/abc\"}",
+            "https://share.planhat.com/redirect/<script>",
+        ] {
+            assert_eq!(parse_signed_url(body.as_bytes(), P), None, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn endusers() {
+        let body = br#"[{"_id":"a1","name":"Jane Doe","companyName":"Acme"},{"_id":"b2","firstName":"Bo"},{"nope":1}]"#;
+        let found = parse_endusers(body).unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].company.as_deref(), Some("Acme"));
+        assert_eq!(found[1].name.as_deref(), Some("Bo"));
+        assert_eq!(parse_endusers(b"{}"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_is_safe(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_access(&bytes);
+            let _ = parse_endusers(&bytes);
+            if let Some(url) = parse_signed_url(&bytes, P) {
+                prop_assert!(url.starts_with(P) && url.len() > P.len());
+            }
+        }
+
+        #[test]
+        fn any_text_with_prefix_is_safe(tail in "\\PC{0,60}", json in any::<bool>()) {
+            let candidate = format!("{P}{tail}");
+            let body = if json { serde_json::json!({ "url": candidate }).to_string() } else { candidate };
+            if let Some(url) = parse_signed_url(body.as_bytes(), P) {
+                prop_assert!(url.starts_with(P) && !url.contains(char::is_whitespace));
+            }
+        }
+    }
+}

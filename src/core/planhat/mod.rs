@@ -1,0 +1,292 @@
+//! The Planhat API client: the only code that talks to Planhat.
+//!
+//! One `reqwest` client (rustls, pooled, kept warm) is shared by every request. Calls are
+//! bounded (`max_in_flight`), time-limited, and paused for everyone at once when Planhat says
+//! 429. Errors are typed so the chat adapters can say one clear line, and their `Display` never
+//! contains a body, a URL with a token, or the API token.
+
+pub mod answer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::StatusCode;
+use tokio::sync::Semaphore;
+
+pub use answer::EndUserSummary;
+
+use super::config::PlanhatConfig;
+use super::enduser::EndUserId;
+use super::metrics::Metrics;
+use super::secret::Secret;
+
+/// What went wrong talking to Planhat. `Display` is for the operator's log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanhatError {
+    #[error("Planhat has no such end user (404)")]
+    NotFound,
+    #[error("Planhat rejected the API token (HTTP {0}): wrong token, or a token of another cluster")]
+    TokenRejected(u16),
+    #[error("Planhat is rate limiting this token (429); pausing calls for {}s", .0.as_secs().max(1))]
+    RateLimited(Duration),
+    #[error("Planhat is unreachable: {0}")]
+    Unreachable(String),
+    #[error("Planhat did not answer within {}ms", .0.as_millis())]
+    TooSlow(Duration),
+    #[error("Planhat failed (HTTP {0})")]
+    Failed(u16),
+    #[error("Planhat answered something unusable: {0}")]
+    Unusable(String),
+}
+
+impl PlanhatError {
+    /// A short stable name for audit events and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PlanhatError::NotFound => "not_found",
+            PlanhatError::TokenRejected(_) => "token_rejected",
+            PlanhatError::RateLimited(_) => "upstream_rate_limited",
+            PlanhatError::Unreachable(_) => "upstream_unreachable",
+            PlanhatError::TooSlow(_) => "upstream_timeout",
+            PlanhatError::Failed(_) => "upstream_failed",
+            PlanhatError::Unusable(_) => "upstream_unusable",
+        }
+    }
+}
+
+/// The three Planhat calls the bot makes, by name (metrics label).
+#[derive(Clone, Copy)]
+enum Call {
+    Access,
+    Mint,
+    Lookup,
+}
+
+impl Call {
+    fn name(self) -> &'static str {
+        match self {
+            Call::Access => "access",
+            Call::Mint => "mint",
+            Call::Lookup => "lookup",
+        }
+    }
+}
+
+/// A shared handle to Planhat. Cheap to clone.
+#[derive(Clone)]
+pub struct Planhat {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    api_base: String,
+    redirect_prefix: String,
+    timeout: Duration,
+    permits: Semaphore,
+    /// Unix milliseconds until which every call is refused after a 429 (0: not paused).
+    paused_until_ms: AtomicU64,
+    started: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl Planhat {
+    /// Builds the client. Fails only if the TLS backend cannot start.
+    pub fn new(config: &PlanhatConfig, metrics: Arc<Metrics>) -> Result<Planhat, PlanhatError> {
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.token.expose()))
+            .map_err(|_| PlanhatError::Unusable("the API token has characters a header can't carry".into()))?;
+        // Keeps the header out of any debug output of reqwest/hyper.
+        auth.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, auth);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(3)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(config.max_in_flight)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("portal-bot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| PlanhatError::Unreachable(format!("cannot start the HTTP client: {e}")))?;
+        let portal = config.portal_url.as_str().trim_end_matches('/');
+        Ok(Planhat {
+            inner: Arc::new(Inner {
+                http,
+                api_base: config.api_url.as_str().trim_end_matches('/').to_string(),
+                redirect_prefix: format!("{portal}/redirect/"),
+                timeout: config.timeout,
+                permits: Semaphore::new(config.max_in_flight),
+                paused_until_ms: AtomicU64::new(0),
+                started: Instant::now(),
+                metrics,
+            }),
+        })
+    }
+
+    /// The prefix every signed URL must start with to be shown.
+    pub fn redirect_prefix(&self) -> &str {
+        &self.inner.redirect_prefix
+    }
+
+    /// May this end user use the portal?
+    pub async fn check_access(&self, id: &EndUserId) -> Result<bool, PlanhatError> {
+        let url = format!("{}/shareabletokens/access/{}", self.inner.api_base, id.path_segment());
+        let body = self.get(Call::Access, &url).await?;
+        answer::parse_access(&body).ok_or_else(|| {
+            PlanhatError::Unusable(format!("the access check answer ({} bytes) is not true/false", body.len()))
+        })
+    }
+
+    /// Mints a signed login URL. It is only returned when it starts with
+    /// `{portal_url}/redirect/`; otherwise it is dropped unseen.
+    pub async fn mint(&self, id: &EndUserId) -> Result<Secret, PlanhatError> {
+        let url = format!("{}/shareabletokens/{}", self.inner.api_base, id.path_segment());
+        let body = self.get(Call::Mint, &url).await?;
+        answer::parse_signed_url(&body, &self.inner.redirect_prefix)
+            .map(Secret::new)
+            .ok_or_else(|| {
+                PlanhatError::Unusable(format!(
+                    "no URL starting with {} in the answer ({} bytes)",
+                    self.inner.redirect_prefix,
+                    body.len()
+                ))
+            })
+    }
+
+    /// End users with this email address.
+    pub async fn find_by_email(&self, email: &str) -> Result<Vec<EndUserSummary>, PlanhatError> {
+        let mut url = reqwest::Url::parse(&format!("{}/endusers", self.inner.api_base))
+            .map_err(|e| PlanhatError::Unusable(format!("bad API URL: {e}")))?;
+        url.query_pairs_mut().append_pair("email", email);
+        let body = self.get(Call::Lookup, url.as_str()).await?;
+        answer::parse_endusers(&body).ok_or_else(|| {
+            PlanhatError::Unusable(format!("the end-user search answer ({} bytes) is not a list", body.len()))
+        })
+    }
+
+    /// One authenticated call that proves the token and the host work (for `check` and to warm
+    /// the connection pool at start-up, so the first user doesn't pay DNS + TCP + TLS).
+    pub async fn probe(&self) -> Result<(), PlanhatError> {
+        let url = format!("{}/endusers?limit=1", self.inner.api_base);
+        self.get(Call::Lookup, &url).await.map(|_| ())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    /// One GET with the shared limits: global 429 pause, `max_in_flight`, overall timeout.
+    async fn get(&self, call: Call, url: &str) -> Result<bytes_body::Body, PlanhatError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.inner.timeout, self.get_unbounded(url)).await {
+            Ok(r) => r,
+            Err(_) => Err(PlanhatError::TooSlow(self.inner.timeout)),
+        };
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.inner.metrics.planhat_call(call.name(), label, started.elapsed());
+        result
+    }
+
+    async fn get_unbounded(&self, url: &str) -> Result<bytes_body::Body, PlanhatError> {
+        self.refuse_if_paused()?;
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PlanhatError::Unreachable("shutting down".into()))?;
+        // Re-check: the pause may have started while this call waited for its turn.
+        self.refuse_if_paused()?;
+        self.inner.metrics.planhat_in_flight(1);
+        let _gauge = InFlight(&self.inner.metrics);
+        let response = self.inner.http.get(url).send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        match status {
+            s if s.is_success() => {
+                let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
+                Ok(bytes_body::Body(body))
+            }
+            StatusCode::NOT_FOUND => Err(PlanhatError::NotFound),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(PlanhatError::TokenRejected(status.as_u16()))
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                let wait = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs)
+                    .unwrap_or(Duration::from_secs(5))
+                    .min(Duration::from_secs(300));
+                self.pause_for(wait);
+                Err(PlanhatError::RateLimited(wait))
+            }
+            s if s.is_server_error() => Err(PlanhatError::Failed(s.as_u16())),
+            s => Err(PlanhatError::Unusable(format!("unexpected HTTP {}", s.as_u16()))),
+        }
+    }
+
+    fn refuse_if_paused(&self) -> Result<(), PlanhatError> {
+        let until = self.inner.paused_until_ms.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        if until > now {
+            return Err(PlanhatError::RateLimited(Duration::from_millis(until - now)));
+        }
+        Ok(())
+    }
+
+    fn pause_for(&self, wait: Duration) {
+        let until = self.now_ms() + wait.as_millis() as u64;
+        self.inner.paused_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Maps a transport error without its URL (which names the end user's endpoint).
+    fn transport_error(&self, e: reqwest::Error) -> PlanhatError {
+        if e.is_timeout() {
+            return PlanhatError::TooSlow(self.inner.timeout);
+        }
+        let e = e.without_url();
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            source = s.source();
+        }
+        if e.is_connect() || e.is_request() {
+            PlanhatError::Unreachable(detail)
+        } else {
+            PlanhatError::Unusable(format!("the answer could not be read: {detail}"))
+        }
+    }
+}
+
+/// Decrements the in-flight gauge however the call ends (including cancellation).
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.planhat_in_flight(-1);
+    }
+}
+
+mod bytes_body {
+    /// A response body; deliberately without `Debug` so it cannot be logged by accident (a
+    /// mint answer holds the signed URL).
+    pub struct Body(pub bytes::Bytes);
+
+    impl std::ops::Deref for Body {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The portal-link use case: from (asker, what they typed) to what they should see.
+//!
+//! This is the one place where the spec's order is enforced: authorise → rate limit →
+//! access check + mint (concurrently: one round trip) → URL check → audit. Adapters call
+//! [`PortalService::handle`] or [`PortalService::link_for`] and render the [`Reply`]; they
+//! never talk to Planhat themselves, so no adapter can skip a step.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::access::{AccessPolicy, Denied};
+use super::asker::Asker;
+use super::audit::{Audit, AuditEvent};
+use super::command::{parse_command, Command};
+use super::enduser::{BadEndUser, EndUserId, Target};
+use super::metrics::Metrics;
+use super::planhat::{EndUserSummary, Planhat, PlanhatError};
+use super::ratelimit::RateLimiter;
+use super::secret::Secret;
+
+/// At most this many matches of an email are offered as buttons (a screenful).
+pub const MAX_CHOICES: usize = 5;
+
+/// What the asker asked for, as the audit trail names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `/portal <enduser>`.
+    Link,
+    /// `/portal check <enduser>`.
+    Check,
+    /// The New link button.
+    NewLink,
+    /// A click on a `/go/` one-time link.
+    Go,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Link => "link",
+            Action::Check => "check",
+            Action::NewLink => "new_link",
+            Action::Go => "go",
+        }
+    }
+    fn mints(self) -> bool {
+        self != Action::Check
+    }
+}
+
+/// A freshly minted login link. `Debug` shows no URL.
+#[derive(Debug, Clone)]
+pub struct PortalLink {
+    pub url: Secret,
+    pub end_user: EndUserId,
+    /// Name and company, when Planhat gave them (email lookups).
+    pub who: Option<EndUserSummary>,
+    /// When Planhat's 30 seconds run out (counted from before the mint call, conservatively).
+    pub expires_at: SystemTime,
+}
+
+/// What the asker sees, platform-neutral. Adapters render it.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Usage text ([`super::command::USAGE`]).
+    Help,
+    /// A link to show ephemerally.
+    Link(PortalLink),
+    /// The answer to `check`.
+    Access { end_user: EndUserId, who: Option<EndUserSummary>, has_access: bool },
+    /// An email matched several end users: let the asker pick.
+    Choose { email: String, matches: Vec<EndUserSummary>, more: bool },
+    /// One clear line for the asker.
+    Refused(Refusal),
+}
+
+/// Why no link. `Display` is the line the asker sees (no input is echoed in it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    NotAllowed(Denied),
+    #[error("That is not an end-user id: {0}. Try /portal help.")]
+    BadInput(BadEndUser),
+    #[error("You have asked for many links in a short time; try again in {}s.", .0.as_secs().max(1))]
+    RateLimited(Duration),
+    #[error("Planhat has no such end user.")]
+    NotFound,
+    #[error("This end user has no portal access in Planhat, so no link was made.")]
+    NoAccess,
+    #[error("Planhat is busy (rate limited); try again in {}s.", .0.as_secs().max(1))]
+    UpstreamRateLimited(Duration),
+    #[error("Planhat did not answer in time; try again in a moment.")]
+    UpstreamSlow,
+    #[error("Planhat can't be reached right now; try again in a moment.")]
+    UpstreamUnreachable,
+    #[error("Planhat failed to answer; try again in a moment.")]
+    UpstreamFailed,
+    #[error("Planhat rejected the bot's API token: the bot is misconfigured. Please tell its admins.")]
+    TokenRejected,
+    #[error("Planhat answered something the bot can't use, so no link was shown. Please tell the bot's admins.")]
+    Unusable,
+    #[error("The audit trail can't be written, so no link was handed out. Please tell the bot's admins.")]
+    AuditUnavailable,
+}
+
+impl Refusal {
+    /// Stable outcome name for audit events and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::NotAllowed(_) => "denied",
+            Refusal::BadInput(_) => "invalid_input",
+            Refusal::RateLimited(_) => "rate_limited",
+            Refusal::NotFound => "not_found",
+            Refusal::NoAccess => "no_access",
+            Refusal::UpstreamRateLimited(_) => "upstream_rate_limited",
+            Refusal::UpstreamSlow => "upstream_timeout",
+            Refusal::UpstreamUnreachable => "upstream_unreachable",
+            Refusal::UpstreamFailed => "upstream_failed",
+            Refusal::TokenRejected => "token_rejected",
+            Refusal::Unusable => "upstream_unusable",
+            Refusal::AuditUnavailable => "audit_failed",
+        }
+    }
+}
+
+impl From<PlanhatError> for Refusal {
+    fn from(e: PlanhatError) -> Self {
+        match e {
+            PlanhatError::NotFound => Refusal::NotFound,
+            PlanhatError::TokenRejected(_) => Refusal::TokenRejected,
+            PlanhatError::RateLimited(d) => Refusal::UpstreamRateLimited(d),
+            PlanhatError::Unreachable(_) => Refusal::UpstreamUnreachable,
+            PlanhatError::TooSlow(_) => Refusal::UpstreamSlow,
+            PlanhatError::Failed(_) => Refusal::UpstreamFailed,
+            PlanhatError::Unusable(_) => Refusal::Unusable,
+        }
+    }
+}
+
+impl Reply {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Reply::Help => "help",
+            Reply::Link(_) => "ok",
+            Reply::Access { has_access: true, .. } => "ok",
+            Reply::Access { has_access: false, .. } => "no_access",
+            Reply::Choose { .. } => "choose",
+            Reply::Refused(r) => r.kind(),
+        }
+    }
+}
+
+/// The use case and everything it needs. One per process, shared by every adapter.
+pub struct PortalService {
+    planhat: Planhat,
+    policy: AccessPolicy,
+    limiter: RateLimiter,
+    audit: Arc<Audit>,
+    metrics: Arc<Metrics>,
+    link_lifetime: Duration,
+}
+
+impl PortalService {
+    /// Assembles the use case from its parts.
+    pub fn new(
+        planhat: Planhat,
+        policy: AccessPolicy,
+        limiter: RateLimiter,
+        audit: Arc<Audit>,
+        metrics: Arc<Metrics>,
+        link_lifetime: Duration,
+    ) -> Self {
+        PortalService { planhat, policy, limiter, audit, metrics, link_lifetime }
+    }
+
+    /// The access policy (adapters ask it which groups to keep fetched).
+    pub fn policy(&self) -> &AccessPolicy {
+        &self.policy
+    }
+
+    /// The Planhat client (for start-up warm-up and `check`).
+    pub fn planhat(&self) -> &Planhat {
+        &self.planhat
+    }
+
+    /// How long a minted link lives.
+    pub fn link_lifetime(&self) -> Duration {
+        self.link_lifetime
+    }
+
+    /// Forgets rate-limit buckets of quiet askers (called periodically).
+    pub fn sweep(&self) {
+        self.limiter.sweep(Instant::now());
+    }
+
+    /// `/portal <text>` from `asker`.
+    pub async fn handle(&self, asker: &Asker, text: &str) -> Reply {
+        self.handle_command(asker, parse_command(text)).await
+    }
+
+    /// A command already parsed (the terminal parses its own arguments).
+    pub async fn handle_command(&self, asker: &Asker, command: Result<Command, BadEndUser>) -> Reply {
+        let started = Instant::now();
+        let (action, target) = match &command {
+            Ok(Command::Help) => return Reply::Help,
+            Ok(Command::Link(t)) => (Action::Link, Some(t.clone())),
+            Ok(Command::Check(t)) => (Action::Check, Some(t.clone())),
+            Err(_) => (Action::Link, None),
+        };
+        let end_user = target.as_ref().map(target_name);
+        let reply = match (self.admit(asker), command) {
+            (Err(refusal), _) => Reply::Refused(refusal),
+            (Ok(()), Err(bad)) => Reply::Refused(Refusal::BadInput(bad)),
+            (Ok(()), Ok(_)) => match target {
+                Some(Target::EndUser(id)) => self.run(id, None, action).await,
+                Some(Target::Email(email)) => self.by_email(email, action).await,
+                _ => Reply::Help,
+            },
+        };
+        self.finish(asker, action, end_user, reply, started).await
+    }
+
+    /// A link (or check) for an end user already known by id: the New link button, a pick from
+    /// an email's matches, a `/go/` click. Authorised, rate limited and audited like a command.
+    pub async fn link_for(&self, asker: &Asker, id: EndUserId, action: Action) -> Reply {
+        let started = Instant::now();
+        let end_user = Some(id.to_string());
+        let reply = match self.admit(asker) {
+            Err(refusal) => Reply::Refused(refusal),
+            Ok(()) => self.run(id, None, action).await,
+        };
+        self.finish(asker, action, end_user, reply, started).await
+    }
+
+    /// Authorise, then rate limit: nothing reaches Planhat before both pass.
+    fn admit(&self, asker: &Asker) -> Result<(), Refusal> {
+        self.policy.authorize(asker).map_err(Refusal::NotAllowed)?;
+        self.limiter.check(&asker.rate_key(), Instant::now()).map_err(Refusal::RateLimited)
+    }
+
+    async fn by_email(&self, email: String, action: Action) -> Reply {
+        let mut matches = match self.planhat.find_by_email(&email).await {
+            Ok(m) => m,
+            Err(e) => return self.upstream(e),
+        };
+        match matches.len() {
+            0 => Reply::Refused(Refusal::NotFound),
+            1 => {
+                let who = matches.pop();
+                match who.as_ref().and_then(|w| id_of(&w.id)) {
+                    Some(id) => self.run(id, who, action).await,
+                    None => self.upstream(PlanhatError::Unusable("the matching end user has an unusable id".into())),
+                }
+            }
+            n => {
+                matches.truncate(MAX_CHOICES);
+                Reply::Choose { email, matches, more: n > MAX_CHOICES }
+            }
+        }
+    }
+
+    /// The Planhat round: access check and mint at once; a URL is kept only on "yes".
+    async fn run(&self, id: EndUserId, who: Option<EndUserSummary>, action: Action) -> Reply {
+        if !action.mints() {
+            return match self.planhat.check_access(&id).await {
+                Ok(has_access) => Reply::Access { end_user: id, who, has_access },
+                Err(e) => self.upstream(e),
+            };
+        }
+        let before_mint = SystemTime::now();
+        let (access, minted) = tokio::join!(self.planhat.check_access(&id), self.planhat.mint(&id));
+        match access {
+            Err(e) => self.upstream(e),
+            // A URL minted for someone without access is dropped here, unseen and unlogged.
+            Ok(false) => Reply::Refused(Refusal::NoAccess),
+            Ok(true) => match minted {
+                Ok(url) => Reply::Link(PortalLink {
+                    url,
+                    end_user: id,
+                    who,
+                    expires_at: before_mint + self.link_lifetime,
+                }),
+                Err(e) => self.upstream(e),
+            },
+        }
+    }
+
+    fn upstream(&self, e: PlanhatError) -> Reply {
+        match e {
+            PlanhatError::NotFound => {}
+            _ => tracing::warn!(error = %e, "Planhat call failed"),
+        }
+        Reply::Refused(e.into())
+    }
+
+    /// Audit (refusing the link if a required audit fails), count, log.
+    async fn finish(
+        &self,
+        asker: &Asker,
+        action: Action,
+        end_user: Option<String>,
+        reply: Reply,
+        started: Instant,
+    ) -> Reply {
+        let took = started.elapsed();
+        let outcome = reply.outcome();
+        let event = AuditEvent {
+            time: AuditEvent::now(),
+            platform: asker.platform.name(),
+            team: asker.team_id.clone(),
+            channel: asker.channel_id.clone(),
+            asker: asker.user_id.clone(),
+            action: action.name(),
+            end_user,
+            outcome,
+            latency_ms: took.as_millis() as u64,
+        };
+        let reply = match self.audit.record(event).await {
+            Ok(()) => reply,
+            Err(e) if self.audit.required() => {
+                tracing::error!(error = %e, "refusing the answer: audit is required");
+                Reply::Refused(Refusal::AuditUnavailable)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit event lost");
+                reply
+            }
+        };
+        let outcome = reply.outcome();
+        self.metrics.request(asker.platform.name(), outcome, took);
+        tracing::info!(
+            platform = asker.platform.name(),
+            asker = %asker.user_id,
+            action = action.name(),
+            outcome,
+            latency_ms = took.as_millis() as u64,
+            "request answered"
+        );
+        reply
+    }
+}
+
+fn target_name(t: &Target) -> String {
+    match t {
+        Target::EndUser(id) => id.to_string(),
+        Target::Email(e) => e.clone(),
+        Target::Help => String::new(),
+    }
+}
+
+/// An id that Planhat itself gave us still goes through the same plausibility check.
+pub fn id_of(text: &str) -> Option<EndUserId> {
+    match super::enduser::parse_target(text) {
+        Ok(Target::EndUser(id)) => Some(id),
+        _ => None,
+    }
+}

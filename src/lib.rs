@@ -1,0 +1,163 @@
+//! portal-bot: `/portal <enduser>` in Slack and Discord mints a Planhat portal login link and
+//! shows it only to the asker.
+//!
+//! The crate is a platform-neutral [`core`] (config, Planhat client, the portal-link use case,
+//! access policy, rate limit, audit) and thin [`adapters`] around it (HTTP server, Slack,
+//! Discord, terminal). This file assembles the running app from a [`Config`]; `main.rs` only
+//! parses the command line. See ARCHITECTURE.md for the map and the invariants.
+
+pub mod adapters;
+pub mod cli;
+pub mod core;
+pub mod sandbox;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+pub use crate::core::config::Config;
+use crate::core::access::AccessPolicy;
+use crate::core::audit::Audit;
+use crate::core::metrics::Metrics;
+use crate::core::planhat::Planhat;
+use crate::core::portal::PortalService;
+use crate::core::ratelimit::RateLimiter;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
+
+/// Why the app could not start. One line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] crate::core::config::ConfigError),
+    #[error("{0}")]
+    Audit(#[from] crate::core::audit::AuditError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Planhat(#[from] crate::core::planhat::PlanhatError),
+    #[error("Slack: {0}")]
+    Slack(String),
+    #[error("Discord: {0}")]
+    Discord(String),
+}
+
+/// Everything a request handler needs, built once from the config and shared.
+pub struct App {
+    pub config: Config,
+    pub portal: Arc<PortalService>,
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<Audit>,
+    /// Work that outlives its request (late deliveries); shutdown waits for it.
+    pub tasks: TaskTracker,
+    shutdown: ShutdownTrigger,
+}
+
+impl App {
+    /// Builds the core from the config. Makes no network call.
+    pub fn build(config: Config) -> Result<Arc<App>, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let planhat = Planhat::new(&config.planhat, metrics.clone())?;
+        let audit = Arc::new(Audit::open(config.audit.path.as_deref(), config.audit.required)?);
+        let portal = Arc::new(PortalService::new(
+            planhat,
+            AccessPolicy::new(&config.access),
+            RateLimiter::new(config.limits.per_user_per_minute),
+            audit.clone(),
+            metrics.clone(),
+            config.planhat.link_lifetime,
+        ));
+        let (shutdown, _) = crate::shutdown::channel();
+        Ok(Arc::new(App { config, portal, metrics, audit, tasks: TaskTracker::new(), shutdown }))
+    }
+
+    /// A receiver for the process shutdown.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.subscribe()
+    }
+}
+
+/// A running server: its address, and the handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    server: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How long shutdown waits for in-flight requests and late deliveries.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Starts everything the config turns on: the HTTP server, Slack, Discord, housekeeping.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+    let app = App::build(config)?;
+
+    let mut background = vec![tokio::spawn(housekeeping(app.clone(), app.shutdown()))];
+    // Warm the pool so the first asker after a deploy doesn't pay DNS + TCP + TLS.
+    let planhat = app.portal.planhat().clone();
+    background.push(tokio::spawn(async move {
+        if let Err(e) = planhat.probe().await {
+            tracing::warn!(error = %e, "Planhat is not answering at start-up");
+        }
+    }));
+
+    let mut router = adapters::http::router(app.clone());
+    if let Some(slack) = adapters::slack::start(&app).await? {
+        router = router.merge(slack.router);
+        background.extend(slack.tasks);
+    }
+    if let Some(discord) = adapters::discord::start(&app).await? {
+        router = router.merge(discord.router);
+        background.extend(discord.tasks);
+    }
+    let router = adapters::http::with_limits(router);
+    let mut stop = app.shutdown();
+    let server = tokio::spawn(async move {
+        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { stop.fired().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(%addr, "portal-bot is listening");
+    Ok(Running { addr, app, server, background })
+}
+
+impl Running {
+    /// Graceful stop: no new requests, in-flight ones and late deliveries finish (within
+    /// [`SHUTDOWN_DEADLINE`]), background connections close, the audit trail is flushed.
+    pub async fn stop(self) {
+        self.app.shutdown.fire();
+        let finish = async {
+            let _ = self.server.await;
+            self.app.tasks.close();
+            self.app.tasks.wait().await;
+        };
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, finish).await.is_err() {
+            tracing::warn!("shutdown deadline reached; some late deliveries were dropped");
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        self.app.audit.close().await;
+        tracing::info!("portal-bot stopped");
+    }
+}
+
+/// Periodic clean-up so nothing grows without bound.
+async fn housekeeping(app: Arc<App>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => app.portal.sweep(),
+            _ = shutdown.fired() => return,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! A sandbox Planhat inside the binary, on 127.0.0.1: the demo, `serve --sandbox` and the load
+//! benchmark run against it, so the whole flow works with no Planhat account.
+//!
+//! It answers the same endpoints the bot uses, in shapes the real API uses, with a fixed cast of
+//! end users (listed by [`END_USERS`] and in the README) that show every path: a link, no
+//! access, a slow answer, a failing Planhat, an unknown id, an email with several matches.
+//! Its signed URLs point back at the sandbox's own `/redirect/{token}` page, which says whom
+//! the link logged in, or that it has expired.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use rand::RngExt;
+use serde_json::json;
+use url::Url;
+
+use crate::core::secret::Secret;
+
+/// The API token the sandbox accepts (it guards nothing real).
+pub const SANDBOX_TOKEN: &str = "sandbox-token";
+
+/// One of the sandbox's end users.
+pub struct SandboxUser {
+    pub id: &'static str,
+    pub email: &'static str,
+    pub name: &'static str,
+    pub company: &'static str,
+    /// What the sandbox does for this end user, in words (for the demo and README).
+    pub shows: &'static str,
+}
+
+/// The sandbox's cast. `nobody` (any other id) is unknown: 404.
+pub const END_USERS: &[SandboxUser] = &[
+    SandboxUser { id: "jane", email: "jane@acme.example", name: "Jane Doe", company: "Acme", shows: "a link, at once" },
+    SandboxUser { id: "slow", email: "slow@acme.example", name: "Sam Slow", company: "Acme", shows: "a link after 4 s (the bot acknowledges, then delivers)" },
+    SandboxUser { id: "noaccess", email: "no@globex.example", name: "Nia Noaccess", company: "Globex", shows: "no portal access" },
+    SandboxUser { id: "broken", email: "broken@initech.example", name: "Bo Broken", company: "Initech", shows: "Planhat failing (HTTP 503)" },
+    SandboxUser { id: "pat-1", email: "pat@shared.example", name: "Pat One", company: "Shared Ltd", shows: "a link; shares an email with pat-2" },
+    SandboxUser { id: "pat-2", email: "pat@shared.example", name: "Pat Two", company: "Shared Co", shows: "a link; shares an email with pat-1" },
+];
+
+/// How the sandbox behaves.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Added to every API answer (load benchmarks model Planhat's round trip with it).
+    pub latency: Duration,
+    /// The extra delay of the `slow` end user.
+    pub slow: Duration,
+    /// How long a minted link opens the portal.
+    pub link_lifetime: Duration,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            latency: Duration::ZERO,
+            slow: Duration::from_secs(4),
+            link_lifetime: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running sandbox.
+pub struct Sandbox {
+    pub addr: SocketAddr,
+    pub base: Url,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sandbox {
+    /// Starts the sandbox on a free loopback port.
+    pub async fn start(options: SandboxOptions) -> std::io::Result<Sandbox> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let base = Url::parse(&format!("http://{addr}")).map_err(std::io::Error::other)?;
+        let state = Arc::new(SandboxState {
+            base: base.as_str().trim_end_matches('/').to_string(),
+            options,
+            minted: Mutex::new(HashMap::new()),
+        });
+        let app = Router::new()
+            .route("/shareabletokens/access/{id}", get(access))
+            .route("/shareabletokens/{id}", get(mint))
+            .route("/endusers", get(endusers))
+            .route("/redirect/{token}", get(redirect))
+            .with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Sandbox { addr, base, task })
+    }
+
+    /// The token to configure for it.
+    pub fn token(&self) -> Secret {
+        Secret::new(SANDBOX_TOKEN)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct SandboxState {
+    base: String,
+    options: SandboxOptions,
+    /// Minted token → (end user, when), so `/redirect/` can say whom and whether expired.
+    minted: Mutex<HashMap<String, (&'static str, Instant)>>,
+}
+
+fn find(id: &str) -> Option<&'static SandboxUser> {
+    END_USERS.iter().find(|u| u.id == id)
+}
+
+fn authorised(headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {SANDBOX_TOKEN}"))
+}
+
+/// The common front of every API answer: latency, auth, the failing and slow end users.
+async fn front(state: &SandboxState, headers: &HeaderMap, id: Option<&str>) -> Result<(), Response> {
+    if !state.options.latency.is_zero() {
+        tokio::time::sleep(state.options.latency).await;
+    }
+    if !authorised(headers) {
+        return Err((StatusCode::UNAUTHORIZED, "invalid token").into_response());
+    }
+    match id {
+        Some("slow") => tokio::time::sleep(state.options.slow).await,
+        Some("broken") => return Err((StatusCode::SERVICE_UNAVAILABLE, "<html>down</html>").into_response()),
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn access(
+    State(state): State<Arc<SandboxState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = front(&state, &headers, Some(&id)).await {
+        return r;
+    }
+    match find(&id) {
+        Some(u) => axum::Json(json!({ "access": u.id != "noaccess" })).into_response(),
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+async fn mint(
+    State(state): State<Arc<SandboxState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = front(&state, &headers, Some(&id)).await {
+        return r;
+    }
+    let Some(user) = find(&id) else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    };
+    let mut bytes = [0u8; 24];
+    rand::rng().fill(&mut bytes);
+    let token = hex::encode(bytes);
+    if let Ok(mut minted) = state.minted.lock() {
+        let lifetime = state.options.link_lifetime;
+        minted.retain(|_, (_, at)| at.elapsed() < lifetime * 4);
+        minted.insert(token.clone(), (user.id, Instant::now()));
+    }
+    axum::Json(json!({ "token": token, "url": format!("{}/redirect/{token}", state.base) }))
+        .into_response()
+}
+
+async fn endusers(
+    State(state): State<Arc<SandboxState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = front(&state, &headers, None).await {
+        return r;
+    }
+    let email = query.get("email").map(|e| e.to_ascii_lowercase());
+    let found: Vec<_> = END_USERS
+        .iter()
+        .filter(|u| email.as_deref().is_none_or(|e| e == u.email))
+        .map(|u| json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company }))
+        .collect();
+    axum::Json(found).into_response()
+}
+
+async fn redirect(State(state): State<Arc<SandboxState>>, Path(token): Path<String>) -> Response {
+    let entry = state.minted.lock().ok().and_then(|m| m.get(&token).copied());
+    let page = |title: &str, text: String| {
+        Html(format!(
+            "<!doctype html><title>{title}</title><body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\"><h1>{title}</h1><p>{text}</p></body>"
+        ))
+    };
+    match entry {
+        Some((id, at)) if at.elapsed() < state.options.link_lifetime => {
+            let who = find(id).map(|u| format!("{} ({})", u.name, u.company)).unwrap_or_default();
+            page("Sandbox portal", format!("You are signed in to the sandbox portal as {who}.")).into_response()
+        }
+        Some(_) => (StatusCode::GONE, page("Link expired", "This sandbox link has expired; ask the bot for a new one.".into())).into_response(),
+        None => (StatusCode::NOT_FOUND, page("Unknown link", "The sandbox never minted this link.".into())).into_response(),
+    }
+}
