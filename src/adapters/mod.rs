@@ -1,5 +1,6 @@
 //! Adapters: each translates one outside world to and from the core, and does nothing else.
 
+pub mod dedupe;
 pub mod deliver;
 pub mod discord;
 pub mod http;

@@ -1,10 +1,219 @@
-//! The Discord adapter.
-use std::sync::Arc;
-use crate::{App, StartError};
-use super::Started;
+//! The Discord adapter: `/portal` over the gateway or the interactions endpoint.
+//!
+//! Thin by design: serenity parses and verifies, this module builds an [`Asker`] from the
+//! interaction (roles come with it: no extra API call), hands the text to the core and renders
+//! the [`Reply`]. Both transports call [`DiscordState::interaction`], so they behave the same.
 
-/// Starts Discord when `[discord]` is configured.
+mod gateway;
+mod http;
+mod register;
+pub mod render;
+pub mod rest;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serenity::all::{
+    ChannelId, CommandInteraction, ComponentInteraction, CreateInteractionResponse,
+    CreateInteractionResponseMessage, GuildId, Interaction, Member,
+};
+use serenity::http::Http;
+use tokio::sync::Semaphore;
+
+use super::dedupe::Dedupe;
+use super::deliver::{inline_or_later, with_retries, Answer};
+use super::Started;
+use crate::core::asker::{Asker, Groups, Platform};
+use crate::core::config::DiscordMode;
+use crate::core::portal::{id_of, Action, Reply};
+use crate::{App, StartError};
+
+/// Expiry replacements waiting at once, at most (each is a sleeping task of a few hundred bytes).
+const MAX_PENDING_EXPIRIES: usize = 10_000;
+
+/// Everything the Discord handlers share.
+pub struct DiscordState {
+    app: Arc<App>,
+    http: Arc<Http>,
+    seen: Dedupe,
+    expiries: Arc<Semaphore>,
+}
+
+/// Starts Discord when `[discord]` is configured: registers `/portal`, then serves the
+/// interactions endpoint (http mode) or holds the gateway connection (gateway mode).
 pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
-    let _ = app;
-    Ok(None)
+    let Some(config) = app.config.discord.clone() else {
+        return Ok(None);
+    };
+    let http = Arc::new(rest::http(&config));
+    let state = Arc::new(DiscordState {
+        app: app.clone(),
+        http: http.clone(),
+        seen: Dedupe::new(Duration::from_secs(900), 100_000),
+        expiries: Arc::new(Semaphore::new(MAX_PENDING_EXPIRIES)),
+    });
+    let mut tasks = vec![tokio::spawn(register::register(http, config.guild_ids.clone()))];
+    let router = match config.mode {
+        DiscordMode::Http => {
+            let verifier = verify::DiscordVerifier::new(config.public_key)
+                .ok_or_else(|| StartError::Discord("discord.public_key is not a valid Ed25519 key".into()))?;
+            http::router(state, verifier)
+        }
+        DiscordMode::Gateway => {
+            tasks.push(gateway::spawn(state, &config, app.shutdown()).await?);
+            axum::Router::new()
+        }
+    };
+    tracing::info!(mode = ?config.mode, "Discord is on");
+    Ok(Some(Started { router, tasks }))
+}
+
+/// The asker behind an interaction; `None` outside a guild or when the payload names no member
+/// (serenity would otherwise fill in a silent default user).
+fn asker_of(guild: Option<GuildId>, channel: ChannelId, member: Option<&Member>) -> Option<Asker> {
+    let (guild, member) = (guild?, member?);
+    Some(Asker {
+        platform: Platform::Discord,
+        user_id: member.user.id.to_string(),
+        team_id: Some(guild.to_string()),
+        channel_id: Some(channel.to_string()),
+        groups: Groups::Known(member.roles.iter().map(|r| r.to_string()).collect()),
+    })
+}
+
+fn ephemeral_line(text: &str) -> CreateInteractionResponse {
+    CreateInteractionResponse::Message(
+        CreateInteractionResponseMessage::new().content(text).ephemeral(true),
+    )
+}
+
+impl DiscordState {
+    /// One interaction from either transport → its initial response (`None`: not for us).
+    pub async fn interaction(self: &Arc<Self>, interaction: Interaction) -> Option<CreateInteractionResponse> {
+        match interaction {
+            Interaction::Ping(_) => Some(CreateInteractionResponse::Pong),
+            Interaction::Command(c) if c.data.name == "portal" => {
+                if !self.seen.first_time(&c.id.to_string()) {
+                    tracing::info!("duplicate delivery of an interaction; answered once already");
+                    return None;
+                }
+                Some(self.command(c).await)
+            }
+            Interaction::Component(c) => {
+                if !self.seen.first_time(&c.id.to_string()) {
+                    return None;
+                }
+                Some(self.component(c).await)
+            }
+            _ => None,
+        }
+    }
+
+    async fn command(self: &Arc<Self>, c: CommandInteraction) -> CreateInteractionResponse {
+        let Some(asker) = asker_of(c.guild_id, c.channel_id, c.member.as_deref()) else {
+            return ephemeral_line("/portal works in a server, not in direct messages.");
+        };
+        let text = c
+            .data
+            .options
+            .iter()
+            .find(|o| o.name == "enduser")
+            .and_then(|o| o.value.as_str())
+            .unwrap_or("")
+            .to_string();
+        let work = {
+            let app = self.app.clone();
+            let asker = asker.clone();
+            async move { app.portal.handle(&asker, &text).await }
+        };
+        match self.answer(work, asker.user_id.clone(), c.token.clone()).await {
+            Answer::Inline(reply) => {
+                self.expire_later(&reply, &asker.user_id, &c.token);
+                render::response(render::message(&reply, &asker.user_id))
+            }
+            Answer::Deferred => CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new().ephemeral(true)),
+        }
+    }
+
+    async fn component(self: &Arc<Self>, c: ComponentInteraction) -> CreateInteractionResponse {
+        let Some(asker) = asker_of(c.guild_id, c.channel_id, c.member.as_ref()) else {
+            return ephemeral_line("These buttons work in a server, not in direct messages.");
+        };
+        let mut parts = c.data.custom_id.splitn(3, ':');
+        let (kind, owner, end_user) = (parts.next(), parts.next(), parts.next());
+        let action = match kind {
+            Some(render::NEW_LINK) => Action::NewLink,
+            Some(render::PICK) => Action::Link,
+            _ => return CreateInteractionResponse::Acknowledge,
+        };
+        if owner != Some(asker.user_id.as_str()) {
+            return ephemeral_line("Only the person who asked for this link can use its buttons.");
+        }
+        let Some(id) = end_user.and_then(id_of) else {
+            return CreateInteractionResponse::Acknowledge;
+        };
+        let work = {
+            let app = self.app.clone();
+            let asker = asker.clone();
+            async move { app.portal.link_for(&asker, id, action).await }
+        };
+        match self.answer(work, asker.user_id.clone(), c.token.clone()).await {
+            Answer::Inline(reply) => {
+                self.expire_later(&reply, &asker.user_id, &c.token);
+                render::update(render::message(&reply, &asker.user_id))
+            }
+            Answer::Deferred => CreateInteractionResponse::Acknowledge,
+        }
+    }
+
+    /// Inline within the reply budget, else the answer edits `@original` when it is ready.
+    async fn answer<W>(self: &Arc<Self>, work: W, asker: String, token: String) -> Answer<Reply>
+    where
+        W: std::future::Future<Output = Reply> + Send + 'static,
+    {
+        let me = self.clone();
+        let late = move |reply: Reply| async move {
+            let edit = render::edit(render::message(&reply, &asker));
+            let sent = with_retries("discord edit", || async {
+                me.http
+                    .edit_original_interaction_response(&token, &edit, Vec::new())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| rest::describe(&e))
+            })
+            .await;
+            match sent {
+                Ok(()) => me.expire_later(&reply, &asker, &token),
+                Err(_) => me.app.metrics.delivery_failed("discord"),
+            }
+        };
+        inline_or_later(&self.app.tasks, self.app.config.server.reply_budget, work, late).await
+    }
+
+    /// After a link expires, replace the message with "expired" + New link, so no dead (or
+    /// live) URL stays in the chat. Bounded; dropped at shutdown.
+    fn expire_later(self: &Arc<Self>, reply: &Reply, asker: &str, token: &str) {
+        let Reply::Link(link) = reply else {
+            return;
+        };
+        let Ok(permit) = self.expiries.clone().try_acquire_owned() else {
+            tracing::warn!("too many pending expiry replacements; this link's message will not be cleaned up");
+            return;
+        };
+        let wait = link.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+        let edit = render::edit(render::expired(asker, link.end_user.as_str()));
+        let (me, token) = (self.clone(), token.to_string());
+        let mut shutdown = self.app.shutdown();
+        self.app.tasks.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.fired() => return,
+            }
+            if let Err(e) = me.http.edit_original_interaction_response(&token, &edit, Vec::new()).await {
+                tracing::warn!(error = %rest::describe(&e), "could not replace an expired link");
+            }
+        });
+    }
 }

@@ -1,0 +1,171 @@
+//! Turning a core [`Reply`] into a Discord message: ephemeral (flag 64), no mentions allowed,
+//! a link button (style 5) "Open portal" and a "New link" button, the expiry as a Discord
+//! timestamp. Echoed input sits in a code span, so it can't mention, link or format.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serenity::all::{
+    ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateButton, CreateInteractionResponse,
+    CreateInteractionResponseMessage, EditInteractionResponse,
+};
+
+use crate::core::command::USAGE;
+use crate::core::planhat::EndUserSummary;
+use crate::core::portal::Reply;
+
+/// `custom_id` prefix of the New link button: `new:{asker}:{end user}`.
+pub const NEW_LINK: &str = "new";
+/// `custom_id` prefix of an email match's button: `pick:{asker}:{end user}`.
+pub const PICK: &str = "pick";
+
+/// A code span: ids and emails have no backtick; anything else is replaced.
+fn code(text: &str) -> String {
+    format!("`{}`", text.replace('`', "'"))
+}
+
+/// Backslash-escapes Discord markdown and breaks mentions in text from Planhat (names).
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\*_~`|>#[]()<:-".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        if c == '@' {
+            out.push('\u{200b}');
+        }
+    }
+    out
+}
+
+fn who(who: Option<&EndUserSummary>) -> String {
+    let parts: Vec<String> = who
+        .map(|w| [w.name.as_deref(), w.company.as_deref()].into_iter().flatten().map(escape).collect())
+        .unwrap_or_default();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+/// A button id, or `None` when it would be longer than Discord's 100 characters.
+fn button_id(kind: &str, asker: &str, end_user: &str) -> Option<String> {
+    let id = format!("{kind}:{asker}:{end_user}");
+    (id.len() <= 100).then_some(id)
+}
+
+fn new_link_button(asker: &str, end_user: &str) -> Option<CreateButton> {
+    button_id(NEW_LINK, asker, end_user)
+        .map(|id| CreateButton::new(id).label("New link").style(ButtonStyle::Secondary))
+}
+
+/// A message's parts, independent of whether it is a response or an edit.
+pub struct Message {
+    pub content: String,
+    pub rows: Vec<CreateActionRow>,
+}
+
+/// What a reply looks like.
+pub fn message(reply: &Reply, asker: &str) -> Message {
+    let text = |content: String| Message { content, rows: Vec::new() };
+    match reply {
+        Reply::Help => text(format!("```\n{USAGE}\n```")),
+        Reply::Link(link) => {
+            let expires = link.expires_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let mut buttons = vec![CreateButton::new_link(link.url.expose()).label("Open portal")];
+            buttons.extend(new_link_button(asker, link.end_user.as_str()));
+            Message {
+                content: format!(
+                    "Portal login as {}{}. Expires <t:{expires}:R>; single use; only you can see this.",
+                    code(link.end_user.as_str()),
+                    who(link.who.as_ref())
+                ),
+                rows: vec![CreateActionRow::Buttons(buttons)],
+            }
+        }
+        Reply::Access { end_user, who: w, has_access } => text(format!(
+            "{}{} {} portal access.",
+            code(end_user.as_str()),
+            who(w.as_ref()),
+            if *has_access { "has" } else { "has no" }
+        )),
+        Reply::Choose { email, matches, more } => {
+            let buttons: Vec<CreateButton> = matches
+                .iter()
+                .filter_map(|m| {
+                    let label = match (&m.name, &m.company) {
+                        (Some(n), Some(c)) => format!("{n} ({c})"),
+                        (Some(n), None) => n.clone(),
+                        _ => m.id.clone(),
+                    };
+                    button_id(PICK, asker, &m.id).map(|id| CreateButton::new(id).label(label.chars().take(80).collect::<String>()))
+                })
+                .collect();
+            Message {
+                content: format!(
+                    "{} matches {} end users{}; pick one:",
+                    code(email),
+                    matches.len(),
+                    if *more { " (the first shown)" } else { "" }
+                ),
+                rows: vec![CreateActionRow::Buttons(buttons)],
+            }
+        }
+        Reply::Refused(r) => text(r.to_string()),
+    }
+}
+
+/// What replaces a link once it has expired: no URL, a New link button.
+pub fn expired(asker: &str, end_user: &str) -> Message {
+    Message {
+        content: format!("The portal link for {} has expired.", code(end_user)),
+        rows: new_link_button(asker, end_user).map(|b| vec![CreateActionRow::Buttons(vec![b])]).unwrap_or_default(),
+    }
+}
+
+/// The inline response (type 4, ephemeral).
+pub fn response(m: Message) -> CreateInteractionResponse {
+    CreateInteractionResponse::Message(
+        CreateInteractionResponseMessage::new()
+            .content(m.content)
+            .components(m.rows)
+            .ephemeral(true)
+            .allowed_mentions(CreateAllowedMentions::new()),
+    )
+}
+
+/// The in-place update of the message a button is on (type 7).
+pub fn update(m: Message) -> CreateInteractionResponse {
+    CreateInteractionResponse::UpdateMessage(
+        CreateInteractionResponseMessage::new()
+            .content(m.content)
+            .components(m.rows)
+            .allowed_mentions(CreateAllowedMentions::new()),
+    )
+}
+
+/// The edit of `@original` that delivers a late answer.
+pub fn edit(m: Message) -> EditInteractionResponse {
+    EditInteractionResponse::new()
+        .content(m.content)
+        .components(m.rows)
+        .allowed_mentions(CreateAllowedMentions::new())
+}
+
+/// Seconds since the epoch (for tests and logs).
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_breaks_mentions_and_markdown() {
+        assert_eq!(escape("@everyone"), "@\u{200b}everyone");
+        assert_eq!(escape("*x*"), "\\*x\\*");
+        assert_eq!(code("a`b"), "`a'b`");
+    }
+}

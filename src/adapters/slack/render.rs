@@ -1,0 +1,174 @@
+//! Turning a core [`Reply`] into what the Slack user sees: Block Kit plus a plain-text fallback.
+//!
+//! Everything echoed from the asker's input goes through [`escape`] (`&`, `<`, `>`) and sits in
+//! a code span, so `/portal <!channel>` can mention, link or format nothing.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use slack_morphism::prelude::*;
+
+use crate::core::command::USAGE;
+use crate::core::planhat::EndUserSummary;
+use crate::core::portal::{PortalLink, Reply};
+
+/// `action_id` of the "Open portal" URL button (Slack still sends `block_actions` for it).
+pub const OPEN_PORTAL: &str = "open_portal";
+/// `action_id` of the "New link" button.
+pub const NEW_LINK: &str = "new_link";
+/// `action_id` prefix of the buttons that pick one of an email's matches.
+pub const PICK: &str = "pick";
+
+/// Escapes text for Slack's mrkdwn (the three characters Slack's docs require).
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Inline code with the input escaped; the id grammar has no backtick, emails neither.
+fn code(text: &str) -> String {
+    format!("`{}`", escape(&text.replace('`', "'")))
+}
+
+fn who(who: Option<&EndUserSummary>) -> String {
+    match who {
+        Some(EndUserSummary { name: Some(n), company: Some(c), .. }) => format!(" ({}, {})", escape(n), escape(c)),
+        Some(EndUserSummary { name: Some(n), company: None, .. }) => format!(" ({})", escape(n)),
+        Some(EndUserSummary { name: None, company: Some(c), .. }) => format!(" ({})", escape(c)),
+        _ => String::new(),
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `HH:MM:SS UTC`, the fallback where Slack can't localise a date.
+pub fn clock(t: SystemTime) -> String {
+    let secs = unix(t) % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// A one-line message.
+pub fn line(text: &str) -> SlackMessageContent {
+    SlackMessageContent::new()
+        .with_text(text.to_string())
+        .with_blocks(vec![SlackSectionBlock::new().with_text(md!(text.to_string())).into()])
+}
+
+/// The message a link reply shows.
+pub fn link(link: &PortalLink, asker: &str, button_url: &url::Url) -> SlackMessageContent {
+    let target = format!("{}{}", code(link.end_user.as_str()), who(link.who.as_ref()));
+    let expires = unix(link.expires_at);
+    let fallback = format!(
+        "Portal login as {}: {} (works until {}, only you can see this)",
+        link.end_user,
+        button_url,
+        clock(link.expires_at)
+    );
+    let blocks: Vec<SlackBlock> = vec![
+        SlackSectionBlock::new().with_text(md!(format!("Portal login as {target}"))).into(),
+        SlackActionsBlock::new(vec![
+            SlackBlockButtonElement::new(pt!("Open portal"))
+                .with_action_id(OPEN_PORTAL.into())
+                .with_url(button_url.clone())
+                .with_value(format!("{asker}:{}", link.end_user))
+                .with_style(SlackBlockButtonStyle::Primary)
+                .into(),
+            new_link_button(asker, link.end_user.as_str()).into(),
+        ])
+        .into(),
+        SlackContextBlock::new(vec![md!(format!(
+            "Expires <!date^{expires}^{{time_secs}}|{}> · single use · only you can see this",
+            clock(link.expires_at)
+        ))])
+        .into(),
+    ];
+    SlackMessageContent::new().with_text(fallback).with_blocks(blocks)
+}
+
+/// Button values carry `{asker}:{end user}`, so a click can be checked against the asker.
+fn new_link_button(asker: &str, end_user: &str) -> SlackBlockButtonElement {
+    SlackBlockButtonElement::new(pt!("New link"))
+        .with_action_id(NEW_LINK.into())
+        .with_value(format!("{asker}:{end_user}"))
+}
+
+/// What replaces a link message once it was opened (or expired): no URL, a New link button.
+pub fn used(asker: &str, end_user: &str, what: &str) -> SlackMessageContent {
+    let text = format!("Portal link for {} {what}. Ask for a new one when you need it.", code(end_user));
+    SlackMessageContent::new().with_text(text.clone()).with_blocks(vec![
+        SlackSectionBlock::new().with_text(md!(text)).into(),
+        SlackActionsBlock::new(vec![new_link_button(asker, end_user).into()]).into(),
+    ])
+}
+
+/// Everything but a link.
+pub fn reply(reply: &Reply, asker: &str, button_url: Option<&url::Url>) -> SlackMessageContent {
+    match reply {
+        Reply::Help => line(&format!("```{}```", escape(USAGE))),
+        Reply::Link(l) => match button_url {
+            Some(u) => link(l, asker, u),
+            None => match url::Url::parse(l.url.expose()) {
+                Ok(u) => link(l, asker, &u),
+                Err(_) => line("Planhat answered something the bot can't use, so no link was shown."),
+            },
+        },
+        Reply::Access { end_user, who: w, has_access } => line(&format!(
+            "{}{} {} portal access.",
+            code(end_user.as_str()),
+            who(w.as_ref()),
+            if *has_access { "has" } else { "has no" }
+        )),
+        Reply::Choose { email, matches, more } => {
+            let text = format!(
+                "{} matches {} end users{}; pick one:",
+                code(email),
+                matches.len(),
+                if *more { " (the first shown)" } else { "" }
+            );
+            let buttons: Vec<SlackActionBlockElement> = matches
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let label = match (&m.name, &m.company) {
+                        (Some(n), Some(c)) => format!("{n} ({c})"),
+                        (Some(n), None) => n.clone(),
+                        _ => m.id.clone(),
+                    };
+                    SlackBlockButtonElement::new(pt!(label.chars().take(70).collect::<String>()))
+                        .with_action_id(format!("{PICK}_{i}").into())
+                        .with_value(format!("{asker}:{}", m.id))
+                        .into()
+                })
+                .collect();
+            SlackMessageContent::new()
+                .with_text(text.clone())
+                .with_blocks(vec![
+                    SlackSectionBlock::new().with_text(md!(text)).into(),
+                    SlackActionsBlock::new(buttons).into(),
+                ])
+        }
+        Reply::Refused(r) => line(&r.to_string()),
+    }
+}
+
+/// The inline answer to a slash command: ephemeral, always.
+pub fn command_response(content: SlackMessageContent) -> SlackCommandEventResponse {
+    SlackCommandEventResponse::new(content).with_response_type(SlackMessageResponseType::Ephemeral)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping() {
+        assert_eq!(escape("<!channel> & <@U1>"), "&lt;!channel&gt; &amp; &lt;@U1&gt;");
+        assert_eq!(code("a`b<c"), "`a'b&lt;c`");
+    }
+
+    #[test]
+    fn clock_format() {
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(86_400 * 3 + 3600 * 13 + 62);
+        assert_eq!(clock(t), "13:01:02 UTC");
+    }
+}

@@ -1,0 +1,76 @@
+//! Slack Socket Mode: for workspaces that can't expose an endpoint. The bot dials out; slack-
+//! morphism keeps the connection (and reconnects it); every envelope goes to the same handlers
+//! as the webhooks. Its `serve()` installs its own signal handlers, so we use `start()` and
+//! stop it from our own shutdown instead.
+
+use std::sync::Arc;
+
+use slack_morphism::prelude::*;
+
+use super::client::Client;
+use super::SlackState;
+use crate::core::secret::Secret;
+use crate::shutdown::Shutdown;
+
+/// Runs Socket Mode until shutdown.
+pub fn spawn(state: Arc<SlackState>, app_token: &Secret, mut shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+    let token = SlackApiToken::new(SlackApiTokenValue::new(app_token.expose().to_string()));
+    tokio::spawn(async move {
+        let environment = Arc::new(
+            SlackClientEventsListenerEnvironment::new(state.api.client.clone())
+                .with_error_handler(on_error)
+                .with_user_state(state.clone()),
+        );
+        let callbacks = SlackSocketModeListenerCallbacks::new()
+            .with_command_events(on_command)
+            .with_interaction_events(on_interaction);
+        let config = SlackClientSocketModeConfig::new()
+            .with_max_connections_count(1)
+            .with_reconnect_timeout_in_seconds(5);
+        let listener = SlackClientSocketModeListener::new(&config, environment, callbacks);
+        if let Err(e) = listener.listen_for(&token).await {
+            tracing::error!(error = %e, "Slack Socket Mode could not start");
+            return;
+        }
+        listener.start().await;
+        tracing::info!("Slack Socket Mode started");
+        shutdown.fired().await;
+        listener.shutdown().await;
+        tracing::info!("Slack Socket Mode closed");
+    })
+}
+
+async fn state_of(user_state: &SlackClientEventsUserState) -> Option<Arc<SlackState>> {
+    user_state.read().await.get_user_state::<Arc<SlackState>>().cloned()
+}
+
+async fn on_command(
+    ev: SlackCommandEvent,
+    _client: Arc<Client>,
+    user_state: SlackClientEventsUserState,
+) -> UserCallbackResult<SlackCommandEventResponse> {
+    let state = state_of(&user_state).await.ok_or("Slack state missing")?;
+    Ok(state.command(ev).await)
+}
+
+async fn on_interaction(
+    ev: SlackInteractionEvent,
+    _client: Arc<Client>,
+    user_state: SlackClientEventsUserState,
+) -> UserCallbackResult<()> {
+    if let Some(state) = state_of(&user_state).await {
+        state.interaction(ev);
+    }
+    Ok(())
+}
+
+/// Errors are logged and the envelope acknowledged anyway (200): a handler failure must not
+/// make Slack redeliver the same command into the same failure.
+fn on_error(
+    error: Box<dyn std::error::Error + Send + Sync>,
+    _client: Arc<Client>,
+    _user_state: SlackClientEventsUserState,
+) -> HttpStatusCode {
+    tracing::warn!(error = %error, "Slack Socket Mode event failed");
+    HttpStatusCode::OK
+}
