@@ -1,0 +1,134 @@
+//! Shared test helpers: the real app on a random loopback port, a wiremock Planhat, and
+//! requests signed exactly as Slack and Discord sign them. Every address here is 127.0.0.1.
+#![allow(dead_code)]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signer, SigningKey};
+use hmac::{KeyInit, Mac};
+use portal_bot::{Config, Running};
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+pub const API_TOKEN: &str = "test-planhat-token-7f3a";
+pub const SIGNING_SECRET: &str = "test-slack-signing-secret-91bc";
+pub const BOT_TOKEN: &str = "xoxb-test-bot-token-55de";
+pub const APP_TOKEN: &str = "xapp-test-app-token-66ef";
+pub const DISCORD_TOKEN: &str = "test-discord-bot-token-77aa";
+pub const PORTAL: &str = "https://share.example.test";
+pub const APP_ID: u64 = 1200000000000000002;
+pub const GUILD: u64 = 1300000000000000003;
+pub const CHANNEL: u64 = 1400000000000000004;
+
+/// The Discord test key (a fixed seed: tests only).
+pub fn discord_key() -> SigningKey {
+    SigningKey::from_bytes(&[42u8; 32])
+}
+
+pub fn discord_public_key_hex() -> String {
+    hex::encode(discord_key().verifying_key().to_bytes())
+}
+
+/// A config pointing at `planhat`, with `extra` TOML appended (sections other than [planhat]).
+pub fn config(planhat: &str, extra: &str) -> Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nreply_budget = \"400ms\"\n\
+         [planhat]\napi_url = \"{planhat}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\ntimeout = \"2s\"\n{extra}"
+    );
+    Config::parse(&text, &|_| None).expect("test config must be valid")
+}
+
+/// Starts the real app.
+pub async fn spawn(config: Config) -> Running {
+    portal_bot::start(config).await.expect("app starts")
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Headers Slack would send with `body`, signed at `ts`.
+pub fn slack_headers(secret: &str, ts: u64, body: &str) -> reqwest::header::HeaderMap {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("v0:{ts}:{body}").as_bytes());
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("x-slack-signature", format!("v0={}", hex::encode(mac.finalize().into_bytes())).parse().unwrap());
+    h.insert("x-slack-request-timestamp", ts.to_string().parse().unwrap());
+    h.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+    h
+}
+
+/// A slash-command form body.
+pub fn slash_body(user: &str, channel: &str, text: &str, response_url: &str, trigger: &str) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", "deprecated")
+        .append_pair("team_id", "T0001")
+        .append_pair("team_domain", "acme")
+        .append_pair("channel_id", channel)
+        .append_pair("channel_name", "cs")
+        .append_pair("user_id", user)
+        .append_pair("user_name", "csm")
+        .append_pair("command", "/portal")
+        .append_pair("text", text)
+        .append_pair("api_app_id", "A0001")
+        .append_pair("response_url", response_url)
+        .append_pair("trigger_id", trigger)
+        .finish()
+}
+
+/// Headers Discord would send with `body`.
+pub fn discord_headers(body: &[u8]) -> reqwest::header::HeaderMap {
+    let ts = now().to_string();
+    let sig = discord_key().sign(&[ts.as_bytes(), body].concat());
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("x-signature-ed25519", hex::encode(sig.to_bytes()).parse().unwrap());
+    h.insert("x-signature-timestamp", ts.parse().unwrap());
+    h.insert("content-type", "application/json".parse().unwrap());
+    h
+}
+
+/// A `/portal` APPLICATION_COMMAND interaction in the test guild.
+pub fn discord_command(id: u64, user: u64, roles: &[u64], enduser: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id.to_string(), "application_id": APP_ID.to_string(), "type": 2, "token": format!("itok-{id}"),
+        "version": 1, "guild_id": GUILD.to_string(), "channel_id": CHANNEL.to_string(), "locale": "en-US",
+        "entitlements": [], "attachment_size_limit": 8388608,
+        "member": {"user": {"id": user.to_string(), "username": "csm"},
+                   "roles": roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                   "deaf": false, "mute": false, "flags": 0},
+        "data": {"id": "1700000000000000007", "name": "portal", "type": 1,
+                 "options": [{"name": "enduser", "type": 3, "value": enduser}]}
+    })
+}
+
+/// Planhat answering access `true` and minting `{PORTAL}/redirect/{token}` for `id`.
+pub async fn planhat_link(server: &MockServer, id: &str, token: &str) {
+    Mock::given(method("GET"))
+        .and(path(format!("/shareabletokens/access/{id}")))
+        .and(header("authorization", format!("Bearer {API_TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_string("true"))
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/shareabletokens/{id}")))
+        .and(header("authorization", format!("Bearer {API_TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"url": format!("{PORTAL}/redirect/{token}")})))
+        .mount(server)
+        .await;
+}
+
+/// Requests Planhat received whose path contains `part`.
+pub async fn planhat_calls(server: &MockServer, part: &str) -> usize {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path().contains(part))
+        .count()
+}
+
+/// A plain HTTP client for talking to the app (loopback only, no proxy from the environment).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
