@@ -84,6 +84,8 @@ pub fn main() -> ExitCode {
     };
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
+        // The demo prints what the user sees; the operator's warnings would only distract.
+        Command::Demo => "error",
         _ => "warn",
     };
     init_logging(cli.log_format, default_level);
