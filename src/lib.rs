@@ -69,6 +69,7 @@ impl App {
             audit.clone(),
             metrics.clone(),
             config.planhat.link_lifetime,
+            config.server.public_url.as_ref(),
         ));
         let (shutdown, _) = crate::shutdown::channel();
         Ok(Arc::new(App { config, portal, metrics, audit, tasks: TaskTracker::new(), shutdown }))
@@ -108,6 +109,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }));
 
     let mut router = adapters::http::router(app.clone());
+    if app.config.server.public_url.is_some() {
+        router = router.merge(adapters::go::router(app.clone()));
+    }
     if let Some(slack) = adapters::slack::start(&app).await? {
         router = router.merge(slack.router);
         background.extend(slack.tasks);

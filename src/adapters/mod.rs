@@ -3,6 +3,7 @@
 pub mod dedupe;
 pub mod deliver;
 pub mod discord;
+pub mod go;
 pub mod http;
 pub mod slack;
 

@@ -14,6 +14,7 @@ use super::audit::{Audit, AuditEvent};
 use super::command::{parse_command, Command};
 use super::enduser::{BadEndUser, EndUserId, Target};
 use super::metrics::Metrics;
+use super::onetime::{GoError, OneTimeLinks, LIFETIME as GO_LIFETIME};
 use super::planhat::{EndUserSummary, Planhat, PlanhatError};
 use super::ratelimit::RateLimiter;
 use super::secret::Secret;
@@ -55,8 +56,11 @@ pub struct PortalLink {
     pub end_user: EndUserId,
     /// Name and company, when Planhat gave them (email lookups).
     pub who: Option<EndUserSummary>,
-    /// When Planhat's 30 seconds run out (counted from before the mint call, conservatively).
+    /// When the link stops working: Planhat's 30 seconds (counted from before the mint call,
+    /// conservatively), or a `/go/` link's ten minutes.
     pub expires_at: SystemTime,
+    /// True for a `/go/` link: the signed URL is minted when the person clicks.
+    pub at_click: bool,
 }
 
 /// What the asker sees, platform-neutral. Adapters render it.
@@ -158,7 +162,13 @@ pub struct PortalService {
     audit: Arc<Audit>,
     metrics: Arc<Metrics>,
     link_lifetime: Duration,
+    /// Set: links are `/go/` links under this base, minted at click time.
+    public_url: Option<String>,
+    onetime: OneTimeLinks,
 }
+
+/// One-time links held at once, at most.
+const MAX_ONETIME: usize = 100_000;
 
 impl PortalService {
     /// Assembles the use case from its parts.
@@ -169,8 +179,18 @@ impl PortalService {
         audit: Arc<Audit>,
         metrics: Arc<Metrics>,
         link_lifetime: Duration,
+        public_url: Option<&url::Url>,
     ) -> Self {
-        PortalService { planhat, policy, limiter, audit, metrics, link_lifetime }
+        PortalService {
+            planhat,
+            policy,
+            limiter,
+            audit,
+            metrics,
+            link_lifetime,
+            public_url: public_url.map(|u| u.as_str().trim_end_matches('/').to_string()),
+            onetime: OneTimeLinks::new(MAX_ONETIME),
+        }
     }
 
     /// The access policy (adapters ask it which groups to keep fetched).
@@ -191,6 +211,19 @@ impl PortalService {
     /// Forgets rate-limit buckets of quiet askers (called periodically).
     pub fn sweep(&self) {
         self.limiter.sweep(Instant::now());
+        self.onetime.sweep();
+    }
+
+    /// `GET /go/{id}`: uses the id up, then runs the whole flow for its asker and end user
+    /// (re-authorised, rate limited, access re-checked, minted now, audited).
+    pub async fn go(&self, id: &str) -> Result<Reply, GoError> {
+        let claim = self.onetime.take(id)?;
+        Ok(self.link_for(&claim.asker, claim.end_user, Action::Go).await)
+    }
+
+    /// Whether a `/go/` id could be used, without using it.
+    pub fn peek_go(&self, id: &str) -> Result<(), GoError> {
+        self.onetime.peek(id)
     }
 
     /// `/portal <text>` from `asker`.
@@ -212,8 +245,8 @@ impl PortalService {
             (Err(refusal), _) => Reply::Refused(refusal),
             (Ok(()), Err(bad)) => Reply::Refused(Refusal::BadInput(bad)),
             (Ok(()), Ok(_)) => match target {
-                Some(Target::EndUser(id)) => self.run(id, None, action).await,
-                Some(Target::Email(email)) => self.by_email(email, action).await,
+                Some(Target::EndUser(id)) => self.run(asker, id, None, action).await,
+                Some(Target::Email(email)) => self.by_email(asker, email, action).await,
                 _ => Reply::Help,
             },
         };
@@ -227,7 +260,7 @@ impl PortalService {
         let end_user = Some(id.to_string());
         let reply = match self.admit(asker) {
             Err(refusal) => Reply::Refused(refusal),
-            Ok(()) => self.run(id, None, action).await,
+            Ok(()) => self.run(asker, id, None, action).await,
         };
         self.finish(asker, action, end_user, reply, started).await
     }
@@ -238,7 +271,7 @@ impl PortalService {
         self.limiter.check(&asker.rate_key(), Instant::now()).map_err(Refusal::RateLimited)
     }
 
-    async fn by_email(&self, email: String, action: Action) -> Reply {
+    async fn by_email(&self, asker: &Asker, email: String, action: Action) -> Reply {
         let mut matches = match self.planhat.find_by_email(&email).await {
             Ok(m) => m,
             Err(e) => return self.upstream(e),
@@ -248,7 +281,7 @@ impl PortalService {
             1 => {
                 let who = matches.pop();
                 match who.as_ref().and_then(|w| id_of(&w.id)) {
-                    Some(id) => self.run(id, who, action).await,
+                    Some(id) => self.run(asker, id, who, action).await,
                     None => self.upstream(PlanhatError::Unusable("the matching end user has an unusable id".into())),
                 }
             }
@@ -260,13 +293,28 @@ impl PortalService {
     }
 
     /// The Planhat round: access check and mint at once; a URL is kept only on "yes".
-    async fn run(&self, id: EndUserId, who: Option<EndUserSummary>, action: Action) -> Reply {
+    async fn run(&self, asker: &Asker, id: EndUserId, who: Option<EndUserSummary>, action: Action) -> Reply {
+        if action.mints() && action != Action::Go && self.public_url.is_some() {
+            return match self.planhat.check_access(&id).await {
+                Ok(true) => match self.at_click(asker, id.clone(), who.clone()) {
+                    Some(reply) => reply,
+                    // The store is full: fall back to a link minted now.
+                    None => self.mint_now(id, who).await,
+                },
+                Ok(false) => Reply::Refused(Refusal::NoAccess),
+                Err(e) => self.upstream(e),
+            };
+        }
         if !action.mints() {
             return match self.planhat.check_access(&id).await {
                 Ok(has_access) => Reply::Access { end_user: id, who, has_access },
                 Err(e) => self.upstream(e),
             };
         }
+        self.mint_now(id, who).await
+    }
+
+    async fn mint_now(&self, id: EndUserId, who: Option<EndUserSummary>) -> Reply {
         let before_mint = SystemTime::now();
         let (access, minted) = tokio::join!(self.planhat.check_access(&id), self.planhat.mint(&id));
         match access {
@@ -279,10 +327,24 @@ impl PortalService {
                     end_user: id,
                     who,
                     expires_at: before_mint + self.link_lifetime,
+                    at_click: false,
                 }),
                 Err(e) => self.upstream(e),
             },
         }
+    }
+
+    /// With `public_url`: check access now, mint when the person clicks `/go/{id}`.
+    fn at_click(&self, asker: &Asker, id: EndUserId, who: Option<EndUserSummary>) -> Option<Reply> {
+        let base = self.public_url.as_ref()?;
+        let go = self.onetime.issue(asker, &id)?;
+        Some(Reply::Link(PortalLink {
+            url: Secret::new(format!("{base}/go/{go}")),
+            end_user: id,
+            who,
+            expires_at: SystemTime::now() + GO_LIFETIME,
+            at_click: true,
+        }))
     }
 
     fn upstream(&self, e: PlanhatError) -> Reply {

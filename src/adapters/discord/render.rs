@@ -77,9 +77,10 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
             buttons.extend(new_link_button(asker, link.end_user.as_str()));
             Message {
                 content: format!(
-                    "Portal login as {}{}. Expires <t:{expires}:R>; single use; only you can see this.",
+                    "Portal login as {}{}. {} <t:{expires}:R>; single use; only you can see this.",
                     code(link.end_user.as_str()),
-                    who(link.who.as_ref())
+                    who(link.who.as_ref()),
+                    if link.at_click { "Signs you in when you click; works until" } else { "Expires" }
                 ),
                 rows: vec![CreateActionRow::Buttons(buttons)],
             }

@@ -76,10 +76,17 @@ pub fn link(link: &PortalLink, asker: &str, button_url: &url::Url) -> SlackMessa
             new_link_button(asker, link.end_user.as_str()).into(),
         ])
         .into(),
-        SlackContextBlock::new(vec![md!(format!(
-            "Expires <!date^{expires}^{{time_secs}}|{}> · single use · only you can see this",
-            clock(link.expires_at)
-        ))])
+        SlackContextBlock::new(vec![md!(if link.at_click {
+            format!(
+                "Works until <!date^{expires}^{{time}}|{}>; you are signed in when you click · single use · only you can see this",
+                clock(link.expires_at)
+            )
+        } else {
+            format!(
+                "Expires <!date^{expires}^{{time_secs}}|{}> · single use · only you can see this",
+                clock(link.expires_at)
+            )
+        })])
         .into(),
     ];
     SlackMessageContent::new().with_text(fallback).with_blocks(blocks)
