@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,12 +85,16 @@ impl Sandbox {
             base: base.as_str().trim_end_matches('/').to_string(),
             options,
             minted: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/shareabletokens/access/{id}", get(access))
             .route("/shareabletokens/{id}", get(mint))
             .route("/endusers", get(endusers))
             .route("/redirect/{token}", get(redirect))
+            .route("/stats", get(stats))
             .with_state(state);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -114,6 +119,38 @@ struct SandboxState {
     options: SandboxOptions,
     /// Minted token → (end user, when), so `/redirect/` can say whom and whether expired.
     minted: Mutex<HashMap<String, (&'static str, Instant)>>,
+    /// API calls being answered now, the most ever at once, and all calls: a load benchmark
+    /// checks `max_in_flight` against these.
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+/// Counts a call in flight for as long as it lives.
+struct Counting<'a>(&'a SandboxState);
+
+impl<'a> Counting<'a> {
+    fn new(state: &'a SandboxState) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak.fetch_max(now, Ordering::SeqCst);
+        state.calls.fetch_add(1, Ordering::Relaxed);
+        Counting(state)
+    }
+}
+
+impl Drop for Counting<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn stats(State(state): State<Arc<SandboxState>>) -> Response {
+    axum::Json(json!({
+        "in_flight": state.in_flight.load(Ordering::SeqCst),
+        "peak_in_flight": state.peak.load(Ordering::SeqCst),
+        "calls": state.calls.load(Ordering::Relaxed),
+    }))
+    .into_response()
 }
 
 fn find(id: &str) -> Option<&'static SandboxUser> {
@@ -129,6 +166,7 @@ fn authorised(headers: &HeaderMap) -> bool {
 
 /// The common front of every API answer: latency, auth, the failing and slow end users.
 async fn front(state: &SandboxState, headers: &HeaderMap, id: Option<&str>) -> Result<(), Response> {
+    let _counting = Counting::new(state);
     if !state.options.latency.is_zero() {
         tokio::time::sleep(state.options.latency).await;
     }

@@ -53,6 +53,10 @@ enum Command {
         /// Answer from the built-in sandbox Planhat (no Planhat token needed).
         #[arg(long)]
         sandbox: bool,
+        /// With --sandbox: add this delay to every sandbox answer (load benchmarks model Planhat's
+        /// round trip with it), e.g. "50ms".
+        #[arg(long, value_parser = humantime::parse_duration, requires = "sandbox", hide = true)]
+        sandbox_latency: Option<std::time::Duration>,
     },
     /// The whole flow on this machine: sandbox Planhat, real server, signed Slack and Discord requests.
     Demo,
@@ -98,7 +102,7 @@ pub fn main() -> ExitCode {
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { config, sandbox } => serve(&config.config, sandbox).await,
+            Command::Serve { config, sandbox, sandbox_latency } => serve(&config.config, sandbox, sandbox_latency).await,
             Command::Demo => demo::run().await,
             Command::Link { config, check, enduser } => link::run(&config.config, check, &enduser).await,
             Command::Check { config } => check::run(&config.config).await,
@@ -132,18 +136,24 @@ fn need_token(config: &Config) -> Result<(), u8> {
     })
 }
 
-async fn serve(path: &std::path::Path, sandbox: bool) -> u8 {
+async fn serve(path: &std::path::Path, sandbox: bool, latency: Option<std::time::Duration>) -> u8 {
     let mut config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
     // Kept alive for as long as the server runs.
     let _sandbox = if sandbox {
-        let options = crate::sandbox::SandboxOptions { link_lifetime: config.planhat.link_lifetime, ..Default::default() };
+        let options = crate::sandbox::SandboxOptions {
+            link_lifetime: config.planhat.link_lifetime,
+            latency: latency.unwrap_or_default(),
+            ..Default::default()
+        };
         match crate::sandbox::Sandbox::start(options).await {
             Ok(s) => {
                 config.point_at_sandbox(&s.base, s.token());
                 tracing::warn!(sandbox = %s.base, "answering from the built-in sandbox Planhat, not a real one");
+                // For load tools: where the sandbox is (its /stats shows peak concurrency).
+                eprintln!("sandbox planhat: {}", s.base);
                 Some(s)
             }
             Err(e) => {

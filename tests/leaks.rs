@@ -1,0 +1,190 @@
+//! No leaks: every flow runs with logging at trace level and the audit on; then all captured
+//! log output, the audit file and `/metrics` are searched for every token the fake Planhat
+//! minted, the Planhat API token, the Slack signing secret, and the bot tokens. Zero hits.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::{any, patch, put};
+use common::*;
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Everything every subscriber writes, in one buffer.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// The chat platforms' side: Slack response_url posts and Discord REST, all answered.
+async fn chat_fake() -> String {
+    let message = json!({"id":"1800000000000000008","channel_id":"1400000000000000004","author":{"id":"1","username":"b"},
+        "content":"","timestamp":"2026-01-01T00:00:00+00:00","tts":false,"mention_everyone":false,"mentions":[],
+        "mention_roles":[],"attachments":[],"embeds":[],"pinned":false,"type":0});
+    let app = axum::Router::new()
+        .route("/response/{n}", any(|| async { axum::Json(json!({"ok": true})) }))
+        .route("/api/v10/applications/{a}/guilds/{g}/commands", put(|| async { axum::Json(json!([])) }))
+        .route("/api/v10/webhooks/{a}/{t}/messages/@original", patch(move || async move { axum::Json(message) }))
+        .route("/api/usergroups.users.list", any(|| async { axum::Json(json!({"ok": true, "users": ["U2"]})) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn mint_sequence(planhat: &MockServer, id: &str, tokens: &[&str]) {
+    Mock::given(method("GET"))
+        .and(path(format!("/shareabletokens/access/{id}")))
+        .respond_with(ResponseTemplate::new(200).set_body_string("true"))
+        .mount(planhat)
+        .await;
+    for (i, t) in tokens.iter().enumerate() {
+        Mock::given(method("GET"))
+            .and(path(format!("/shareabletokens/{id}")))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"url": format!("{PORTAL}/redirect/{t}")}))
+                    .set_delay(if id == "slow" { Duration::from_millis(900) } else { Duration::ZERO }),
+            )
+            .up_to_n_times(1)
+            .with_priority((i + 1) as u8)
+            .mount(planhat)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_logs_audit_or_metrics() {
+    let capture = Capture::default();
+    // Everything the bot and its libraries log, at trace. wiremock is off: it is the fake
+    // Planhat (it logs the requests it receives), not part of the bot.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace,wiremock=off"))
+        .with_writer(capture.clone())
+        .try_init()
+        .expect("the only subscriber in this test binary");
+
+    let planhat = MockServer::start().await;
+    let minted: Vec<String> = (0..12).map(|i| format!("leaktok{i}x{}", std::process::id())).collect();
+    let m: Vec<&str> = minted.iter().map(String::as_str).collect();
+    mint_sequence(&planhat, "e1", &m[0..8]).await;
+    mint_sequence(&planhat, "slow", &m[8..10]).await;
+    // A URL that is not shown (no access): it must not appear anywhere either.
+    Mock::given(path("/shareabletokens/access/noacc")).respond_with(ResponseTemplate::new(200).set_body_string("false")).mount(&planhat).await;
+    Mock::given(path("/shareabletokens/noacc"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(format!("{PORTAL}/redirect/{}", m[10])))
+        .mount(&planhat)
+        .await;
+    // One on a foreign host: dropped unseen.
+    Mock::given(path("/shareabletokens/access/evil")).respond_with(ResponseTemplate::new(200).set_body_string("true")).mount(&planhat).await;
+    Mock::given(path("/shareabletokens/evil"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(format!("https://evil.example/redirect/{}", m[11])))
+        .mount(&planhat)
+        .await;
+    Mock::given(path("/endusers"))
+        .and(query_param("email", "jane@acme.example"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([{"_id": "e1", "name": "Jane", "companyName": "Acme"}])))
+        .mount(&planhat)
+        .await;
+
+    let chat = chat_fake().await;
+    let dir = std::env::temp_dir().join(format!("pb-leaks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let _ = std::fs::remove_file(&audit);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cfg = config(
+        &planhat.uri(),
+        &format!(
+            "[slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"{chat}/api\"\n\
+             [discord]\nmode = \"http\"\ntoken = \"{DISCORD_TOKEN}\"\napplication_id = \"{APP_ID}\"\npublic_key = \"{}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{chat}/api/v10\"\n\
+             [access]\nslack_users = [\"U1\"]\nslack_usergroups = [\"S1\"]\ndiscord_users = [\"1500000000000000005\"]\n\
+             [audit]\npath = \"{}\"\n",
+            discord_public_key_hex(),
+            audit.display()
+        ),
+    );
+    cfg.planhat.link_lifetime = Duration::from_secs(1);
+    let running = spawn(cfg).await;
+    let base = format!("http://{}", running.addr);
+    let http = client();
+
+    // Slack: inline link, late link, email, refusals, a forged request, button clicks.
+    let mut slack_replies = Vec::new();
+    for (i, text) in ["e1", "slow", "jane@acme.example", "noacc", "evil", "<!channel>", "help", "check e1"].iter().enumerate() {
+        let body = slash_body("U1", "C1", text, &format!("{chat}/response/{i}"), &format!("trig-{i}"));
+        let r = http.post(format!("{base}/slack/commands")).headers(slack_headers(SIGNING_SECRET, now(), &body)).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        slack_replies.push(r.text().await.unwrap());
+    }
+    let forged = slash_body("U1", "C1", "e1", &format!("{chat}/response/x"), "trig-x");
+    let r = http.post(format!("{base}/slack/commands")).headers(slack_headers("wrong", now(), &forged)).body(forged).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    for action in ["open_portal", "new_link"] {
+        let payload = json!({"type": "block_actions", "team": {"id": "T1"}, "user": {"id": "U1"}, "api_app_id": "A1",
+            "trigger_id": "t", "container": {"type": "message", "message_ts": "1.2"}, "channel": {"id": "C1"},
+            "response_url": format!("{chat}/response/click"),
+            "actions": [{"type": "button", "action_id": action, "value": "U1:e1", "action_ts": "1.3"}]});
+        let body = url::form_urlencoded::Serializer::new(String::new()).append_pair("payload", &payload.to_string()).finish();
+        let r = http.post(format!("{base}/slack/interactions")).headers(slack_headers(SIGNING_SECRET, now(), &body)).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    // Discord: inline link (expires in 1 s: edited away), a late one, a New link press.
+    for (n, enduser) in [(1u64, "e1"), (2, "slow")] {
+        let body = discord_command(1100000000000000000 + n, 1500000000000000005, &[], enduser).to_string();
+        let r = http.post(format!("{base}/discord/interactions")).headers(discord_headers(body.as_bytes())).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let mut press = discord_command(1100000000000000009, 1500000000000000005, &[], "e1");
+    press["type"] = json!(3);
+    press["data"] = json!({"custom_id": "new:1500000000000000005:e1", "component_type": 2});
+    press["message"] = json!({"id":"1800000000000000008","channel_id":"1400000000000000004","author":{"id":"1","username":"b"},
+        "content":"","timestamp":"2026-01-01T00:00:00+00:00","tts":false,"mention_everyone":false,"mentions":[],
+        "mention_roles":[],"attachments":[],"embeds":[],"pinned":false,"type":0});
+    let body = press.to_string();
+    let r = http.post(format!("{base}/discord/interactions")).headers(discord_headers(body.as_bytes())).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Let late deliveries and expiry edits happen, then read everything.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    running.stop().await;
+
+    let shown_somewhere = slack_replies.iter().any(|r| r.contains(&minted[0]));
+    assert!(shown_somewhere, "the first link must reach the asker (else this test proves nothing)");
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    assert!(logs.lines().count() > 200, "trace logging must actually be on: {} lines", logs.lines().count());
+    let audit_text = std::fs::read_to_string(&audit).unwrap();
+    assert!(audit_text.lines().count() >= 10, "{audit_text}");
+    let mut secrets: Vec<&str> = minted.iter().map(String::as_str).collect();
+    secrets.extend([API_TOKEN, SIGNING_SECRET, BOT_TOKEN, DISCORD_TOKEN]);
+    for secret in secrets {
+        for (name, text) in [("logs", &logs), ("audit", &audit_text), ("metrics", &metrics)] {
+            if let Some(at) = text.find(secret) {
+                let start = at.saturating_sub(200);
+                panic!("{secret} leaked into {name}: …{}…", &text[start..(at + secret.len() + 50).min(text.len())]);
+            }
+        }
+    }
+    let _: Vec<Value> = audit_text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+}
