@@ -1,0 +1,197 @@
+//! Planhat and platform faults, driven as Slack drives the bot: each fault gets the asker one
+//! clear line in time (inline, or acknowledged and delivered through `response_url`), and the
+//! next request works. Run with `--nocapture` to see the fault table with time-to-answer.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wiremock::matchers::path_regex;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+type Inbox = Arc<Mutex<Vec<(Instant, Value)>>>;
+
+/// A `response_url` receiver on loopback; `fail_first` answers 500 that many times first.
+async fn response_receiver(fail_first: usize) -> (String, Inbox) {
+    let inbox: Inbox = Arc::default();
+    let failures = Arc::new(Mutex::new(fail_first));
+    let sink = inbox.clone();
+    let app = axum::Router::new().route(
+        "/response",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let (sink, failures) = (sink.clone(), failures.clone());
+            async move {
+                let mut left = failures.lock().unwrap();
+                if *left > 0 {
+                    *left -= 1;
+                    return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"ok": false})));
+                }
+                sink.lock().unwrap().push((Instant::now(), body));
+                (axum::http::StatusCode::OK, axum::Json(json!({"ok": true})))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/response"), inbox)
+}
+
+fn slack_config(planhat: &str) -> portal_bot::Config {
+    config(
+        planhat,
+        &format!(
+            "[slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"http://127.0.0.1:9/api\"\n[access]\nslack_users = [\"U1\"]\n"
+        ),
+    )
+}
+
+/// Sends `/portal {text}`; returns the line the asker ends up seeing and how long it took.
+async fn ask(base: &str, response_url: &str, inbox: &Inbox, text: &str, trigger: &str) -> (String, Duration, Duration) {
+    let body = slash_body("U1", "C1", text, response_url, trigger);
+    let started = Instant::now();
+    let r = client()
+        .post(format!("{base}/slack/commands"))
+        .headers(slack_headers(SIGNING_SECRET, now(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let first = started.elapsed();
+    assert_eq!(r.status(), 200);
+    let inline: Value = r.json().await.unwrap();
+    assert_eq!(inline["response_type"], "ephemeral");
+    let text = inline["text"].as_str().unwrap_or("").to_string();
+    if !text.contains("taking a moment") {
+        return (text, first, first);
+    }
+    let before = inbox.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some((at, body)) = inbox.lock().unwrap().get(before).cloned() {
+            assert_eq!(body["response_type"], "ephemeral");
+            return (body["text"].as_str().unwrap_or("").to_string(), first, at - started);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no late answer for {text:?}");
+}
+
+/// A TCP server that accepts and never answers.
+async fn silent_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A server that answers headers at once, then the body a byte every 300 ms.
+async fn dribbling_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = "true                                    ";
+                let _ = s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes()).await;
+                for b in body.bytes() {
+                    if s.write_all(&[b]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_planhat_fault_gets_one_clear_line_in_time_and_the_next_request_works() {
+    let (response_url, inbox) = response_receiver(0).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        drop(l);
+        format!("http://{a}")
+    };
+    let faults: Vec<(&str, Option<ResponseTemplate>, Option<String>, &str)> = vec![
+        ("HTTP 500", Some(ResponseTemplate::new(500)), None, "Planhat failed"),
+        ("HTTP 502", Some(ResponseTemplate::new(502)), None, "Planhat failed"),
+        ("HTTP 503", Some(ResponseTemplate::new(503).set_body_string("<html>down</html>")), None, "Planhat failed"),
+        ("429 with Retry-After: 7", Some(ResponseTemplate::new(429).insert_header("retry-after", "7")), None, "try again in 7s"),
+        ("429 without Retry-After", Some(ResponseTemplate::new(429)), None, "try again in 5s"),
+        ("HTML instead of JSON", Some(ResponseTemplate::new(200).set_body_string("<html><body>Login</body></html>")), None, "can't use"),
+        ("truncated JSON", Some(ResponseTemplate::new(200).set_body_string("{\"access\": tr")), None, "can't use"),
+        ("connection refused", None, Some(closed), "can't be reached"),
+        ("accepts, never answers", None, Some(silent_server().await), "did not answer in time"),
+        ("answers byte by byte", None, Some(dribbling_server().await), "did not answer in time"),
+    ];
+    println!("\n| fault | first answer | asker sees the line after | line |\n| --- | --- | --- | --- |");
+    for (i, (name, template, url, expect)) in faults.into_iter().enumerate() {
+        let planhat = MockServer::start().await;
+        if let Some(t) = template {
+            Mock::given(path_regex("^/shareabletokens/")).respond_with(t).up_to_n_times(2).mount(&planhat).await;
+        }
+        planhat_link(&planhat, "e2", "after-the-fault").await;
+        let target = url.unwrap_or_else(|| planhat.uri());
+        let running = spawn(slack_config(&target)).await;
+        let base = format!("http://{}", running.addr);
+        let (line, first, total) = ask(&base, &response_url, &inbox, "e1", &format!("f{i}")).await;
+        println!("| {name} | {} ms | {} ms | {line} |", first.as_millis(), total.as_millis());
+        assert!(line.contains(expect), "{name}: {line:?}");
+        assert!(first < Duration::from_secs(3), "{name}: first answer after {first:?}");
+        assert!(!line.contains("/redirect/"));
+        running.stop().await;
+        // The next request works once Planhat is healthy again (429 pauses are global on purpose).
+        if !name.starts_with("429") && target == planhat.uri() {
+            let running = spawn(slack_config(&planhat.uri())).await;
+            let base = format!("http://{}", running.addr);
+            let (line, _, _) = ask(&base, &response_url, &inbox, "e2", &format!("g{i}")).await;
+            assert!(line.contains("after-the-fault"), "{name}: next request got {line:?}");
+            running.stop().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_response_url_is_retried_and_shutdown_waits_for_pending_deliveries() {
+    let (response_url, inbox) = response_receiver(2).await;
+    let planhat = MockServer::start().await;
+    Mock::given(path_regex("^/shareabletokens/(access/)?slow$"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(format!("{PORTAL}/redirect/late-token")).set_delay(Duration::from_millis(900)))
+        .mount(&planhat)
+        .await;
+    // The access check must say yes: override for the access path.
+    Mock::given(path_regex("^/shareabletokens/access/slow$"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("true").set_delay(Duration::from_millis(900)))
+        .with_priority(1)
+        .mount(&planhat)
+        .await;
+    let running = spawn(slack_config(&planhat.uri())).await;
+    let base = format!("http://{}", running.addr);
+    let body = slash_body("U1", "C1", "slow", &response_url, "shutdown-1");
+    let r = client().post(format!("{base}/slack/commands")).headers(slack_headers(SIGNING_SECRET, now(), &body)).body(body).send().await.unwrap();
+    assert!(r.text().await.unwrap().contains("taking a moment"));
+    // Stop while the answer is still on its way (and its first two posts fail).
+    let stopped = Instant::now();
+    running.stop().await;
+    assert!(stopped.elapsed() < Duration::from_secs(15));
+    let got = inbox.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "delivered exactly once, after retries, before shutdown finished");
+    assert!(got[0].1["text"].as_str().unwrap().contains("late-token"));
+    // The server no longer accepts requests.
+    assert!(client().get(format!("{base}/healthz")).send().await.is_err());
+}
