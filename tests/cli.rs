@@ -170,3 +170,57 @@ async fn serve_stops_gracefully_on_sigterm() {
     assert_eq!(out.status.code(), Some(0), "{logs}");
     assert!(logs.contains("SIGTERM") && logs.contains("stopped"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_lines_survive_a_crash_whole_or_not_at_all() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "crash-token").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("pb-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let _ = std::fs::remove_file(&audit);
+    let cfg = write_config(
+        "crash.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\n\
+             [slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"http://127.0.0.1:9/api\"\n\
+             [access]\nslack_users = [\"U1\"]\n[limits]\nper_user_per_minute = 10000\n[audit]\npath = \"{}\"\n",
+            planhat.uri(),
+            audit.display()
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portal-bot"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if client().get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Requests in flight while the process is killed without warning.
+    let mut sent = Vec::new();
+    for i in 0..200 {
+        let body = slash_body("U1", "C1", "e1", "http://127.0.0.1:9/r", &format!("crash-{i}"));
+        let req = client().post(format!("{base}/slack/commands")).headers(slack_headers(SIGNING_SECRET, now(), &body)).body(body);
+        sent.push(tokio::spawn(async move { req.send().await.is_ok() }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    child.kill().unwrap(); // SIGKILL: no flush, no goodbye
+    child.wait().unwrap();
+    for s in sent {
+        let _ = s.await;
+    }
+    let text = std::fs::read_to_string(&audit).unwrap_or_default();
+    assert!(text.lines().count() > 0, "some requests were answered before the crash");
+    assert!(text.is_empty() || text.ends_with('\n'), "the last line is complete");
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("torn line {line:?}: {e}"));
+        assert_eq!(v["outcome"], "ok");
+    }
+    assert!(!text.contains("crash-token"));
+}
