@@ -137,7 +137,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 impl Running {
     /// Graceful stop: no new requests, in-flight ones and late deliveries finish (within
     /// [`SHUTDOWN_DEADLINE`]), background connections close, the audit trail is flushed.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.app.shutdown.fire();
         let finish = async {
             let _ = self.server.await;
@@ -146,6 +146,14 @@ impl Running {
         };
         if tokio::time::timeout(SHUTDOWN_DEADLINE, finish).await.is_err() {
             tracing::warn!("shutdown deadline reached; some late deliveries were dropped");
+        }
+        // Background connections (Socket Mode, gateway) close themselves on the signal; give
+        // them a moment to do it cleanly before anything left is aborted.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for task in &mut self.background {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("a background task did not stop in time; aborting it");
+            }
         }
         for task in &self.background {
             task.abort();

@@ -112,6 +112,10 @@ impl SlackState {
         let SlackInteractionEvent::BlockActions(ev) = ev else {
             return;
         };
+        // A click delivered twice (retry, redelivered envelope) is acted on once.
+        if !self.seen.first_time(&format!("click:{}", ev.trigger_id.0)) {
+            return;
+        }
         let (Some(user), Some(response_url)) = (ev.user.as_ref(), ev.response_url.as_ref()) else {
             return;
         };
