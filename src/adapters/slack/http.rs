@@ -36,11 +36,22 @@ fn verified(state: &HttpState, headers: &HeaderMap, body: &[u8]) -> Result<(), R
     })
 }
 
+/// A slash command's form body.
+pub fn parse_command(body: &[u8]) -> Result<SlackCommandEvent, serde_urlencoded::de::Error> {
+    serde_urlencoded::from_bytes(body)
+}
+
+/// An interaction's form body: JSON in the `payload` field. `None`: no payload at all.
+pub fn parse_interaction(body: &[u8]) -> Option<Result<SlackInteractionEvent, serde_json::Error>> {
+    let payload = url::form_urlencoded::parse(body).find(|(k, _)| k == "payload").map(|(_, v)| v.into_owned())?;
+    Some(serde_json::from_str(&payload))
+}
+
 async fn commands(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = verified(&state, &headers, &body) {
         return refused;
     }
-    let ev: SlackCommandEvent = match serde_urlencoded::from_bytes(&body) {
+    let ev = match parse_command(&body) {
         Ok(ev) => ev,
         Err(e) => {
             tracing::warn!(error = %e, "malformed Slack slash command");
@@ -54,10 +65,7 @@ async fn interactions(State(state): State<Arc<HttpState>>, headers: HeaderMap, b
     if let Err(refused) = verified(&state, &headers, &body) {
         return refused;
     }
-    let payload = url::form_urlencoded::parse(&body)
-        .find(|(k, _)| k == "payload")
-        .map(|(_, v)| v.into_owned());
-    match payload.as_deref().map(serde_json::from_str::<SlackInteractionEvent>) {
+    match parse_interaction(&body) {
         Some(Ok(ev)) => {
             state.slack.interaction(ev);
             StatusCode::OK.into_response()
@@ -68,5 +76,37 @@ async fn interactions(State(state): State<Arc<HttpState>>, headers: HeaderMap, b
             StatusCode::OK.into_response()
         }
         None => (StatusCode::BAD_REQUEST, "no payload").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_form_body_parses_or_fails_without_panic(body in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = parse_command(&body);
+            let _ = parse_interaction(&body);
+        }
+
+        #[test]
+        fn well_formed_commands_round_trip(user in "U[A-Z0-9]{1,12}", text in "\\PC{0,80}") {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("team_id", "T1").append_pair("channel_id", "C1").append_pair("user_id", &user)
+                .append_pair("command", "/portal").append_pair("text", &text)
+                .append_pair("response_url", "https://hooks.slack.com/commands/1/2/3").append_pair("trigger_id", "t")
+                .finish();
+            let ev = parse_command(body.as_bytes()).unwrap();
+            prop_assert_eq!(ev.user_id.0, user);
+            prop_assert_eq!(ev.text.unwrap_or_default(), text);
+        }
+
+        #[test]
+        fn any_payload_json_is_safe(payload in "\\PC{0,300}") {
+            let body = url::form_urlencoded::Serializer::new(String::new()).append_pair("payload", &payload).finish();
+            let _ = parse_interaction(body.as_bytes());
+        }
     }
 }
