@@ -34,6 +34,8 @@ pub struct SlackState {
     api: Arc<SlackApi>,
     groups: Arc<GroupCache>,
     seen: Dedupe,
+    /// Socket Mode hellos seen (connects + reconnects).
+    hellos: std::sync::atomic::AtomicU64,
 }
 
 /// Starts Slack when `[slack]` is configured: routes for http mode, a Socket Mode connection
@@ -52,6 +54,7 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         api: api.clone(),
         groups: groups.clone(),
         seen: Dedupe::new(Duration::from_secs(600), 100_000),
+        hellos: std::sync::atomic::AtomicU64::new(0),
     });
     let mut tasks = vec![tokio::spawn(groups.run(api, app.shutdown()))];
     let router = match config.mode {

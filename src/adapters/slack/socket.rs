@@ -23,7 +23,9 @@ pub fn spawn(state: Arc<SlackState>, app_token: &Secret, mut shutdown: Shutdown)
         );
         let callbacks = SlackSocketModeListenerCallbacks::new()
             .with_command_events(on_command)
-            .with_interaction_events(on_interaction);
+            .with_interaction_events(on_interaction)
+            // The event type is not nameable from outside slack-morphism; a closure infers it.
+            .with_hello_events(|_hello, _client, user_state| async move { on_hello(user_state).await });
         let config = SlackClientSocketModeConfig::new()
             .with_max_connections_count(1)
             .with_reconnect_timeout_in_seconds(5);
@@ -62,6 +64,19 @@ async fn on_interaction(
         state.interaction(ev);
     }
     Ok(())
+}
+
+/// Counts connections: the first hello is the connect, every later one a reconnect.
+async fn on_hello(user_state: SlackClientEventsUserState) {
+    let Some(state) = state_of(&user_state).await else {
+        return;
+    };
+    if state.hellos.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+        tracing::info!("Slack Socket Mode connected");
+    } else {
+        tracing::warn!("Slack Socket Mode reconnected");
+        state.app.metrics.reconnect("slack_socket");
+    }
 }
 
 /// Errors are logged and the envelope acknowledged anyway (200): a handler failure must not
