@@ -93,6 +93,7 @@ impl Sandbox {
             .route("/shareabletokens/access/{id}", get(access))
             .route("/shareabletokens/{id}", get(mint))
             .route("/endusers", get(endusers))
+            .route("/endusers/{id}", get(enduser))
             .route("/redirect/{token}", get(redirect))
             .route("/stats", get(stats))
             .with_state(state);
@@ -233,6 +234,16 @@ async fn endusers(
         .map(|u| json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company }))
         .collect();
     axum::Json(found).into_response()
+}
+
+async fn enduser(State(state): State<Arc<SandboxState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = front(&state, &headers, None).await {
+        return r;
+    }
+    match find(&id) {
+        Some(u) => axum::Json(json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company })).into_response(),
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
 }
 
 async fn redirect(State(state): State<Arc<SandboxState>>, Path(token): Path<String>) -> Response {

@@ -292,3 +292,37 @@ async fn healthz_and_metrics_are_served() {
     assert!(!metrics.contains("metrics-secret-token") && !metrics.contains(API_TOKEN));
     running.stop().await;
 }
+
+#[tokio::test]
+async fn names_ride_along_in_the_same_round_and_never_delay_the_link() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "t").await;
+    Mock::given(path("/endusers/e1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"_id": "e1", "name": "Jane Doe", "companyName": "Acme"})))
+        .mount(&planhat)
+        .await;
+    let app = app(&planhat, "");
+    match app.portal.handle(&csm("U1"), "e1").await {
+        Reply::Link(l) => {
+            let who = l.who.expect("name and company shown");
+            assert_eq!((who.name.as_deref(), who.company.as_deref()), (Some("Jane Doe"), Some("Acme")));
+        }
+        other => panic!("{other:?}"),
+    }
+    match app.portal.handle(&csm("U1"), "check e1").await {
+        Reply::Access { who: Some(w), has_access: true, .. } => assert_eq!(w.name.as_deref(), Some("Jane Doe")),
+        other => panic!("{other:?}"),
+    }
+
+    // A slow name lookup is dropped, not waited for.
+    let slow = MockServer::start().await;
+    planhat_link(&slow, "e1", "t").await;
+    Mock::given(path("/endusers/e1"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{}").set_delay(Duration::from_secs(3)))
+        .mount(&slow)
+        .await;
+    let started = std::time::Instant::now();
+    let reply = App::build(config(&slow.uri(), ACCESS)).unwrap().portal.handle(&csm("U1"), "e1").await;
+    assert!(matches!(&reply, Reply::Link(l) if l.who.is_none()), "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+}

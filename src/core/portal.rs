@@ -306,7 +306,10 @@ impl PortalService {
             };
         }
         if !action.mints() {
-            return match self.planhat.check_access(&id).await {
+            let who_lookup = self.lookup_who(&id, who);
+            let access = self.planhat.check_access(&id).await;
+            let who = who_lookup.now().await;
+            return match access {
                 Ok(has_access) => Reply::Access { end_user: id, who, has_access },
                 Err(e) => self.upstream(e),
             };
@@ -314,9 +317,20 @@ impl PortalService {
         self.mint_now(id, who).await
     }
 
+    /// Looks the end user's name up beside the other calls; never waits for it afterwards.
+    fn lookup_who(&self, id: &EndUserId, known: Option<EndUserSummary>) -> WhoLookup {
+        if known.is_some() {
+            return WhoLookup::Known(known);
+        }
+        let (planhat, id) = (self.planhat.clone(), id.clone());
+        WhoLookup::Pending(tokio::spawn(async move { planhat.find_by_id(&id).await.ok() }))
+    }
+
     async fn mint_now(&self, id: EndUserId, who: Option<EndUserSummary>) -> Reply {
         let before_mint = SystemTime::now();
+        let who_lookup = self.lookup_who(&id, who);
         let (access, minted) = tokio::join!(self.planhat.check_access(&id), self.planhat.mint(&id));
+        let who = who_lookup.now().await;
         match access {
             Err(e) => self.upstream(e),
             // A URL minted for someone without access is dropped here, unseen and unlogged.
@@ -399,6 +413,30 @@ impl PortalService {
             "request answered"
         );
         reply
+    }
+}
+
+/// The name lookup that rides along with the access check and the mint.
+enum WhoLookup {
+    Known(Option<EndUserSummary>),
+    Pending(tokio::task::JoinHandle<Option<EndUserSummary>>),
+}
+
+impl WhoLookup {
+    /// The answer if it is there (or nearly): the link never waits on a name.
+    async fn now(self) -> Option<EndUserSummary> {
+        match self {
+            WhoLookup::Known(who) => who,
+            WhoLookup::Pending(mut task) => {
+                match tokio::time::timeout(Duration::from_millis(20), &mut task).await {
+                    Ok(Ok(who)) => who,
+                    _ => {
+                        task.abort();
+                        None
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -68,6 +68,24 @@ pub struct EndUserSummary {
     pub company: Option<String>,
 }
 
+/// `GET /endusers/{id}`: one end user object.
+pub fn parse_enduser(body: &[u8]) -> Option<EndUserSummary> {
+    let item: Value = serde_json::from_slice(body).ok()?;
+    summary(&item)
+}
+
+fn summary(item: &Value) -> Option<EndUserSummary> {
+    let id = item.get("_id").or_else(|| item.get("id")).and_then(Value::as_str)?;
+    let name = item.get("name").and_then(Value::as_str).map(str::to_string).or_else(|| {
+        let first = item.get("firstName").and_then(Value::as_str).unwrap_or("");
+        let last = item.get("lastName").and_then(Value::as_str).unwrap_or("");
+        let full = format!("{first} {last}").trim().to_string();
+        (!full.is_empty()).then_some(full)
+    });
+    let company = item.get("companyName").and_then(Value::as_str).map(str::to_string);
+    Some(EndUserSummary { id: id.to_string(), name, company })
+}
+
 /// `GET /endusers?email=…`: an array of end users (`_id`, `name` or first/last, `companyName`).
 /// `None` when the body is not such an array.
 pub fn parse_endusers(body: &[u8]) -> Option<Vec<EndUserSummary>> {
@@ -75,17 +93,7 @@ pub fn parse_endusers(body: &[u8]) -> Option<Vec<EndUserSummary>> {
     Some(
         items
             .iter()
-            .filter_map(|item| {
-                let id = item.get("_id").or_else(|| item.get("id")).and_then(Value::as_str)?;
-                let name = item.get("name").and_then(Value::as_str).map(str::to_string).or_else(|| {
-                    let first = item.get("firstName").and_then(Value::as_str).unwrap_or("");
-                    let last = item.get("lastName").and_then(Value::as_str).unwrap_or("");
-                    let full = format!("{first} {last}").trim().to_string();
-                    (!full.is_empty()).then_some(full)
-                });
-                let company = item.get("companyName").and_then(Value::as_str).map(str::to_string);
-                Some(EndUserSummary { id: id.to_string(), name, company })
-            })
+            .filter_map(summary)
             .collect(),
     )
 }
@@ -157,6 +165,7 @@ mod tests {
         fn any_body_is_safe(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = parse_access(&bytes);
             let _ = parse_endusers(&bytes);
+            let _ = parse_enduser(&bytes);
             if let Some(url) = parse_signed_url(&bytes, P) {
                 prop_assert!(url.starts_with(P) && url.len() > P.len());
             }

@@ -168,6 +168,16 @@ impl Planhat {
         })
     }
 
+    /// Name and company of one end user (`GET /endusers/{id}`), for showing whom the asker is
+    /// about to become.
+    pub async fn find_by_id(&self, id: &EndUserId) -> Result<EndUserSummary, PlanhatError> {
+        let url = format!("{}/endusers/{}", self.inner.api_base, id.path_segment());
+        let body = self.get(Call::Lookup, &url).await?;
+        answer::parse_enduser(&body).ok_or_else(|| {
+            PlanhatError::Unusable(format!("the end-user answer ({} bytes) is not an end user", body.len()))
+        })
+    }
+
     /// One authenticated call that proves the token and the host work (for `check` and to warm
     /// the connection pool at start-up, so the first user doesn't pay DNS + TCP + TLS).
     pub async fn probe(&self) -> Result<(), PlanhatError> {
