@@ -89,6 +89,7 @@ async fn demo() -> Result<(), String> {
     let _ = next(&inbox, Duration::from_secs(3)).await; // Discord command registration
 
     let http = reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?;
+    let signing_secret_for_go = signing_secret.clone();
     let slack = Slack { http: http.clone(), base: base.clone(), secret: signing_secret, chat: chat_url.clone() };
     let discord = Discord { http, base, key: discord_key };
 
@@ -134,6 +135,15 @@ async fn demo() -> Result<(), String> {
         took(t);
     }
 
+    if let Some(value) = find_button(&reply, "new_link") {
+        step("Slack: the asker clicks \"New link\" (a fresh link replaces the message)");
+        let t = Instant::now();
+        slack.click("new_link", &value).await?;
+        let replaced = next(&inbox, Duration::from_secs(5)).await.ok_or("no new link arrived")?;
+        show_slack(&replaced.body);
+        took(t);
+    }
+
     step("Slack: a forged request (wrong signature)");
     let t = Instant::now();
     let status = slack.forged().await?;
@@ -161,9 +171,69 @@ async fn demo() -> Result<(), String> {
     took(t);
 
     running.stop().await;
+
+    go_leg(&text, &sandbox, &inbox, &chat_url, &signing_secret_for_go).await?;
+
     println!("\nDone in {:.1} s. Try it in your own chat: see README \"Add to Slack\" / \"Add to Discord\";", t0.elapsed().as_secs_f64());
     println!("`portal-bot serve --sandbox` answers from this same sandbox before you have a Planhat token.");
     Ok(())
+}
+
+/// A second server with `server.public_url` set: the button is a one-time `/go/` link and the
+/// signed URL is minted when the browser arrives.
+async fn go_leg(config_text: &str, sandbox: &Sandbox, inbox: &Inbox, chat_url: &str, secret: &str) -> Result<(), String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let mut config = Config::parse(config_text, &|_| None).map_err(|e| e.to_string())?;
+    config.point_at_sandbox(&sandbox.base, sandbox.token());
+    config.server.listen = ([127, 0, 0, 1], port).into();
+    config.server.public_url = Some(url::Url::parse(&format!("http://127.0.0.1:{port}")).map_err(|e| e.to_string())?);
+    config.discord = None;
+    let running = crate::start(config).await.map_err(|e| e.to_string())?;
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let slack = Slack { http: http.clone(), base, secret: secret.to_string(), chat: chat_url.to_string() };
+    let _ = inbox;
+
+    step("With server.public_url: /portal jane gives a one-time /go/ link (nothing minted yet)");
+    let t = Instant::now();
+    let reply = slack.command("jane", 50).await?;
+    show_slack(&reply);
+    took(t);
+    let go = reply["blocks"]
+        .as_array()
+        .and_then(|blocks| blocks.iter().find_map(|b| b["elements"].as_array()?.iter().find_map(|e| e["url"].as_str())))
+        .ok_or("no /go/ button")?
+        .to_string();
+
+    step("The asker clicks it: the bot checks access, mints now, and redirects");
+    let t = Instant::now();
+    let click = http.get(&go).send().await.map_err(|e| e.to_string())?;
+    let location = click.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    println!("  HTTP {} → {location}", click.status().as_u16());
+    let page = http.get(&location).send().await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+    println!("  the portal says: {}", between(&page, "<p>", "</p>"));
+    took(t);
+
+    step("Clicking the same link again");
+    let t = Instant::now();
+    let again = http.get(&go).send().await.map_err(|e| e.to_string())?;
+    let status = again.status().as_u16();
+    let page = again.text().await.map_err(|e| e.to_string())?;
+    println!("  HTTP {status}: {}", between(&page, "<p>", "</p>"));
+    took(t);
+    running.stop().await;
+    Ok(())
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    text.split_once(start).and_then(|(_, rest)| rest.split_once(end)).map(|(inner, _)| inner).unwrap_or(text)
 }
 
 fn step(title: &str) {
@@ -232,7 +302,7 @@ impl Slack {
     async fn click(&self, action_id: &str, value: &str) -> Result<(), String> {
         let payload = json!({
             "type": "block_actions", "team": {"id": "T0DEMO"}, "user": {"id": SLACK_USER},
-            "api_app_id": "A0DEMO", "trigger_id": "demo-click",
+            "api_app_id": "A0DEMO", "trigger_id": format!("demo-click-{action_id}"),
             "container": {"type": "message", "message_ts": "1.2"}, "channel": {"id": "C0DEMO"},
             "response_url": format!("{}/slack/response/click", self.chat),
             "actions": [{"type": "button", "action_id": action_id, "value": value, "action_ts": "1.3"}]

@@ -295,7 +295,10 @@ impl PortalService {
     /// The Planhat round: access check and mint at once; a URL is kept only on "yes".
     async fn run(&self, asker: &Asker, id: EndUserId, who: Option<EndUserSummary>, action: Action) -> Reply {
         if action.mints() && action != Action::Go && self.public_url.is_some() {
-            return match self.planhat.check_access(&id).await {
+            let who_lookup = self.lookup_who(&id, who);
+            let access = self.planhat.check_access(&id).await;
+            let who = who_lookup.now().await;
+            return match access {
                 Ok(true) => match self.at_click(asker, id.clone(), who.clone()) {
                     Some(reply) => reply,
                     // The store is full: fall back to a link minted now.
