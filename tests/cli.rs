@@ -157,7 +157,7 @@ async fn serve_stops_gracefully_on_sigterm() {
         "serve.toml",
         &format!("[server]\nlisten = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\ntoken = \"t\"\n", planhat.uri()),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portal-bot"))
+    let child = Command::new(env!("CARGO_BIN_EXE_portal-bot"))
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -111,7 +111,6 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
     std::fs::create_dir_all(&dir).unwrap();
     let audit = dir.join("audit.jsonl");
     let _ = std::fs::remove_file(&audit);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut cfg = config(
         &planhat.uri(),
         &format!(

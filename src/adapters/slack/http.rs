@@ -29,11 +29,20 @@ pub fn router(slack: Arc<SlackState>, verifier: SlackVerifier) -> Router {
         .with_state(Arc::new(HttpState { slack, verifier }))
 }
 
-fn verified(state: &HttpState, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+/// 401 for anything Slack did not sign (the reason goes to the operator's log only).
+fn verified(state: &HttpState, headers: &HeaderMap, body: &[u8]) -> Result<(), Unsigned> {
     state.verifier.verify(headers, body).map_err(|why| {
         tracing::warn!(why, "refused a Slack request: bad signature");
-        (StatusCode::UNAUTHORIZED, "invalid signature").into_response()
+        Unsigned
     })
+}
+
+struct Unsigned;
+
+impl IntoResponse for Unsigned {
+    fn into_response(self) -> Response {
+        (StatusCode::UNAUTHORIZED, "invalid signature").into_response()
+    }
 }
 
 /// A slash command's form body.
@@ -49,7 +58,7 @@ pub fn parse_interaction(body: &[u8]) -> Option<Result<SlackInteractionEvent, se
 
 async fn commands(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = verified(&state, &headers, &body) {
-        return refused;
+        return refused.into_response();
     }
     let ev = match parse_command(&body) {
         Ok(ev) => ev,
@@ -63,7 +72,7 @@ async fn commands(State(state): State<Arc<HttpState>>, headers: HeaderMap, body:
 
 async fn interactions(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = verified(&state, &headers, &body) {
-        return refused;
+        return refused.into_response();
     }
     match parse_interaction(&body) {
         Some(Ok(ev)) => {
