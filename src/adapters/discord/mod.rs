@@ -11,12 +11,14 @@ pub mod render;
 pub mod rest;
 pub mod verify;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use dashmap::DashMap;
 use serenity::all::{
     ChannelId, CommandInteraction, ComponentInteraction, CreateInteractionResponse,
-    CreateInteractionResponseMessage, GuildId, Interaction, Member,
+    CreateInteractionResponseMessage, GuildId, Interaction, Member, Message, MessageInteractionMetadata,
 };
 use serenity::http::Http;
 use tokio::sync::Semaphore;
@@ -38,6 +40,11 @@ pub struct DiscordState {
     http: Arc<Http>,
     seen: Dedupe,
     expiries: Arc<Semaphore>,
+    /// The pending expiry edit of each bot message (by the id of the interaction that created
+    /// it): a New link shown in the same message supersedes the older link's edit, which would
+    /// otherwise replace the fresh link with "expired" while it is still valid.
+    pending: DashMap<u64, u64>,
+    generation: AtomicU64,
 }
 
 /// Starts Discord when `[discord]` is configured: registers `/portal`, then serves the
@@ -52,6 +59,8 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         http: http.clone(),
         seen: Dedupe::new(Duration::from_secs(900), 100_000),
         expiries: Arc::new(Semaphore::new(MAX_PENDING_EXPIRIES)),
+        pending: DashMap::new(),
+        generation: AtomicU64::new(0),
     });
     let mut tasks = vec![tokio::spawn(register::register(http, config.guild_ids.clone()))];
     let router = match config.mode {
@@ -80,6 +89,15 @@ fn asker_of(guild: Option<GuildId>, channel: ChannelId, member: Option<&Member>)
         channel_id: Some(channel.to_string()),
         groups: Groups::Known(member.roles.iter().map(|r| r.to_string()).collect()),
     })
+}
+
+/// Which bot message a component sits on, named by the interaction that created the message
+/// (the same key [`DiscordState::command`] uses); the message id when Discord doesn't say.
+fn message_key(message: &Message) -> u64 {
+    match message.interaction_metadata.as_deref() {
+        Some(MessageInteractionMetadata::Command(m)) => m.id.get(),
+        _ => message.id.get(),
+    }
 }
 
 fn ephemeral_line(text: &str) -> CreateInteractionResponse {
@@ -127,9 +145,10 @@ impl DiscordState {
             let asker = asker.clone();
             async move { app.portal.handle(&asker, &text).await }
         };
-        match self.answer(work, asker.user_id.clone(), c.token.clone()).await {
+        let key = c.id.get();
+        match self.answer(work, asker.user_id.clone(), c.token.clone(), key).await {
             Answer::Inline(reply) => {
-                self.expire_later(&reply, &asker.user_id, &c.token);
+                self.expire_later(&reply, &asker.user_id, &c.token, key);
                 render::response(render::message(&reply, &asker.user_id))
             }
             Answer::Deferred => CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new().ephemeral(true)),
@@ -158,9 +177,12 @@ impl DiscordState {
             let asker = asker.clone();
             async move { app.portal.link_for(&asker, id, action).await }
         };
-        match self.answer(work, asker.user_id.clone(), c.token.clone()).await {
+        // The answer replaces this message: the link it showed no longer needs its expiry edit.
+        let key = message_key(&c.message);
+        self.pending.remove(&key);
+        match self.answer(work, asker.user_id.clone(), c.token.clone(), key).await {
             Answer::Inline(reply) => {
-                self.expire_later(&reply, &asker.user_id, &c.token);
+                self.expire_later(&reply, &asker.user_id, &c.token, key);
                 render::update(render::message(&reply, &asker.user_id))
             }
             Answer::Deferred => CreateInteractionResponse::Acknowledge,
@@ -168,7 +190,7 @@ impl DiscordState {
     }
 
     /// Inline within the reply budget, else the answer edits `@original` when it is ready.
-    async fn answer<W>(self: &Arc<Self>, work: W, asker: String, token: String) -> Answer<Reply>
+    async fn answer<W>(self: &Arc<Self>, work: W, asker: String, token: String, key: u64) -> Answer<Reply>
     where
         W: std::future::Future<Output = Reply> + Send + 'static,
     {
@@ -184,7 +206,7 @@ impl DiscordState {
             })
             .await;
             match sent {
-                Ok(()) => me.expire_later(&reply, &asker, &token),
+                Ok(()) => me.expire_later(&reply, &asker, &token, key),
                 Err(_) => me.app.metrics.delivery_failed("discord"),
             }
         };
@@ -192,15 +214,19 @@ impl DiscordState {
     }
 
     /// After a link expires, replace the message with "expired" + New link, so no dead (or
-    /// live) URL stays in the chat. Bounded; dropped at shutdown.
-    fn expire_later(self: &Arc<Self>, reply: &Reply, asker: &str, token: &str) {
+    /// live) URL stays in the chat. `key` names the message ([`message_key`]); a later link in
+    /// the same message cancels this edit. Bounded; dropped at shutdown.
+    fn expire_later(self: &Arc<Self>, reply: &Reply, asker: &str, token: &str, key: u64) {
         let Reply::Link(link) = reply else {
             return;
         };
         let Ok(permit) = self.expiries.clone().try_acquire_owned() else {
+            self.pending.remove(&key);
             tracing::warn!("too many pending expiry replacements; this link's message will not be cleaned up");
             return;
         };
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        self.pending.insert(key, generation);
         let wait = link.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
         let edit = render::edit(render::expired(asker, link.end_user.as_str()));
         let (me, token) = (self.clone(), token.to_string());
@@ -210,6 +236,9 @@ impl DiscordState {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.fired() => return,
+            }
+            if me.pending.remove_if(&key, |_, g| *g == generation).is_none() {
+                return; // a newer link is shown in this message now
             }
             if let Err(e) = me.http.edit_original_interaction_response(&token, &edit, Vec::new()).await {
                 tracing::warn!(error = %rest::describe(&e), "could not replace an expired link");

@@ -1,0 +1,1134 @@
+//! Discord, driven as Discord drives it: signed interactions posted to the endpoint (http
+//! mode), a fake gateway on loopback (gateway mode), and a fake Discord REST server on
+//! 127.0.0.1 that records what the bot sends back (command registration, deferred edits,
+//! expiry edits, gateway callbacks). Planhat is a wiremock server. Nothing leaves the machine:
+//! every `api_url` points at the fake, and the fake always serves `GET /gateway`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use portal_bot::Running;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Users and roles of the test guild.
+const ALICE: u64 = 1500000000000000005;
+const BOB: u64 = 1500000000000000006;
+const CAROL: u64 = 1500000000000000007;
+const DAVE: u64 = 1500000000000000008;
+const CSM_ROLE: u64 = 1600000000000000006;
+const OTHER_ROLE: u64 = 1600000000000000009;
+const OTHER_GUILD: u64 = 1300000000000000099;
+
+/// A plausible Planhat end-user id.
+const ENDUSER: &str = "5f2a9c0e1b2c3d4e5f6a7b8c";
+
+/// How long a test waits for something the bot sends on its own (edits, registration).
+const WAIT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// The fake Discord REST API.
+
+/// One request the fake Discord received.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    body: String,
+}
+
+impl Seen {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} {} sent non-JSON ({e}): {}",
+                self.method, self.path, self.body
+            )
+        })
+    }
+}
+
+#[derive(Clone)]
+struct FakeState {
+    log: Arc<Mutex<Vec<Seen>>>,
+    gateway_url: String,
+}
+
+/// A recording stand-in for `https://discord.com/api/v10` on 127.0.0.1.
+struct FakeDiscord {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A Message object as Discord returns it from an edit (every field serenity requires).
+fn message_json(id: u64, content: &str) -> Value {
+    json!({
+        "id": id.to_string(), "channel_id": CHANNEL.to_string(),
+        "author": {"id": APP_ID.to_string(), "username": "portal-bot", "bot": true},
+        "content": content, "timestamp": "2024-01-01T00:00:00+00:00", "tts": false,
+        "mention_everyone": false, "mentions": [], "mention_roles": [], "attachments": [],
+        "embeds": [], "pinned": false, "type": 0, "flags": 64
+    })
+}
+
+async fn fake_discord_route(
+    State(s): State<FakeState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    s.log.lock().unwrap().push(Seen {
+        method: method.to_string(),
+        path: path.clone(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    });
+    let json_ok = |v: Value| {
+        (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            v.to_string(),
+        )
+            .into_response()
+    };
+    match (method.as_str(), path.as_str()) {
+        // Always served: without it serenity would fall back to Discord's real gateway.
+        ("GET", "/api/v10/gateway") | ("GET", "/api/v10/gateway/bot") => {
+            json_ok(json!({"url": s.gateway_url}))
+        }
+        ("PUT", p) if p.ends_with("/commands") => json_ok(json!([])),
+        ("POST", p) if p.starts_with("/api/v10/interactions/") && p.ends_with("/callback") => {
+            StatusCode::NO_CONTENT.into_response()
+        }
+        ("PATCH", p)
+            if p.starts_with("/api/v10/webhooks/") && p.ends_with("/messages/@original") =>
+        {
+            let content = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["content"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            json_ok(message_json(1800000000000000008, &content))
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            [("content-type", "application/json")],
+            r#"{"message":"Unknown","code":0}"#,
+        )
+            .into_response(),
+    }
+}
+
+impl FakeDiscord {
+    /// Starts the fake; `GET /api/v10/gateway` answers `gateway_url`.
+    async fn start(gateway_url: &str) -> FakeDiscord {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let state = FakeState {
+            log: log.clone(),
+            gateway_url: gateway_url.to_string(),
+        };
+        let router = axum::Router::new()
+            .fallback(fake_discord_route)
+            .with_state(state);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        FakeDiscord { addr, log, task }
+    }
+
+    fn api_url(&self) -> String {
+        format!("http://{}/api/v10", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Seen> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The first recorded request matching `want`, waiting up to `WAIT` for it.
+    async fn wait_for(&self, what: &str, want: impl Fn(&Seen) -> bool) -> Seen {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(found) = self.requests().into_iter().find(|r| want(r)) {
+                return found;
+            }
+            if Instant::now() > deadline {
+                let seen: Vec<String> = self
+                    .requests()
+                    .iter()
+                    .map(|r| format!("{} {} {}", r.method, r.path, r.body))
+                    .collect();
+                panic!(
+                    "the fake Discord never received {what}; it received:\n{}",
+                    seen.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for FakeDiscord {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driving the app.
+
+/// `[discord]` (http mode, registering in the test guild) plus `[access]` lines.
+fn discord_toml(fake: &FakeDiscord, access: &str) -> String {
+    format!(
+        "[discord]\nmode = \"http\"\ntoken = \"{DISCORD_TOKEN}\"\napplication_id = \"{APP_ID}\"\n\
+         public_key = \"{}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{}\"\n[access]\n{access}\n",
+        discord_public_key_hex(),
+        fake.api_url()
+    )
+}
+
+/// Planhat, a fake Discord and the app in http mode; `planhat_extra` goes into `[planhat]`.
+async fn setup(planhat_extra: &str, access: &str) -> (MockServer, FakeDiscord, Running) {
+    let planhat = MockServer::start().await;
+    let fake = FakeDiscord::start("ws://127.0.0.1:9").await;
+    let running = spawn(config(
+        &planhat.uri(),
+        &format!("{planhat_extra}\n{}", discord_toml(&fake, access)),
+    ))
+    .await;
+    (planhat, fake, running)
+}
+
+fn endpoint(app: &Running) -> String {
+    format!("http://{}/discord/interactions", app.addr)
+}
+
+/// Posts `body` signed as Discord signs it; the HTTP status and the JSON answer (Null if none).
+async fn post_signed(app: &Running, body: &Value) -> (StatusCode, Value) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let response = client()
+        .post(endpoint(app))
+        .headers(discord_headers(&bytes))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Posts a signed interaction that must be answered 200; the JSON answer.
+async fn interact(app: &Running, body: &Value) -> Value {
+    let (status, answer) = post_signed(app, body).await;
+    assert_eq!(status, StatusCode::OK, "answer: {answer}");
+    answer
+}
+
+/// Planhat answering access `true` for `id` and minting one link per token in `tokens`, in
+/// order (the last one for every further call), so a fresh mint is visible as a fresh URL.
+async fn planhat_links(server: &MockServer, id: &str, tokens: &[&str]) {
+    Mock::given(method("GET"))
+        .and(path(format!("/shareabletokens/access/{id}")))
+        .respond_with(ResponseTemplate::new(200).set_body_string("true"))
+        .mount(server)
+        .await;
+    for (i, token) in tokens.iter().enumerate() {
+        let mock = Mock::given(method("GET"))
+            .and(path(format!("/shareabletokens/{id}")))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"url": format!("{PORTAL}/redirect/{token}")})),
+            );
+        let mock = if i + 1 < tokens.len() {
+            mock.up_to_n_times(1)
+        } else {
+            mock
+        };
+        mock.mount(server).await;
+    }
+}
+
+/// Mint calls Planhat received for `id` (not access checks).
+async fn mints(server: &MockServer, id: &str) -> usize {
+    let want = format!("/shareabletokens/{id}");
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path() == want)
+        .count()
+}
+
+/// A click on a button with `custom_id` by `user`, on the bot's ephemeral message that answered
+/// the command interaction `command` (Discord names it in the message's interaction metadata).
+fn discord_click(id: u64, command: u64, user: u64, roles: &[u64], custom_id: &str) -> Value {
+    let mut message = message_json(1800000000000000008, "Portal login as ...");
+    message["interaction_metadata"] = json!({
+        "id": command.to_string(), "type": 2, "user": {"id": user.to_string(), "username": "csm"},
+        "authorizing_integration_owners": {"0": GUILD.to_string()}
+    });
+    message["interaction"] = json!({
+        "id": command.to_string(), "type": 2, "name": "portal", "user": {"id": user.to_string(), "username": "csm"}
+    });
+    json!({
+        "id": id.to_string(), "application_id": APP_ID.to_string(), "type": 3, "token": format!("itok-{id}"),
+        "version": 1, "guild_id": GUILD.to_string(), "channel_id": CHANNEL.to_string(), "locale": "en-US",
+        "entitlements": [], "attachment_size_limit": 8388608,
+        "member": {"user": {"id": user.to_string(), "username": "clicker"},
+                   "roles": roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                   "deaf": false, "mute": false, "flags": 0},
+        "data": {"custom_id": custom_id, "component_type": 2},
+        "message": message
+    })
+}
+
+/// Every button in a message's (or response data's) action rows.
+fn buttons(message: &Value) -> Vec<Value> {
+    message["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The one link button (style 5) of a message.
+fn link_button(message: &Value) -> Value {
+    let links: Vec<Value> = buttons(message)
+        .into_iter()
+        .filter(|b| b["style"] == 5)
+        .collect();
+    assert_eq!(links.len(), 1, "want exactly one link button in {message}");
+    links[0].clone()
+}
+
+/// The custom_id of the New link button of a message.
+fn new_link_id(message: &Value) -> String {
+    buttons(message)
+        .into_iter()
+        .find(|b| {
+            b["style"] != 5
+                && b["custom_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("new:"))
+        })
+        .and_then(|b| b["custom_id"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no New link button in {message}"))
+}
+
+/// Asserts an ephemeral one-line refusal: type 4, flag 64, no URL anywhere, no mentions.
+fn assert_refusal(answer: &Value, says: &str) {
+    assert_eq!(answer["type"], 4, "{answer}");
+    assert_eq!(
+        answer["data"]["flags"], 64,
+        "refusals are ephemeral: {answer}"
+    );
+    let content = answer["data"]["content"].as_str().unwrap_or_default();
+    assert!(
+        content.to_lowercase().contains(says),
+        "refusal should say {says:?}: {content:?}"
+    );
+    assert!(
+        !answer.to_string().contains("/redirect/"),
+        "a refusal carries no link: {answer}"
+    );
+    assert!(
+        buttons(&answer["data"]).iter().all(|b| b["style"] != 5),
+        "no link button: {answer}"
+    );
+}
+
+fn assert_no_mentions(allowed_mentions: &Value) {
+    assert_eq!(
+        allowed_mentions["parse"],
+        json!([]),
+        "allowed_mentions must allow nothing: {allowed_mentions}"
+    );
+    for key in ["users", "roles"] {
+        assert!(
+            allowed_mentions[key]
+                .as_array()
+                .is_none_or(|a| a.is_empty()),
+            "allowed_mentions.{key}: {allowed_mentions}"
+        );
+    }
+}
+
+fn redirect(token: &str) -> String {
+    format!("{PORTAL}/redirect/{token}")
+}
+
+fn original_path(interaction: u64) -> String {
+    format!("/api/v10/webhooks/{APP_ID}/itok-{interaction}/messages/@original")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The interactions endpoint (http mode).
+
+#[tokio::test]
+async fn ping_is_answered_with_pong() {
+    let (_planhat, _fake, app) = setup("", "").await;
+    let ping = json!({"id": "1100000000000000001", "application_id": APP_ID.to_string(), "type": 1, "token": "t", "version": 1});
+    let answer = interact(&app, &ping).await;
+    assert_eq!(answer["type"], 1, "PONG: {answer}");
+    assert!(
+        answer.get("data").is_none_or(Value::is_null),
+        "PONG carries no data: {answer}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_or_missing_signatures_get_401_and_never_reach_planhat() {
+    let (planhat, _fake, app) = setup("", &format!("discord_users = [\"{ALICE}\"]")).await;
+    planhat_link(&planhat, ENDUSER, "sigtok").await;
+    let command =
+        serde_json::to_vec(&discord_command(1100000000000000201, ALICE, &[], ENDUSER)).unwrap();
+    let http = client();
+
+    // No signature headers at all.
+    let r = http
+        .post(endpoint(&app))
+        .header("content-type", "application/json")
+        .body(command.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "missing signature");
+
+    // Signed by another key (as Discord's own endpoint probe does).
+    let ts = now().to_string();
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let forged = ed25519_dalek::Signer::sign(&other, &[ts.as_bytes(), &command].concat());
+    let r = http
+        .post(endpoint(&app))
+        .header("content-type", "application/json")
+        .header("x-signature-ed25519", hex::encode(forged.to_bytes()))
+        .header("x-signature-timestamp", &ts)
+        .body(command.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "signature by another key"
+    );
+
+    // A valid signature over a different body (tampered in transit).
+    let ping = br#"{"id":"1100000000000000001","application_id":"1200000000000000002","type":1,"token":"t","version":1}"#;
+    let r = http
+        .post(endpoint(&app))
+        .headers(discord_headers(ping))
+        .body(command.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "signature over another body"
+    );
+
+    // Signature present, timestamp header missing; and a garbage signature.
+    let mut headers = discord_headers(&command);
+    headers.remove("x-signature-timestamp");
+    let r = http
+        .post(endpoint(&app))
+        .headers(headers)
+        .body(command.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "missing timestamp");
+    let mut headers = discord_headers(&command);
+    headers.insert("x-signature-ed25519", "zz".repeat(64).parse().unwrap());
+    let r = http
+        .post(endpoint(&app))
+        .headers(headers)
+        .body(command.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "non-hex signature");
+
+    assert_eq!(
+        planhat_calls(&planhat, "/shareabletokens").await,
+        0,
+        "a refused request must not reach Planhat"
+    );
+
+    // Control: the very same body, correctly signed, does reach Planhat.
+    let r = http
+        .post(endpoint(&app))
+        .headers(discord_headers(&command))
+        .body(command.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(planhat_calls(&planhat, "/shareabletokens").await > 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_fast_link_is_answered_inline_ephemeral_with_a_link_button() {
+    let (planhat, _fake, app) = setup("", &format!("discord_users = [\"{ALICE}\"]")).await;
+    planhat_link(&planhat, ENDUSER, "inlinetok").await;
+    let answer = interact(
+        &app,
+        &discord_command(1100000000000000301, ALICE, &[], &format!("  {ENDUSER} ")),
+    )
+    .await;
+
+    assert_eq!(answer["type"], 4, "inline message: {answer}");
+    let data = &answer["data"];
+    assert_eq!(data["flags"], 64, "ephemeral: {answer}");
+    let button = link_button(data);
+    assert_eq!(button["url"], redirect("inlinetok"));
+    assert_eq!(button["label"], "Open portal");
+    let content = data["content"].as_str().unwrap();
+    assert!(
+        content.contains("<t:"),
+        "the expiry as a Discord timestamp: {content:?}"
+    );
+    assert!(
+        content.contains(ENDUSER),
+        "names whom the link is for: {content:?}"
+    );
+    assert_no_mentions(&data["allowed_mentions"]);
+    assert_eq!(new_link_id(data), format!("new:{ALICE}:{ENDUSER}"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_planhat_gets_a_deferred_answer_then_an_edit_with_the_link() {
+    let (planhat, fake, app) = setup("", &format!("discord_users = [\"{ALICE}\"]")).await;
+    let slow = Duration::from_millis(1500);
+    Mock::given(method("GET"))
+        .and(path(format!("/shareabletokens/access/{ENDUSER}")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("true")
+                .set_delay(slow),
+        )
+        .mount(&planhat)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/shareabletokens/{ENDUSER}")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"url": redirect("slowtok")}))
+                .set_delay(slow),
+        )
+        .mount(&planhat)
+        .await;
+
+    let id = 1100000000000000401;
+    let answer = interact(&app, &discord_command(id, ALICE, &[], ENDUSER)).await;
+    assert_eq!(answer["type"], 5, "deferred: {answer}");
+    assert_eq!(
+        answer["data"]["flags"], 64,
+        "a defer fixes ephemeral for good, so it must carry flag 64: {answer}"
+    );
+    assert!(!answer.to_string().contains("/redirect/"));
+
+    let edit = fake
+        .wait_for("PATCH @original with the link", |r| {
+            r.method == "PATCH" && r.path == original_path(id)
+        })
+        .await;
+    let body = edit.json();
+    assert_eq!(
+        link_button(&body)["url"],
+        redirect("slowtok"),
+        "the edit delivers the link: {body}"
+    );
+    assert!(body["content"].as_str().unwrap().contains("<t:"), "{body}");
+    assert_no_mentions(&body["allowed_mentions"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_failure_still_reaches_the_user_as_one_clear_line() {
+    let (planhat, fake, app) = setup("", &format!("discord_users = [\"{ALICE}\"]")).await;
+    Mock::given(method("GET"))
+        .and(path("/shareabletokens/access/nosuchuser"))
+        .respond_with(ResponseTemplate::new(404).set_delay(Duration::from_millis(1500)))
+        .mount(&planhat)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/shareabletokens/nosuchuser"))
+        .respond_with(ResponseTemplate::new(404).set_delay(Duration::from_millis(1500)))
+        .mount(&planhat)
+        .await;
+    let id = 1100000000000000451;
+    let answer = interact(&app, &discord_command(id, ALICE, &[], "nosuchuser")).await;
+    assert_eq!(answer["type"], 5, "{answer}");
+    assert_eq!(answer["data"]["flags"], 64, "{answer}");
+    let edit = fake
+        .wait_for("the edit with the failure", |r| {
+            r.method == "PATCH" && r.path == original_path(id)
+        })
+        .await;
+    let body = edit.json();
+    let content = body["content"].as_str().unwrap_or_default();
+    assert!(
+        content.to_lowercase().contains("no such end user"),
+        "{body}"
+    );
+    assert!(!content.contains('\n'), "one line: {content:?}");
+    assert!(buttons(&body).iter().all(|b| b["style"] != 5), "{body}");
+    assert_no_mentions(&body["allowed_mentions"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn who_may_ask_users_roles_and_guilds() {
+    let access = format!("discord_users = [\"{ALICE}\"]\ndiscord_roles = [{CSM_ROLE}]");
+    let (planhat, _fake, app) = setup("", &access).await;
+    for id in ["eu-alice", "eu-carol", "eu-dave"] {
+        planhat_link(&planhat, id, &format!("tok-{id}")).await;
+    }
+
+    // Listed by user id.
+    let answer = interact(
+        &app,
+        &discord_command(1100000000000000501, ALICE, &[], "eu-alice"),
+    )
+    .await;
+    assert_eq!(
+        link_button(&answer["data"])["url"],
+        redirect("tok-eu-alice")
+    );
+    // Listed by role (taken from the interaction's member: no API call).
+    let answer = interact(
+        &app,
+        &discord_command(
+            1100000000000000502,
+            CAROL,
+            &[OTHER_ROLE, CSM_ROLE],
+            "eu-carol",
+        ),
+    )
+    .await;
+    assert_eq!(
+        link_button(&answer["data"])["url"],
+        redirect("tok-eu-carol")
+    );
+    // Neither.
+    let answer = interact(
+        &app,
+        &discord_command(1100000000000000503, DAVE, &[OTHER_ROLE], "eu-dave"),
+    )
+    .await;
+    assert_refusal(&answer, "not allowed");
+    assert_eq!(
+        planhat_calls(&planhat, "eu-dave").await,
+        0,
+        "a denied asker must not reach Planhat"
+    );
+
+    // Outside a guild (a DM: no guild, no member, only `user`), even a listed user is refused.
+    let mut dm = discord_command(1100000000000000505, ALICE, &[], "eu-alice");
+    let object = dm.as_object_mut().unwrap();
+    object.remove("guild_id");
+    let member = object.remove("member").unwrap();
+    object.insert("user".into(), member["user"].clone());
+    let answer = interact(&app, &dm).await;
+    assert_refusal(&answer, "server");
+    assert_eq!(
+        mints(&planhat, "eu-alice").await,
+        1,
+        "only the guild request minted a link"
+    );
+    assert_eq!(
+        planhat_calls(&planhat, "/shareabletokens/access/eu-alice").await,
+        1,
+        "the DM request reached no Planhat check"
+    );
+    app.stop().await;
+
+    // A listed user in a guild that is not enabled.
+    let access = format!("discord_users = [\"{ALICE}\"]\ndiscord_guilds = [\"{OTHER_GUILD}\"]");
+    let (planhat, _fake, app) = setup("", &access).await;
+    planhat_link(&planhat, ENDUSER, "guildtok").await;
+    let answer = interact(
+        &app,
+        &discord_command(1100000000000000504, ALICE, &[], ENDUSER),
+    )
+    .await;
+    assert_refusal(&answer, "server");
+    assert_eq!(planhat_calls(&planhat, "/shareabletokens").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn portal_is_registered_at_start_by_bulk_overwrite() {
+    let (_planhat, fake, app) = setup("", "").await;
+    let put = fake
+        .wait_for("the guild command registration", |r| {
+            r.method == "PUT"
+                && r.path == format!("/api/v10/applications/{APP_ID}/guilds/{GUILD}/commands")
+        })
+        .await;
+    assert_eq!(
+        put.authorization.as_deref(),
+        Some(format!("Bot {DISCORD_TOKEN}").as_str())
+    );
+    let body = put.json();
+    let commands = body
+        .as_array()
+        .unwrap_or_else(|| panic!("a bulk overwrite sends a list: {body}"));
+    assert_eq!(commands.len(), 1, "{body}");
+    let portal = &commands[0];
+    assert_eq!(portal["name"], "portal");
+    assert!(!portal["description"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty());
+    assert_eq!(
+        portal["contexts"],
+        json!([0]),
+        "usable in guilds only: {portal}"
+    );
+    let options = portal["options"].as_array().unwrap();
+    assert_eq!(options.len(), 1, "{portal}");
+    let enduser = &options[0];
+    assert_eq!(enduser["name"], "enduser");
+    assert_eq!(enduser["type"], 3, "a string option: {enduser}");
+    assert_eq!(enduser["required"], true, "{enduser}");
+    assert!(
+        !enduser["description"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{enduser}"
+    );
+    let max = enduser["max_length"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("length-limited: {enduser}"));
+    assert!((1..=6000).contains(&max), "{enduser}");
+    app.stop().await;
+
+    // No guilds configured: one global overwrite instead.
+    let planhat = MockServer::start().await;
+    let fake = FakeDiscord::start("ws://127.0.0.1:9").await;
+    let toml =
+        discord_toml(&fake, "").replace(&format!("guild_ids = [\"{GUILD}\"]"), "guild_ids = []");
+    let app = spawn(config(&planhat.uri(), &toml)).await;
+    let put = fake
+        .wait_for("the global command registration", |r| {
+            r.method == "PUT" && r.path == format!("/api/v10/applications/{APP_ID}/commands")
+        })
+        .await;
+    assert_eq!(put.json()[0]["name"], "portal");
+    assert!(
+        fake.requests().iter().all(|r| !r.path.contains("/guilds/")),
+        "no guild registration without guild_ids"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn typed_mentions_are_never_echoed_as_mentions_nor_sent_to_planhat() {
+    let (planhat, _fake, app) = setup("", &format!("discord_users = [\"{ALICE}\"]")).await;
+    planhat_link(&planhat, ENDUSER, "mentiontok").await;
+    let hostile = [
+        "@everyone",
+        "@here",
+        "<@1500000000000000006>",
+        "<@&1600000000000000006>",
+        "`@everyone`",
+        "**@here**",
+    ];
+    for (i, text) in hostile.iter().enumerate() {
+        let answer = interact(
+            &app,
+            &discord_command(1100000000000000701 + i as u64, ALICE, &[], text),
+        )
+        .await;
+        assert_eq!(answer["type"], 4, "{text}: {answer}");
+        let data = &answer["data"];
+        assert_eq!(data["flags"], 64, "{text}: {answer}");
+        assert_no_mentions(&data["allowed_mentions"]);
+        let content = data["content"].as_str().unwrap_or_default();
+        assert!(!content.is_empty(), "{text}: a clear refusal: {answer}");
+        for raw in ["@everyone", "@here", "<@"] {
+            assert!(
+                !content.contains(raw),
+                "{text}: the reply echoes a raw mention {raw:?}: {content:?}"
+            );
+        }
+        assert!(
+            !answer.to_string().contains("/redirect/"),
+            "{text}: {answer}"
+        );
+    }
+    assert_eq!(
+        planhat_calls(&planhat, "/shareabletokens").await,
+        0,
+        "not plausible ids: nothing reaches Planhat"
+    );
+    assert_eq!(
+        planhat_calls(&planhat, "everyone").await + planhat_calls(&planhat, "here").await,
+        0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_link_is_replaced_by_an_expired_line_with_a_new_link_button() {
+    let (planhat, fake, app) = setup(
+        "link_lifetime = \"1s\"",
+        &format!("discord_users = [\"{ALICE}\"]"),
+    )
+    .await;
+    planhat_link(&planhat, ENDUSER, "shorttok").await;
+    let id = 1100000000000000801;
+    let answer = interact(&app, &discord_command(id, ALICE, &[], ENDUSER)).await;
+    assert_eq!(
+        link_button(&answer["data"])["url"],
+        redirect("shorttok"),
+        "{answer}"
+    );
+
+    let edit = fake
+        .wait_for("the expiry edit of @original", |r| {
+            r.method == "PATCH" && r.path == original_path(id)
+        })
+        .await;
+    assert!(
+        !edit.body.contains("/redirect/"),
+        "the URL is gone from the chat: {}",
+        edit.body
+    );
+    let body = edit.json();
+    assert!(
+        body["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("expired"),
+        "{body}"
+    );
+    assert!(
+        buttons(&body)
+            .iter()
+            .all(|b| b["style"] != 5 && b.get("url").is_none_or(Value::is_null)),
+        "{body}"
+    );
+    assert_eq!(new_link_id(&body), format!("new:{ALICE}:{ENDUSER}"));
+    assert_no_mentions(&body["allowed_mentions"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn new_link_button_mints_afresh_for_the_asker_only() {
+    let access = format!("discord_users = [\"{ALICE}\", \"{BOB}\"]");
+    let (planhat, _fake, app) = setup("", &access).await;
+    planhat_links(&planhat, ENDUSER, &["firsttok", "secondtok"]).await;
+
+    let answer = interact(
+        &app,
+        &discord_command(1100000000000000901, ALICE, &[], ENDUSER),
+    )
+    .await;
+    assert_eq!(link_button(&answer["data"])["url"], redirect("firsttok"));
+    let custom_id = new_link_id(&answer["data"]);
+    assert_eq!(mints(&planhat, ENDUSER).await, 1);
+
+    // Alice clicks New link: the message is updated in place with a fresh link.
+    let update = interact(
+        &app,
+        &discord_click(
+            1100000000000000902,
+            1100000000000000901,
+            ALICE,
+            &[],
+            &custom_id,
+        ),
+    )
+    .await;
+    assert_eq!(update["type"], 7, "UpdateMessage: {update}");
+    assert_eq!(
+        link_button(&update["data"])["url"],
+        redirect("secondtok"),
+        "{update}"
+    );
+    assert!(
+        update["data"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("<t:"),
+        "{update}"
+    );
+    assert_no_mentions(&update["data"]["allowed_mentions"]);
+    assert_eq!(new_link_id(&update["data"]), custom_id);
+    assert_eq!(mints(&planhat, ENDUSER).await, 2, "a second mint");
+
+    // Bob (allowed to use /portal himself) clicks Alice's button: refused, nothing minted.
+    let refusal = interact(
+        &app,
+        &discord_click(
+            1100000000000000903,
+            1100000000000000901,
+            BOB,
+            &[],
+            &custom_id,
+        ),
+    )
+    .await;
+    assert_refusal(&refusal, "only the person who asked");
+    assert_eq!(
+        mints(&planhat, ENDUSER).await,
+        2,
+        "no mint for someone else's button"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_fresh_link_is_not_hidden_by_the_expiry_of_the_link_it_replaced() {
+    let (planhat, fake, app) = setup(
+        "link_lifetime = \"2s\"",
+        &format!("discord_users = [\"{ALICE}\"]"),
+    )
+    .await;
+    planhat_links(&planhat, ENDUSER, &["oldtok", "freshtok"]).await;
+    let command = 1100000000000000951;
+    let click = 1100000000000000952;
+    let answer = interact(&app, &discord_command(command, ALICE, &[], ENDUSER)).await;
+    assert_eq!(link_button(&answer["data"])["url"], redirect("oldtok"));
+
+    // New link clicked while the first link is still live: the message now shows the fresh one.
+    let update = interact(
+        &app,
+        &discord_click(click, command, ALICE, &[], &new_link_id(&answer["data"])),
+    )
+    .await;
+    assert_eq!(
+        link_button(&update["data"])["url"],
+        redirect("freshtok"),
+        "{update}"
+    );
+    let updated_at = fake.requests().len();
+
+    // The fresh link's own expiry edit comes (through the click's token) ...
+    let expired = fake
+        .wait_for("the fresh link's expiry edit", |r| {
+            r.method == "PATCH" && r.path == original_path(click)
+        })
+        .await;
+    assert!(
+        expired.body.contains("expired") && !expired.body.contains("/redirect/"),
+        "{}",
+        expired.body
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... but the first link's expiry must not blank the message while the fresh link is live.
+    let early: Vec<Seen> = fake.requests()[updated_at..]
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path == original_path(command))
+        .cloned()
+        .collect();
+    assert!(
+        early.is_empty(),
+        "the message was set to expired while its fresh link was still valid: {early:?}"
+    );
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway mode, end to end against a fake gateway.
+
+#[derive(Debug)]
+enum Gw {
+    Identify(Value),
+    Closed,
+}
+
+/// A fake Discord gateway: Hello, then on Identify READY and one INTERACTION_CREATE carrying
+/// `interaction`; heartbeats are acknowledged. Reports Identify and the end of each connection.
+async fn fake_gateway(
+    listener: TcpListener,
+    ws_url: String,
+    interaction: Value,
+    events: mpsc::UnboundedSender<Gw>,
+) {
+    let mut interaction = Some(interaction);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            continue;
+        };
+        let hello = json!({"op": 10, "d": {"heartbeat_interval": 45000}, "s": null, "t": null});
+        if ws.send(WsMessage::text(hello.to_string())).await.is_err() {
+            continue;
+        }
+        let mut seq = 0u64;
+        while let Some(frame) = ws.next().await {
+            let text = match frame {
+                Ok(WsMessage::Text(t)) => t.to_string(),
+                Ok(WsMessage::Binary(b)) => String::from_utf8_lossy(&b).into_owned(),
+                Ok(WsMessage::Close(_)) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            let Ok(payload) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            match payload["op"].as_u64() {
+                Some(2) => {
+                    let _ = events.send(Gw::Identify(payload));
+                    seq += 1;
+                    let ready = json!({"op": 0, "s": seq, "t": "READY", "d": {
+                        "v": 10, "user": {"id": APP_ID.to_string(), "username": "portal-bot", "bot": true},
+                        "guilds": [], "session_id": "fake-session", "resume_gateway_url": ws_url,
+                        "application": {"id": APP_ID.to_string(), "flags": 0}}});
+                    let _ = ws.send(WsMessage::text(ready.to_string())).await;
+                    if let Some(d) = interaction.take() {
+                        seq += 1;
+                        let dispatch =
+                            json!({"op": 0, "s": seq, "t": "INTERACTION_CREATE", "d": d});
+                        let _ = ws.send(WsMessage::text(dispatch.to_string())).await;
+                    }
+                }
+                Some(1) => {
+                    let _ = ws
+                        .send(WsMessage::text(json!({"op": 11}).to_string()))
+                        .await;
+                }
+                _ => {}
+            }
+        }
+        let _ = events.send(Gw::Closed);
+    }
+}
+
+#[tokio::test]
+async fn gateway_mode_end_to_end() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, ENDUSER, "gatewaytok").await;
+    let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_url = format!("ws://{}", ws_listener.local_addr().unwrap());
+    let fake = FakeDiscord::start(&ws_url).await;
+    let id = 1100000000000001001;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let gateway = tokio::spawn(fake_gateway(
+        ws_listener,
+        ws_url.clone(),
+        discord_command(id, ALICE, &[], ENDUSER),
+        events_tx,
+    ));
+
+    let toml = format!(
+        "[discord]\nmode = \"gateway\"\ntoken = \"{DISCORD_TOKEN}\"\napplication_id = {APP_ID}\n\
+         guild_ids = [{GUILD}]\napi_url = \"{}\"\n[access]\ndiscord_users = [{ALICE}]\n",
+        fake.api_url()
+    );
+    let app = spawn(config(&planhat.uri(), &toml)).await;
+
+    // The gateway address came from the fake REST, not from Discord.
+    fake.wait_for("GET /gateway", |r| {
+        r.method == "GET" && r.path == "/api/v10/gateway"
+    })
+    .await;
+    let identify = match tokio::time::timeout(WAIT, events.recv()).await {
+        Ok(Some(Gw::Identify(v))) => v,
+        other => panic!("no Identify from the bot: {other:?}"),
+    };
+    assert_eq!(
+        identify["d"]["intents"], 0,
+        "no intents at all, least of all privileged ones: {identify}"
+    );
+    assert_eq!(identify["d"]["token"], format!("Bot {DISCORD_TOKEN}"));
+
+    fake.wait_for("the guild command registration", |r| {
+        r.method == "PUT"
+            && r.path == format!("/api/v10/applications/{APP_ID}/guilds/{GUILD}/commands")
+    })
+    .await;
+    let callback_path = format!("/api/v10/interactions/{id}/itok-{id}/callback");
+    let callback = fake
+        .wait_for("the interaction callback", |r| {
+            r.method == "POST" && r.path == callback_path
+        })
+        .await;
+    let body = callback.json();
+    assert_eq!(body["type"], 4, "inline answer: {body}");
+    assert_eq!(body["data"]["flags"], 64, "ephemeral: {body}");
+    assert_eq!(
+        link_button(&body["data"])["url"],
+        redirect("gatewaytok"),
+        "{body}"
+    );
+    assert_no_mentions(&body["data"]["allowed_mentions"]);
+    assert_eq!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/api/v10/interactions/"))
+            .count(),
+        1,
+        "answered exactly once"
+    );
+
+    let expected = [
+        ("GET", "/api/v10/gateway".to_string()),
+        (
+            "PUT",
+            format!("/api/v10/applications/{APP_ID}/guilds/{GUILD}/commands"),
+        ),
+        ("POST", callback_path.clone()),
+    ];
+    for r in fake.requests() {
+        assert!(
+            expected.iter().any(|(m, p)| r.method == *m && r.path == *p),
+            "unexpected Discord request: {} {}",
+            r.method,
+            r.path
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("stop() finishes promptly in gateway mode");
+    // After stop the bot no longer holds the gateway connection.
+    let closed = tokio::time::timeout(WAIT, async {
+        while let Some(event) = events.recv().await {
+            if matches!(event, Gw::Closed) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        closed,
+        Ok(true),
+        "the gateway connection is closed after stop"
+    );
+    gateway.abort();
+}
