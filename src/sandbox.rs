@@ -211,8 +211,11 @@ async fn mint(
     rand::rng().fill(&mut bytes);
     let token = hex::encode(bytes);
     if let Ok(mut minted) = state.minted.lock() {
-        let lifetime = state.options.link_lifetime;
-        minted.retain(|_, (_, at)| at.elapsed() < lifetime * 4);
+        // Forget old tokens now and then (not on every mint: that would be quadratic under load).
+        if minted.len() >= 10_000 {
+            let lifetime = state.options.link_lifetime;
+            minted.retain(|_, (_, at)| at.elapsed() < lifetime * 2);
+        }
         minted.insert(token.clone(), (user.id, Instant::now()));
     }
     axum::Json(json!({ "token": token, "url": format!("{}/redirect/{token}", state.base) }))

@@ -9,6 +9,7 @@ pub mod command;
 pub mod config;
 pub mod enduser;
 pub mod metrics;
+pub mod names;
 pub mod onetime;
 pub mod planhat;
 pub mod portal;

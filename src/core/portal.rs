@@ -14,6 +14,7 @@ use super::audit::{Audit, AuditEvent};
 use super::command::{parse_command, Command};
 use super::enduser::{BadEndUser, EndUserId, Target};
 use super::metrics::Metrics;
+use super::names::NameCache;
 use super::onetime::{GoError, OneTimeLinks, LIFETIME as GO_LIFETIME};
 use super::planhat::{EndUserSummary, Planhat, PlanhatError};
 use super::ratelimit::RateLimiter;
@@ -165,6 +166,7 @@ pub struct PortalService {
     /// Set: links are `/go/` links under this base, minted at click time.
     public_url: Option<String>,
     onetime: OneTimeLinks,
+    names: Arc<NameCache>,
 }
 
 /// One-time links held at once, at most.
@@ -190,6 +192,7 @@ impl PortalService {
             link_lifetime,
             public_url: public_url.map(|u| u.as_str().trim_end_matches('/').to_string()),
             onetime: OneTimeLinks::new(MAX_ONETIME),
+            names: Arc::new(NameCache::new(10_000, Duration::from_secs(3600))),
         }
     }
 
@@ -212,6 +215,7 @@ impl PortalService {
     pub fn sweep(&self) {
         self.limiter.sweep(Instant::now());
         self.onetime.sweep();
+        self.names.sweep();
     }
 
     /// `GET /go/{id}`: uses the id up, then runs the whole flow for its asker and end user
@@ -321,12 +325,23 @@ impl PortalService {
     }
 
     /// Looks the end user's name up beside the other calls; never waits for it afterwards.
+    /// Names are cached (they rarely change), so asking again for the same end user costs
+    /// Planhat only the access check and the mint.
     fn lookup_who(&self, id: &EndUserId, known: Option<EndUserSummary>) -> WhoLookup {
         if known.is_some() {
             return WhoLookup::Known(known);
         }
-        let (planhat, id) = (self.planhat.clone(), id.clone());
-        WhoLookup::Pending(tokio::spawn(async move { planhat.find_by_id(&id).await.ok() }))
+        if let Some(cached) = self.names.get(id) {
+            return WhoLookup::Known(Some(cached));
+        }
+        let (planhat, id, names) = (self.planhat.clone(), id.clone(), self.names.clone());
+        WhoLookup::Pending(tokio::spawn(async move {
+            let who = planhat.find_by_id(&id).await.ok();
+            if let Some(w) = &who {
+                names.put(id, w.clone());
+            }
+            who
+        }))
     }
 
     async fn mint_now(&self, id: EndUserId, who: Option<EndUserSummary>) -> Reply {
