@@ -85,6 +85,7 @@ impl Sandbox {
             base: base.as_str().trim_end_matches('/').to_string(),
             options,
             minted: Mutex::new(HashMap::new()),
+            last_sweep: Mutex::new(Instant::now()),
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),
@@ -120,6 +121,7 @@ struct SandboxState {
     options: SandboxOptions,
     /// Minted token → (end user, when), so `/redirect/` can say whom and whether expired.
     minted: Mutex<HashMap<String, (&'static str, Instant)>>,
+    last_sweep: Mutex<Instant>,
     /// API calls being answered now, the most ever at once, and all calls: a load benchmark
     /// checks `max_in_flight` against these.
     in_flight: AtomicUsize,
@@ -211,10 +213,12 @@ async fn mint(
     rand::rng().fill(&mut bytes);
     let token = hex::encode(bytes);
     if let Ok(mut minted) = state.minted.lock() {
-        // Forget old tokens now and then (not on every mint: that would be quadratic under load).
-        if minted.len() >= 10_000 {
-            let lifetime = state.options.link_lifetime;
-            minted.retain(|_, (_, at)| at.elapsed() < lifetime * 2);
+        // Forget old tokens at most once a second (on every mint it would be quadratic under load).
+        let mut last_sweep = state.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+        if last_sweep.elapsed() > Duration::from_secs(1) {
+            let keep = state.options.link_lifetime * 2;
+            minted.retain(|_, (_, at)| at.elapsed() < keep);
+            *last_sweep = Instant::now();
         }
         minted.insert(token.clone(), (user.id, Instant::now()));
     }
