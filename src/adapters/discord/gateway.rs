@@ -18,12 +18,19 @@ use crate::StartError;
 
 struct Handler {
     state: Arc<DiscordState>,
+    readies: std::sync::atomic::AtomicU64,
 }
 
 #[serenity::async_trait]
 impl EventHandler for Handler {
     async fn ready(&self, _ctx: Context, ready: Ready) {
-        tracing::info!(user = %ready.user.name, guilds = ready.guilds.len(), "Discord gateway ready");
+        // Every READY after the first is a new session: a reconnect operators should see.
+        if self.readies.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+            tracing::info!(user = %ready.user.name, guilds = ready.guilds.len(), "Discord gateway ready");
+        } else {
+            tracing::warn!("Discord gateway reconnected (new session)");
+            self.state.app.metrics.reconnect("discord_gateway");
+        }
     }
 
     async fn interaction_create(&self, _ctx: Context, interaction: Interaction) {
@@ -58,7 +65,7 @@ pub async fn spawn(
     };
     // The gateway gets its own REST client built by the same helper (same proxy rules).
     let client = serenity::client::ClientBuilder::new_with_http(rest::http(config), GatewayIntents::empty())
-        .event_handler(Handler { state });
+        .event_handler(Handler { state, readies: std::sync::atomic::AtomicU64::new(0) });
     let mut client = client
         .await
         .map_err(|e| StartError::Discord(format!("cannot start the gateway client: {}", rest::describe(&e))))?;

@@ -45,3 +45,26 @@ async fn interactions(State(state): State<Arc<HttpState>>, headers: HeaderMap, b
         None => (StatusCode::BAD_REQUEST, "unsupported interaction").into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serenity::all::Interaction;
+
+    proptest! {
+        #[test]
+        fn any_body_parses_or_fails_without_panic(body in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = serde_json::from_slice::<Interaction>(&body);
+        }
+
+        #[test]
+        fn any_json_value_is_safe(ty in 0u8..12, token in "\\PC{0,40}", name in "\\PC{0,20}", value in "\\PC{0,200}") {
+            let body = serde_json::json!({
+                "id": "1", "application_id": "2", "type": ty, "token": token, "version": 1,
+                "channel_id": "3", "locale": "en", "entitlements": [], "attachment_size_limit": 1,
+                "data": {"id": "4", "name": name, "type": 1, "options": [{"name": "enduser", "type": 3, "value": value}]}
+            });
+            let _ = serde_json::from_value::<Interaction>(body);
+        }
+    }
+}

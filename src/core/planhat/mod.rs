@@ -192,7 +192,18 @@ impl Planhat {
     /// One GET with the shared limits: global 429 pause, `max_in_flight`, overall timeout.
     async fn get(&self, call: Call, url: &str) -> Result<bytes_body::Body, PlanhatError> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.inner.timeout, self.get_unbounded(url)).await {
+        // One retry, only for a connection that could not be made (nothing reached Planhat, so
+        // repeating the GET is safe), and only inside the same time budget.
+        let attempts = async {
+            match self.get_unbounded(url).await {
+                Err(PlanhatError::Unreachable(_)) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.get_unbounded(url).await
+                }
+                other => other,
+            }
+        };
+        let result = match tokio::time::timeout(self.inner.timeout, attempts).await {
             Ok(r) => r,
             Err(_) => Err(PlanhatError::TooSlow(self.inner.timeout)),
         };
