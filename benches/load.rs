@@ -25,7 +25,11 @@ const APP_ID: u64 = 1200000000000000002;
 const GUILD: u64 = 1300000000000000003;
 
 fn scale() -> f64 {
-    std::env::var("LOAD_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0f64).clamp(0.01, 10.0)
+    std::env::var("LOAD_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0f64)
+        .clamp(0.01, 10.0)
 }
 
 fn scaled(n: usize) -> usize {
@@ -42,7 +46,9 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -60,7 +66,10 @@ fn cpu_seconds(pid: u32) -> f64 {
     let after = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -75,15 +84,25 @@ fn status_kb(pid: u32, key: &str) -> u64 {
 }
 
 async fn start(latency: Duration, discord_key: &SigningKey, response_url_base: &str) -> Server {
-    let sandbox = Sandbox::start(SandboxOptions { latency, slow: Duration::ZERO, ..Default::default() })
-        .await
-        .expect("sandbox");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sandbox = Sandbox::start(SandboxOptions {
+        latency,
+        slow: Duration::ZERO,
+        ..Default::default()
+    })
+    .await
+    .expect("sandbox");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let dir = std::env::temp_dir().join(format!("pb-bench-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let users: Vec<String> = (0..USERS).map(|i| format!("\"U{i}\"")).collect();
-    let discord_users: Vec<String> = (0..USERS).map(|i| format!("\"{}\"", 1500000000000000000u64 + i as u64)).collect();
+    let discord_users: Vec<String> = (0..USERS)
+        .map(|i| format!("\"{}\"", 1500000000000000000u64 + i as u64))
+        .collect();
     let config = format!(
         "[server]\nlisten = \"{addr}\"\n\
          [planhat]\napi_url = \"{base}\"\nportal_url = \"{base}\"\ntoken = \"sandbox-token\"\ntimeout = \"5s\"\nmax_in_flight = 32\n\
@@ -99,7 +118,10 @@ async fn start(latency: Duration, discord_key: &SigningKey, response_url_base: &
         audit = dir.join("audit.jsonl").display(),
     );
     let config_path = dir.join("config.toml");
-    std::fs::File::create(&config_path).unwrap().write_all(config.as_bytes()).unwrap();
+    std::fs::File::create(&config_path)
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_portal-bot"))
         .args(["serve", "--config", config_path.to_str().unwrap()])
         .env("RUST_LOG", "warn")
@@ -118,7 +140,13 @@ async fn start(latency: Duration, discord_key: &SigningKey, response_url_base: &
         assert!(Instant::now() < deadline, "server did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Server { child, addr, sandbox, latency, _dir: dir }
+    Server {
+        child,
+        addr,
+        sandbox,
+        latency,
+        _dir: dir,
+    }
 }
 
 /// One pre-built request.
@@ -129,7 +157,10 @@ struct Req {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn slack_requests(n: usize, tag: &str, response_url_base: &str) -> Vec<Req> {
@@ -221,7 +252,12 @@ async fn run(server: &Server, reqs: Vec<Req>, concurrency: usize, rate: Option<f
             tokio::time::sleep_until(due.into()).await;
         }
         let permit = limit.clone().acquire_owned().await.unwrap();
-        let (client, url, links, errors) = (client.clone(), format!("{base}{}", req.path), links.clone(), errors.clone());
+        let (client, url, links, errors) = (
+            client.clone(),
+            format!("{base}{}", req.path),
+            links.clone(),
+            errors.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             let mut rb = client.post(url).body(req.body);
@@ -234,12 +270,20 @@ async fn run(server: &Server, reqs: Vec<Req>, concurrency: usize, rate: Option<f
                 Ok(r) if r.status() == 200 => r
                     .text()
                     .await
-                    .map(|b| b.contains("/redirect/") || b.contains("\"type\":5") || b.contains("taking a moment"))
+                    .map(|b| {
+                        b.contains("/redirect/")
+                            || b.contains("\"type\":5")
+                            || b.contains("taking a moment")
+                    })
                     .unwrap_or(false),
                 _ => false,
             };
             let took = t.elapsed();
-            if ok { links.fetch_add(1, Ordering::Relaxed) } else { errors.fetch_add(1, Ordering::Relaxed) };
+            if ok {
+                links.fetch_add(1, Ordering::Relaxed)
+            } else {
+                errors.fetch_add(1, Ordering::Relaxed)
+            };
             drop(permit);
             took
         }));
@@ -275,7 +319,11 @@ fn report(name: &str, server: &Server, r: &Run) {
     let n = r.latencies.len();
     let delay = server.latency;
     let added = |d: Duration| d.saturating_sub(delay);
-    let inside = r.latencies.iter().filter(|d| **d < Duration::from_secs(3)).count();
+    let inside = r
+        .latencies
+        .iter()
+        .filter(|d| **d < Duration::from_secs(3))
+        .count();
     println!("\n## {name}");
     println!("requests {n}, answered with a link/ack {}, errors {}, wall {:.2} s, throughput {:.0} req/s", r.links, r.errors, r.wall.as_secs_f64(), n as f64 / r.wall.as_secs_f64());
     println!(
@@ -321,15 +369,28 @@ async fn receiver() -> (String, Arc<AtomicUsize>) {
 }
 
 async fn sandbox_stats(server: &Server) -> serde_json::Value {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-        .get(format!("{}stats", server.sandbox.base)).send().await.unwrap().json().await.unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}stats", server.sandbox.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` / `cargo test --benches` probing: nothing to list.
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         println!("# portal-bot load benchmark (scale {}, {} cores)", scale(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
         let key = SigningKey::from_bytes(&[9u8; 32]);

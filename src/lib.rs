@@ -19,9 +19,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-pub use crate::core::config::Config;
 use crate::core::access::AccessPolicy;
 use crate::core::audit::Audit;
+pub use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::core::planhat::Planhat;
 use crate::core::portal::PortalService;
@@ -36,7 +36,10 @@ pub enum StartError {
     #[error("{0}")]
     Audit(#[from] crate::core::audit::AuditError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Planhat(#[from] crate::core::planhat::PlanhatError),
     #[error("Slack: {0}")]
@@ -61,7 +64,10 @@ impl App {
     pub fn build(config: Config) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let planhat = Planhat::new(&config.planhat, metrics.clone())?;
-        let audit = Arc::new(Audit::open(config.audit.path.as_deref(), config.audit.required)?);
+        let audit = Arc::new(Audit::open(
+            config.audit.path.as_deref(),
+            config.audit.required,
+        )?);
         let portal = Arc::new(PortalService::new(
             planhat,
             AccessPolicy::new(&config.access),
@@ -72,7 +78,14 @@ impl App {
             config.server.public_url.as_ref(),
         ));
         let (shutdown, _) = crate::shutdown::channel();
-        Ok(Arc::new(App { config, portal, metrics, audit, tasks: TaskTracker::new(), shutdown }))
+        Ok(Arc::new(App {
+            config,
+            portal,
+            metrics,
+            audit,
+            tasks: TaskTracker::new(),
+            shutdown,
+        }))
     }
 
     /// A receiver for the process shutdown.
@@ -95,8 +108,12 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 /// Starts everything the config turns on: the HTTP server, Slack, Discord, housekeeping.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let addr = config.server.listen;
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
     let app = App::build(config)?;
 
     let mut background = vec![tokio::spawn(housekeeping(app.clone(), app.shutdown()))];
@@ -123,15 +140,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let router = adapters::http::with_limits(router);
     let mut stop = app.shutdown();
     let server = tokio::spawn(async move {
-        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { stop.fired().await })
-            .await;
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.fired().await })
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
     tracing::info!(%addr, "portal-bot is listening");
-    Ok(Running { addr, app, server, background })
+    Ok(Running {
+        addr,
+        app,
+        server,
+        background,
+    })
 }
 
 impl Running {
@@ -144,7 +169,10 @@ impl Running {
             self.app.tasks.close();
             self.app.tasks.wait().await;
         };
-        if tokio::time::timeout(SHUTDOWN_DEADLINE, finish).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, finish)
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown deadline reached; some late deliveries were dropped");
         }
         // Background connections (Socket Mode, gateway) close themselves on the signal; give

@@ -39,12 +39,48 @@ pub struct SandboxUser {
 
 /// The sandbox's cast. `nobody` (any other id) is unknown: 404.
 pub const END_USERS: &[SandboxUser] = &[
-    SandboxUser { id: "jane", email: "jane@acme.example", name: "Jane Doe", company: "Acme", shows: "a link, at once" },
-    SandboxUser { id: "slow", email: "slow@acme.example", name: "Sam Slow", company: "Acme", shows: "a link after 4 s (the bot acknowledges, then delivers)" },
-    SandboxUser { id: "noaccess", email: "no@globex.example", name: "Nia Noaccess", company: "Globex", shows: "no portal access" },
-    SandboxUser { id: "broken", email: "broken@initech.example", name: "Bo Broken", company: "Initech", shows: "Planhat failing (HTTP 503)" },
-    SandboxUser { id: "pat-1", email: "pat@shared.example", name: "Pat One", company: "Shared Ltd", shows: "a link; shares an email with pat-2" },
-    SandboxUser { id: "pat-2", email: "pat@shared.example", name: "Pat Two", company: "Shared Co", shows: "a link; shares an email with pat-1" },
+    SandboxUser {
+        id: "jane",
+        email: "jane@acme.example",
+        name: "Jane Doe",
+        company: "Acme",
+        shows: "a link, at once",
+    },
+    SandboxUser {
+        id: "slow",
+        email: "slow@acme.example",
+        name: "Sam Slow",
+        company: "Acme",
+        shows: "a link after 4 s (the bot acknowledges, then delivers)",
+    },
+    SandboxUser {
+        id: "noaccess",
+        email: "no@globex.example",
+        name: "Nia Noaccess",
+        company: "Globex",
+        shows: "no portal access",
+    },
+    SandboxUser {
+        id: "broken",
+        email: "broken@initech.example",
+        name: "Bo Broken",
+        company: "Initech",
+        shows: "Planhat failing (HTTP 503)",
+    },
+    SandboxUser {
+        id: "pat-1",
+        email: "pat@shared.example",
+        name: "Pat One",
+        company: "Shared Ltd",
+        shows: "a link; shares an email with pat-2",
+    },
+    SandboxUser {
+        id: "pat-2",
+        email: "pat@shared.example",
+        name: "Pat Two",
+        company: "Shared Co",
+        shows: "a link; shares an email with pat-1",
+    },
 ];
 
 /// How the sandbox behaves.
@@ -168,7 +204,11 @@ fn authorised(headers: &HeaderMap) -> bool {
 }
 
 /// The common front of every API answer: latency, auth, the failing and slow end users.
-async fn front(state: &SandboxState, headers: &HeaderMap, id: Option<&str>) -> Result<(), Response> {
+async fn front(
+    state: &SandboxState,
+    headers: &HeaderMap,
+    id: Option<&str>,
+) -> Result<(), Response> {
     let _counting = Counting::new(state);
     if !state.options.latency.is_zero() {
         tokio::time::sleep(state.options.latency).await;
@@ -178,7 +218,9 @@ async fn front(state: &SandboxState, headers: &HeaderMap, id: Option<&str>) -> R
     }
     match id {
         Some("slow") => tokio::time::sleep(state.options.slow).await,
-        Some("broken") => return Err((StatusCode::SERVICE_UNAVAILABLE, "<html>down</html>").into_response()),
+        Some("broken") => {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "<html>down</html>").into_response())
+        }
         _ => {}
     }
     Ok(())
@@ -243,18 +285,29 @@ async fn endusers(
     axum::Json(found).into_response()
 }
 
-async fn enduser(State(state): State<Arc<SandboxState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn enduser(
+    State(state): State<Arc<SandboxState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if let Err(r) = front(&state, &headers, None).await {
         return r;
     }
     match find(&id) {
-        Some(u) => axum::Json(json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company })).into_response(),
+        Some(u) => axum::Json(
+            json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company }),
+        )
+        .into_response(),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }
 
 async fn redirect(State(state): State<Arc<SandboxState>>, Path(token): Path<String>) -> Response {
-    let entry = state.minted.lock().ok().and_then(|m| m.get(&token).copied());
+    let entry = state
+        .minted
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&token).copied());
     let page = |title: &str, text: String| {
         Html(format!(
             "<!doctype html><title>{title}</title><body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\"><h1>{title}</h1><p>{text}</p></body>"
@@ -262,10 +315,27 @@ async fn redirect(State(state): State<Arc<SandboxState>>, Path(token): Path<Stri
     };
     match entry {
         Some((id, at)) if at.elapsed() < state.options.link_lifetime => {
-            let who = find(id).map(|u| format!("{} ({})", u.name, u.company)).unwrap_or_default();
-            page("Sandbox portal", format!("You are signed in to the sandbox portal as {who}.")).into_response()
+            let who = find(id)
+                .map(|u| format!("{} ({})", u.name, u.company))
+                .unwrap_or_default();
+            page(
+                "Sandbox portal",
+                format!("You are signed in to the sandbox portal as {who}."),
+            )
+            .into_response()
         }
-        Some(_) => (StatusCode::GONE, page("Link expired", "This sandbox link has expired; ask the bot for a new one.".into())).into_response(),
-        None => (StatusCode::NOT_FOUND, page("Unknown link", "The sandbox never minted this link.".into())).into_response(),
+        Some(_) => (
+            StatusCode::GONE,
+            page(
+                "Link expired",
+                "This sandbox link has expired; ask the bot for a new one.".into(),
+            ),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            page("Unknown link", "The sandbox never minted this link.".into()),
+        )
+            .into_response(),
     }
 }

@@ -30,7 +30,10 @@ fn planhat_config(name: &str, planhat: &MockServer, token: &str) -> PathBuf {
 
 fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portal-bot"));
-    cmd.args(args).env_remove("PLANHAT_API_TOKEN").env_remove("PORTAL_BOT_CONFIG").env_remove("RUST_LOG");
+    cmd.args(args)
+        .env_remove("PLANHAT_API_TOKEN")
+        .env_remove("PORTAL_BOT_CONFIG")
+        .env_remove("RUST_LOG");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -45,10 +48,22 @@ fn text(bytes: &[u8]) -> String {
 async fn link_prints_only_the_url_and_exit_codes_say_what_happened() {
     let planhat = MockServer::start().await;
     planhat_link(&planhat, "e1", "cli-token-1").await;
-    Mock::given(path("/shareabletokens/access/e3")).respond_with(ResponseTemplate::new(200).set_body_string("false")).mount(&planhat).await;
-    Mock::given(path("/shareabletokens/e3")).respond_with(ResponseTemplate::new(200).set_body_string(format!("{PORTAL}/redirect/x"))).mount(&planhat).await;
-    Mock::given(path_regex("^/shareabletokens/(access/)?e5$")).respond_with(ResponseTemplate::new(502)).mount(&planhat).await;
-    Mock::given(path_regex("^/shareabletokens/")).respond_with(ResponseTemplate::new(404)).mount(&planhat).await;
+    Mock::given(path("/shareabletokens/access/e3"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("false"))
+        .mount(&planhat)
+        .await;
+    Mock::given(path("/shareabletokens/e3"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(format!("{PORTAL}/redirect/x")))
+        .mount(&planhat)
+        .await;
+    Mock::given(path_regex("^/shareabletokens/(access/)?e5$"))
+        .respond_with(ResponseTemplate::new(502))
+        .mount(&planhat)
+        .await;
+    Mock::given(path_regex("^/shareabletokens/"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&planhat)
+        .await;
     let cfg = planhat_config("link.toml", &planhat, API_TOKEN);
     let cfg = cfg.to_str().unwrap();
 
@@ -63,15 +78,32 @@ async fn link_prints_only_the_url_and_exit_codes_say_what_happened() {
         (vec!["link", "--config", cfg, "a/b"], 2),
         (vec!["link", "--config", cfg, "--check", "e1"], 0),
         (vec!["link", "--config", cfg, "--check", "e3"], 3),
-        (vec!["link", "--config", "/nonexistent/portal-bot.toml", "e1"], 2),
+        (
+            vec!["link", "--config", "/nonexistent/portal-bot.toml", "e1"],
+            2,
+        ),
         (vec!["link"], 2),
     ] {
         let out = run(&args, &[]);
-        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out.stderr));
-        assert!(!text(&out.stdout).contains("/redirect/"), "{args:?} printed a URL");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !text(&out.stdout).contains("/redirect/"),
+            "{args:?} printed a URL"
+        );
     }
     // --check minted nothing: the only mint calls are for e1 (once), e3 and e5.
-    let mints = planhat.received_requests().await.unwrap().iter().filter(|r| r.url.path() == "/shareabletokens/e1").count();
+    let mints = planhat
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/shareabletokens/e1")
+        .count();
     assert_eq!(mints, 1);
 }
 
@@ -80,7 +112,13 @@ async fn environment_token_wins_over_the_file() {
     let planhat = MockServer::start().await;
     planhat_link(&planhat, "e1", "env-token").await; // requires the right Bearer token
     let cfg = planhat_config("env.toml", &planhat, "wrong-token-in-file");
-    let out = run(&["link", "e1"], &[("PORTAL_BOT_CONFIG", cfg.to_str().unwrap()), ("PLANHAT_API_TOKEN", API_TOKEN)]);
+    let out = run(
+        &["link", "e1"],
+        &[
+            ("PORTAL_BOT_CONFIG", cfg.to_str().unwrap()),
+            ("PLANHAT_API_TOKEN", API_TOKEN),
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let without = run(&["link", "--config", cfg.to_str().unwrap(), "e1"], &[]);
     assert_ne!(without.status.code(), Some(0));
@@ -89,11 +127,20 @@ async fn environment_token_wins_over_the_file() {
 #[test]
 fn config_errors_name_the_key_in_one_line() {
     for (body, key) in [
-        ("[planhat]\ntoken = \"t\"\ntimeout = \"soon\"\n", "planhat.timeout"),
+        (
+            "[planhat]\ntoken = \"t\"\ntimeout = \"soon\"\n",
+            "planhat.timeout",
+        ),
         ("[planhat]\ntoken = \"t\"\ntokn = \"x\"\n", "tokn"),
-        ("[planhat]\ntoken = \"t\"\napi_url = \"ftp://x\"\n", "planhat.api_url"),
+        (
+            "[planhat]\ntoken = \"t\"\napi_url = \"ftp://x\"\n",
+            "planhat.api_url",
+        ),
         ("[planhat]\ntoken = \"\"\n", "planhat.token"),
-        ("[planhat]\ntoken = \"t\"\n[slack]\nmode = \"http\"\nbot_token = \"b\"\n", "slack.signing_secret"),
+        (
+            "[planhat]\ntoken = \"t\"\n[slack]\nmode = \"http\"\nbot_token = \"b\"\n",
+            "slack.signing_secret",
+        ),
     ] {
         let cfg = write_config("bad.toml", body);
         let out = run(&["check", "--config", cfg.to_str().unwrap()], &[]);
@@ -107,24 +154,40 @@ fn config_errors_name_the_key_in_one_line() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_says_what_is_wrong_in_plain_words() {
     let planhat = MockServer::start().await;
-    Mock::given(path("/endusers")).respond_with(ResponseTemplate::new(200).set_body_string("[]")).mount(&planhat).await;
+    Mock::given(path("/endusers"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("[]"))
+        .mount(&planhat)
+        .await;
     let good = planhat_config("check.toml", &planhat, API_TOKEN);
     let out = run(&["check", "--config", good.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("token accepted"));
 
     let rejecting = MockServer::start().await;
-    Mock::given(path("/endusers")).respond_with(ResponseTemplate::new(401)).mount(&rejecting).await;
+    Mock::given(path("/endusers"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&rejecting)
+        .await;
     let cfg = planhat_config("check401.toml", &rejecting, "bad");
     let out = run(&["check", "--config", cfg.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(5));
     let said = text(&out.stdout);
-    assert!(said.contains("token was rejected") && said.contains("cluster"), "{said}");
+    assert!(
+        said.contains("token was rejected") && said.contains("cluster"),
+        "{said}"
+    );
 
-    let cfg = write_config("check-unreachable.toml", "[planhat]\napi_url = \"http://127.0.0.1:9\"\ntoken = \"t\"\n");
+    let cfg = write_config(
+        "check-unreachable.toml",
+        "[planhat]\napi_url = \"http://127.0.0.1:9\"\ntoken = \"t\"\n",
+    );
     let out = run(&["check", "--config", cfg.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(5));
-    assert!(text(&out.stdout).contains("cannot reach"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("cannot reach"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -133,18 +196,35 @@ async fn trace_logs_hold_neither_the_url_token_nor_the_api_token() {
     planhat_link(&planhat, "e1", "trace-secret-url-token").await;
     let cfg = planhat_config("trace.toml", &planhat, API_TOKEN);
     for format in ["text", "json"] {
-        let out = run(&["--log-format", format, "link", "--config", cfg.to_str().unwrap(), "e1"], &[("RUST_LOG", "trace")]);
+        let out = run(
+            &[
+                "--log-format",
+                format,
+                "link",
+                "--config",
+                cfg.to_str().unwrap(),
+                "e1",
+            ],
+            &[("RUST_LOG", "trace")],
+        );
         assert_eq!(out.status.code(), Some(0));
         let logs = text(&out.stderr);
         assert!(logs.len() > 1000, "trace logging should say a lot: {logs}");
-        assert!(!logs.contains("trace-secret-url-token"), "the signed URL leaked into {format} logs");
-        assert!(!logs.contains(API_TOKEN), "the API token leaked into {format} logs");
+        assert!(
+            !logs.contains("trace-secret-url-token"),
+            "the signed URL leaked into {format} logs"
+        );
+        assert!(
+            !logs.contains(API_TOKEN),
+            "the API token leaked into {format} logs"
+        );
         if format == "json" {
             // Log lines are JSON objects; the CLI's own diagnostics are plain sentences.
             let json_lines = logs.lines().filter(|l| l.starts_with('{')).count();
             assert!(json_lines > 10, "{logs}");
             for line in logs.lines().filter(|l| l.starts_with('{')) {
-                serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|_| panic!("not JSON: {line}"));
             }
         }
     }
@@ -155,7 +235,10 @@ async fn serve_stops_gracefully_on_sigterm() {
     let planhat = MockServer::start().await;
     let cfg = write_config(
         "serve.toml",
-        &format!("[server]\nlisten = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\ntoken = \"t\"\n", planhat.uri()),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\ntoken = \"t\"\n",
+            planhat.uri()
+        ),
     );
     let child = Command::new(env!("CARGO_BIN_EXE_portal-bot"))
         .args(["serve", "--config", cfg.to_str().unwrap()])
@@ -163,19 +246,29 @@ async fn serve_stops_gracefully_on_sigterm() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
     let logs = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{logs}");
-    assert!(logs.contains("SIGTERM") && logs.contains("stopped"), "{logs}");
+    assert!(
+        logs.contains("SIGTERM") && logs.contains("stopped"),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_lines_survive_a_crash_whole_or_not_at_all() {
     let planhat = MockServer::start().await;
     planhat_link(&planhat, "e1", "crash-token").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = std::env::temp_dir().join(format!("pb-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let audit = dir.join("audit.jsonl");
@@ -205,8 +298,17 @@ async fn audit_lines_survive_a_crash_whole_or_not_at_all() {
     // Requests in flight while the process is killed without warning.
     let mut sent = Vec::new();
     for i in 0..200 {
-        let body = slash_body("U1", "C1", "e1", "http://127.0.0.1:9/r", &format!("crash-{i}"));
-        let req = client().post(format!("{base}/slack/commands")).headers(slack_headers(SIGNING_SECRET, now(), &body)).body(body);
+        let body = slash_body(
+            "U1",
+            "C1",
+            "e1",
+            "http://127.0.0.1:9/r",
+            &format!("crash-{i}"),
+        );
+        let req = client()
+            .post(format!("{base}/slack/commands"))
+            .headers(slack_headers(SIGNING_SECRET, now(), &body))
+            .body(body);
         sent.push(tokio::spawn(async move { req.send().await.is_ok() }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
@@ -216,10 +318,17 @@ async fn audit_lines_survive_a_crash_whole_or_not_at_all() {
         let _ = s.await;
     }
     let text = std::fs::read_to_string(&audit).unwrap_or_default();
-    assert!(text.lines().count() > 0, "some requests were answered before the crash");
-    assert!(text.is_empty() || text.ends_with('\n'), "the last line is complete");
+    assert!(
+        text.lines().count() > 0,
+        "some requests were answered before the crash"
+    );
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "the last line is complete"
+    );
     for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("torn line {line:?}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("torn line {line:?}: {e}"));
         assert_eq!(v["outcome"], "ok");
     }
     assert!(!text.contains("crash-token"));

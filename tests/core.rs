@@ -30,8 +30,16 @@ fn app(planhat: &MockServer, extra: &str) -> std::sync::Arc<App> {
 }
 
 async fn answer(planhat: &MockServer, access: ResponseTemplate, mint: ResponseTemplate) -> Reply {
-    Mock::given(method("GET")).and(path("/shareabletokens/access/e1")).respond_with(access).mount(planhat).await;
-    Mock::given(method("GET")).and(path("/shareabletokens/e1")).respond_with(mint).mount(planhat).await;
+    Mock::given(method("GET"))
+        .and(path("/shareabletokens/access/e1"))
+        .respond_with(access)
+        .mount(planhat)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/shareabletokens/e1"))
+        .respond_with(mint)
+        .mount(planhat)
+        .await;
     app(planhat, "").portal.handle(&csm("U1"), "e1").await
 }
 
@@ -49,7 +57,12 @@ fn url_of(reply: &Reply) -> String {
 #[tokio::test]
 async fn every_accepted_answer_shape_gives_the_link() {
     let url = format!("{PORTAL}/redirect/tok123");
-    let accesses = ["true", " TRUE\n", "{\"access\":true}", "{\"hasAccess\":true}"];
+    let accesses = [
+        "true",
+        " TRUE\n",
+        "{\"access\":true}",
+        "{\"hasAccess\":true}",
+    ];
     let mints = [
         url.clone(),
         format!("\"{url}\""),
@@ -70,29 +83,70 @@ async fn link_expiry_is_thirty_seconds_from_the_mint() {
     let before = std::time::SystemTime::now();
     let reply = app(&planhat, "").portal.handle(&csm("U1"), "e1").await;
     let after = std::time::SystemTime::now();
-    let Reply::Link(link) = reply else { panic!("no link") };
+    let Reply::Link(link) = reply else {
+        panic!("no link")
+    };
     // Counted from just before the mint call: never later than Planhat's own clock.
     assert!(link.expires_at >= before + Duration::from_secs(30));
     assert!(link.expires_at <= after + Duration::from_secs(30));
-    assert!(!format!("{link:?}").contains("/redirect/"), "Debug must not show the URL");
+    assert!(
+        !format!("{link:?}").contains("/redirect/"),
+        "Debug must not show the URL"
+    );
 }
 
 #[tokio::test]
 async fn failures_each_get_their_own_refusal() {
     let cases: Vec<(ResponseTemplate, ResponseTemplate, Refusal)> = vec![
-        (ResponseTemplate::new(404), ResponseTemplate::new(404), Refusal::NotFound),
-        (ok("false"), ok(&format!("{PORTAL}/redirect/x")), Refusal::NoAccess),
-        (ok("{\"hasAccess\":false}"), ok(&format!("{PORTAL}/redirect/x")), Refusal::NoAccess),
-        (ResponseTemplate::new(401), ResponseTemplate::new(401), Refusal::TokenRejected),
-        (ResponseTemplate::new(403), ResponseTemplate::new(403), Refusal::TokenRejected),
-        (ResponseTemplate::new(500), ResponseTemplate::new(500), Refusal::UpstreamFailed),
+        (
+            ResponseTemplate::new(404),
+            ResponseTemplate::new(404),
+            Refusal::NotFound,
+        ),
+        (
+            ok("false"),
+            ok(&format!("{PORTAL}/redirect/x")),
+            Refusal::NoAccess,
+        ),
+        (
+            ok("{\"hasAccess\":false}"),
+            ok(&format!("{PORTAL}/redirect/x")),
+            Refusal::NoAccess,
+        ),
+        (
+            ResponseTemplate::new(401),
+            ResponseTemplate::new(401),
+            Refusal::TokenRejected,
+        ),
+        (
+            ResponseTemplate::new(403),
+            ResponseTemplate::new(403),
+            Refusal::TokenRejected,
+        ),
+        (
+            ResponseTemplate::new(500),
+            ResponseTemplate::new(500),
+            Refusal::UpstreamFailed,
+        ),
         (ResponseTemplate::new(503), ok("x"), Refusal::UpstreamFailed),
         (ok("<html>oops</html>"), ok("x"), Refusal::Unusable),
         (ok("{\"access\":tr"), ok("x"), Refusal::Unusable),
-        (ok("true"), ok("https://share.example.test.evil.com/redirect/x"), Refusal::Unusable),
-        (ok("true"), ok("{\"url\":\"https://evil.example/redirect/x\"}"), Refusal::Unusable),
+        (
+            ok("true"),
+            ok("https://share.example.test.evil.com/redirect/x"),
+            Refusal::Unusable,
+        ),
+        (
+            ok("true"),
+            ok("{\"url\":\"https://evil.example/redirect/x\"}"),
+            Refusal::Unusable,
+        ),
         (ok("true"), ok("<html>login</html>"), Refusal::Unusable),
-        (ok("true"), ResponseTemplate::new(500), Refusal::UpstreamFailed),
+        (
+            ok("true"),
+            ResponseTemplate::new(500),
+            Refusal::UpstreamFailed,
+        ),
     ];
     for (access, mint, want) in cases {
         let planhat = MockServer::start().await;
@@ -106,7 +160,12 @@ async fn failures_each_get_their_own_refusal() {
 #[tokio::test]
 async fn a_url_for_someone_without_access_is_dropped() {
     let planhat = MockServer::start().await;
-    let reply = answer(&planhat, ok("false"), ok(&format!("{PORTAL}/redirect/secret-token-1"))).await;
+    let reply = answer(
+        &planhat,
+        ok("false"),
+        ok(&format!("{PORTAL}/redirect/secret-token-1")),
+    )
+    .await;
     assert!(!format!("{reply:?}").contains("secret-token-1"));
     assert!(matches!(reply, Reply::Refused(Refusal::NoAccess)));
 }
@@ -117,8 +176,14 @@ async fn too_slow_and_unreachable() {
     let slow = ok("true").set_delay(Duration::from_secs(5));
     let started = std::time::Instant::now();
     let reply = answer(&planhat, slow.clone(), slow).await;
-    assert!(matches!(reply, Reply::Refused(Refusal::UpstreamSlow)), "{reply:?}");
-    assert!(started.elapsed() < Duration::from_secs(4), "the 2s timeout applies");
+    assert!(
+        matches!(reply, Reply::Refused(Refusal::UpstreamSlow)),
+        "{reply:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the 2s timeout applies"
+    );
 
     // A port nobody listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -126,7 +191,10 @@ async fn too_slow_and_unreachable() {
     drop(closed);
     let app = App::build(config(&format!("http://{addr}"), ACCESS)).unwrap();
     let reply = app.portal.handle(&csm("U1"), "e1").await;
-    assert!(matches!(reply, Reply::Refused(Refusal::UpstreamUnreachable)), "{reply:?}");
+    assert!(
+        matches!(reply, Reply::Refused(Refusal::UpstreamUnreachable)),
+        "{reply:?}"
+    );
 }
 
 #[tokio::test]
@@ -138,11 +206,17 @@ async fn rate_limited_by_planhat_pauses_everyone() {
         .await;
     let app = app(&planhat, "");
     let first = app.portal.handle(&csm("U1"), "e1").await;
-    assert!(matches!(first, Reply::Refused(Refusal::UpstreamRateLimited(d)) if d.as_secs() == 30), "{first:?}");
+    assert!(
+        matches!(first, Reply::Refused(Refusal::UpstreamRateLimited(d)) if d.as_secs() == 30),
+        "{first:?}"
+    );
     let calls = planhat_calls(&planhat, "/shareabletokens").await;
     // Another asker during the pause: refused without a call.
     let second = app.portal.handle(&csm("U2"), "e2").await;
-    assert!(matches!(second, Reply::Refused(Refusal::UpstreamRateLimited(_))), "{second:?}");
+    assert!(
+        matches!(second, Reply::Refused(Refusal::UpstreamRateLimited(_))),
+        "{second:?}"
+    );
     assert_eq!(planhat_calls(&planhat, "/shareabletokens").await, calls);
 }
 
@@ -154,9 +228,21 @@ async fn ids_are_escaped_as_one_path_segment() {
         .mount(&planhat)
         .await;
     app(&planhat, "").portal.handle(&csm("U1"), "a+b=c:d").await;
-    let paths: Vec<String> = planhat.received_requests().await.unwrap().iter().map(|r| r.url.path().to_string()).collect();
-    assert!(paths.contains(&"/shareabletokens/access/a%2Bb%3Dc%3Ad".to_string()), "{paths:?}");
-    assert!(paths.contains(&"/shareabletokens/a%2Bb%3Dc%3Ad".to_string()), "{paths:?}");
+    let paths: Vec<String> = planhat
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_string())
+        .collect();
+    assert!(
+        paths.contains(&"/shareabletokens/access/a%2Bb%3Dc%3Ad".to_string()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/shareabletokens/a%2Bb%3Dc%3Ad".to_string()),
+        "{paths:?}"
+    );
 }
 
 #[tokio::test]
@@ -166,9 +252,23 @@ async fn nothing_reaches_planhat_without_authorisation_or_a_plausible_id() {
     let app = app(&planhat, "");
     let denied = app.portal.handle(&csm("U_STRANGER"), "e1").await;
     assert!(matches!(denied, Reply::Refused(Refusal::NotAllowed(_))));
-    for bad in ["a/b", "..", "%2e%2e", "a?b", "a#b", "a\0b", "a\u{200f}b", "😀", "<!channel>", &"x".repeat(10_000)] {
+    for bad in [
+        "a/b",
+        "..",
+        "%2e%2e",
+        "a?b",
+        "a#b",
+        "a\0b",
+        "a\u{200f}b",
+        "😀",
+        "<!channel>",
+        &"x".repeat(10_000),
+    ] {
         let reply = app.portal.handle(&csm("U1"), bad).await;
-        assert!(matches!(reply, Reply::Refused(Refusal::BadInput(_))), "{bad:?} gave {reply:?}");
+        assert!(
+            matches!(reply, Reply::Refused(Refusal::BadInput(_))),
+            "{bad:?} gave {reply:?}"
+        );
     }
     assert_eq!(planhat.received_requests().await.unwrap().len(), 0);
 }
@@ -179,7 +279,10 @@ async fn per_asker_rate_limit_says_when_to_retry() {
     planhat_link(&planhat, "e1", "t").await;
     let app = app(&planhat, "[limits]\nper_user_per_minute = 2\n");
     for _ in 0..2 {
-        assert!(matches!(app.portal.handle(&csm("U1"), "e1").await, Reply::Link(_)));
+        assert!(matches!(
+            app.portal.handle(&csm("U1"), "e1").await,
+            Reply::Link(_)
+        ));
     }
     let calls = planhat_calls(&planhat, "/shareabletokens").await;
     match app.portal.handle(&csm("U1"), "e1").await {
@@ -189,25 +292,47 @@ async fn per_asker_rate_limit_says_when_to_retry() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(planhat_calls(&planhat, "/shareabletokens").await, calls, "refused before Planhat");
-    assert!(matches!(app.portal.handle(&csm("U2"), "e1").await, Reply::Link(_)), "others unaffected");
+    assert_eq!(
+        planhat_calls(&planhat, "/shareabletokens").await,
+        calls,
+        "refused before Planhat"
+    );
+    assert!(
+        matches!(app.portal.handle(&csm("U2"), "e1").await, Reply::Link(_)),
+        "others unaffected"
+    );
 }
 
 #[tokio::test]
 async fn email_lookup_with_none_one_and_several_matches() {
     let planhat = MockServer::start().await;
     let users = |list: serde_json::Value| ResponseTemplate::new(200).set_body_json(list);
-    Mock::given(path("/endusers")).and(query_param("email", "none@x.example")).respond_with(users(serde_json::json!([]))).mount(&planhat).await;
     Mock::given(path("/endusers"))
-        .and(query_param("email", "jane@x.example"))
-        .respond_with(users(serde_json::json!([{"_id": "e1", "name": "Jane", "companyName": "Acme"}])))
+        .and(query_param("email", "none@x.example"))
+        .respond_with(users(serde_json::json!([])))
         .mount(&planhat)
         .await;
-    let many: Vec<_> = (0..8).map(|i| serde_json::json!({"_id": format!("p{i}"), "name": format!("Pat {i}")})).collect();
-    Mock::given(path("/endusers")).and(query_param("email", "pat@x.example")).respond_with(users(many.into())).mount(&planhat).await;
+    Mock::given(path("/endusers"))
+        .and(query_param("email", "jane@x.example"))
+        .respond_with(users(
+            serde_json::json!([{"_id": "e1", "name": "Jane", "companyName": "Acme"}]),
+        ))
+        .mount(&planhat)
+        .await;
+    let many: Vec<_> = (0..8)
+        .map(|i| serde_json::json!({"_id": format!("p{i}"), "name": format!("Pat {i}")}))
+        .collect();
+    Mock::given(path("/endusers"))
+        .and(query_param("email", "pat@x.example"))
+        .respond_with(users(many.into()))
+        .mount(&planhat)
+        .await;
     planhat_link(&planhat, "e1", "t").await;
     let app = app(&planhat, "");
-    assert!(matches!(app.portal.handle(&csm("U1"), "none@x.example").await, Reply::Refused(Refusal::NotFound)));
+    assert!(matches!(
+        app.portal.handle(&csm("U1"), "none@x.example").await,
+        Reply::Refused(Refusal::NotFound)
+    ));
     match app.portal.handle(&csm("U1"), "Jane@X.example").await {
         Reply::Link(l) => {
             assert_eq!(l.end_user.as_str(), "e1");
@@ -228,8 +353,20 @@ async fn email_lookup_with_none_one_and_several_matches() {
 async fn check_mints_nothing() {
     let planhat = MockServer::start().await;
     planhat_link(&planhat, "e1", "t").await;
-    let reply = app(&planhat, "").portal.handle(&csm("U1"), "check e1").await;
-    assert!(matches!(reply, Reply::Access { has_access: true, .. }), "{reply:?}");
+    let reply = app(&planhat, "")
+        .portal
+        .handle(&csm("U1"), "check e1")
+        .await;
+    assert!(
+        matches!(
+            reply,
+            Reply::Access {
+                has_access: true,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     let mints = planhat
         .received_requests()
         .await
@@ -248,7 +385,10 @@ async fn audit_has_one_line_per_request_and_never_the_url() {
     let _ = std::fs::remove_file(&audit);
     let planhat = MockServer::start().await;
     planhat_link(&planhat, "e1", "audit-secret-token").await;
-    let app = app(&planhat, &format!("[audit]\npath = \"{}\"\n", audit.display()));
+    let app = app(
+        &planhat,
+        &format!("[audit]\npath = \"{}\"\n", audit.display()),
+    );
     app.portal.handle(&csm("U1"), "e1").await;
     app.portal.handle(&csm("U_NOPE"), "e1").await;
     app.portal.handle(&csm("U1"), "nobody").await;
@@ -256,12 +396,27 @@ async fn audit_has_one_line_per_request_and_never_the_url() {
     let text = std::fs::read_to_string(&audit).unwrap();
     assert!(!text.contains("audit-secret-token") && !text.contains("/redirect/"));
     assert!(!text.contains(API_TOKEN));
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
-    let outcomes: Vec<&str> = lines.iter().map(|l| l["outcome"].as_str().unwrap()).collect();
+    let outcomes: Vec<&str> = lines
+        .iter()
+        .map(|l| l["outcome"].as_str().unwrap())
+        .collect();
     assert_eq!(outcomes, ["ok", "denied", "not_found"]);
     for l in &lines {
-        for key in ["time", "platform", "team", "channel", "asker", "end_user", "outcome", "latency_ms"] {
+        for key in [
+            "time",
+            "platform",
+            "team",
+            "channel",
+            "asker",
+            "end_user",
+            "outcome",
+            "latency_ms",
+        ] {
             assert!(l.get(key).is_some(), "{key} missing in {l}");
         }
     }
@@ -273,7 +428,10 @@ async fn required_audit_that_cannot_be_written_refuses_the_link() {
     planhat_link(&planhat, "e1", "t").await;
     let app = app(&planhat, "[audit]\npath = \"/dev/full\"\nrequired = true\n");
     let reply = app.portal.handle(&csm("U1"), "e1").await;
-    assert!(matches!(reply, Reply::Refused(Refusal::AuditUnavailable)), "{reply:?}");
+    assert!(
+        matches!(reply, Reply::Refused(Refusal::AuditUnavailable)),
+        "{reply:?}"
+    );
 }
 
 #[tokio::test]
@@ -283,12 +441,27 @@ async fn healthz_and_metrics_are_served() {
     let running = spawn(config(&planhat.uri(), ACCESS)).await;
     running.app.portal.handle(&csm("U1"), "e1").await;
     let base = format!("http://{}", running.addr);
-    let health = client().get(format!("{base}/healthz")).send().await.unwrap();
+    let health = client()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    let metrics = client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("portal_bot_requests_total{platform=\"slack\",outcome=\"ok\"} 1"), "{metrics}");
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("portal_bot_requests_total{platform=\"slack\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("portal_bot_request_duration_seconds_bucket"));
-    assert!(metrics.contains("portal_bot_planhat_call_duration_seconds_count{call=\"mint\",result=\"ok\"}"));
+    assert!(metrics
+        .contains("portal_bot_planhat_call_duration_seconds_count{call=\"mint\",result=\"ok\"}"));
     assert!(!metrics.contains("metrics-secret-token") && !metrics.contains(API_TOKEN));
     running.stop().await;
 }
@@ -298,19 +471,28 @@ async fn names_ride_along_in_the_same_round_and_never_delay_the_link() {
     let planhat = MockServer::start().await;
     planhat_link(&planhat, "e1", "t").await;
     Mock::given(path("/endusers/e1"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"_id": "e1", "name": "Jane Doe", "companyName": "Acme"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"_id": "e1", "name": "Jane Doe", "companyName": "Acme"}),
+        ))
         .mount(&planhat)
         .await;
     let app = app(&planhat, "");
     match app.portal.handle(&csm("U1"), "e1").await {
         Reply::Link(l) => {
             let who = l.who.expect("name and company shown");
-            assert_eq!((who.name.as_deref(), who.company.as_deref()), (Some("Jane Doe"), Some("Acme")));
+            assert_eq!(
+                (who.name.as_deref(), who.company.as_deref()),
+                (Some("Jane Doe"), Some("Acme"))
+            );
         }
         other => panic!("{other:?}"),
     }
     match app.portal.handle(&csm("U1"), "check e1").await {
-        Reply::Access { who: Some(w), has_access: true, .. } => assert_eq!(w.name.as_deref(), Some("Jane Doe")),
+        Reply::Access {
+            who: Some(w),
+            has_access: true,
+            ..
+        } => assert_eq!(w.name.as_deref(), Some("Jane Doe")),
         other => panic!("{other:?}"),
     }
 
@@ -318,11 +500,26 @@ async fn names_ride_along_in_the_same_round_and_never_delay_the_link() {
     let slow = MockServer::start().await;
     planhat_link(&slow, "e1", "t").await;
     Mock::given(path("/endusers/e1"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("{}").set_delay(Duration::from_secs(3)))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("{}")
+                .set_delay(Duration::from_secs(3)),
+        )
         .mount(&slow)
         .await;
     let started = std::time::Instant::now();
-    let reply = App::build(config(&slow.uri(), ACCESS)).unwrap().portal.handle(&csm("U1"), "e1").await;
-    assert!(matches!(&reply, Reply::Link(l) if l.who.is_none()), "{reply:?}");
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    let reply = App::build(config(&slow.uri(), ACCESS))
+        .unwrap()
+        .portal
+        .handle(&csm("U1"), "e1")
+        .await;
+    assert!(
+        matches!(&reply, Reply::Link(l) if l.who.is_none()),
+        "{reply:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }

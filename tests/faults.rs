@@ -29,7 +29,10 @@ async fn response_receiver(fail_first: usize) -> (String, Inbox) {
                 let mut left = failures.lock().unwrap();
                 if *left > 0 {
                     *left -= 1;
-                    return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"ok": false})));
+                    return (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        axum::Json(json!({"ok": false})),
+                    );
                 }
                 sink.lock().unwrap().push((Instant::now(), body));
                 (axum::http::StatusCode::OK, axum::Json(json!({"ok": true})))
@@ -52,7 +55,13 @@ fn slack_config(planhat: &str) -> portal_bot::Config {
 }
 
 /// Sends `/portal {text}`; returns the line the asker ends up seeing and how long it took.
-async fn ask(base: &str, response_url: &str, inbox: &Inbox, text: &str, trigger: &str) -> (String, Duration, Duration) {
+async fn ask(
+    base: &str,
+    response_url: &str,
+    inbox: &Inbox,
+    text: &str,
+    trigger: &str,
+) -> (String, Duration, Duration) {
     let body = slash_body("U1", "C1", text, response_url, trigger);
     let started = Instant::now();
     let r = client()
@@ -75,7 +84,11 @@ async fn ask(base: &str, response_url: &str, inbox: &Inbox, text: &str, trigger:
     while Instant::now() < deadline {
         if let Some((at, body)) = inbox.lock().unwrap().get(before).cloned() {
             assert_eq!(body["response_type"], "ephemeral");
-            return (body["text"].as_str().unwrap_or("").to_string(), first, at - started);
+            return (
+                body["text"].as_str().unwrap_or("").to_string(),
+                first,
+                at - started,
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -105,7 +118,12 @@ async fn dribbling_server() -> String {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
                 let body = "true                                    ";
-                let _ = s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes()).await;
+                let _ = s
+                    .write_all(
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
+                            .as_bytes(),
+                    )
+                    .await;
                 for b in body.bytes() {
                     if s.write_all(&[b]).await.is_err() {
                         return;
@@ -128,31 +146,89 @@ async fn every_planhat_fault_gets_one_clear_line_in_time_and_the_next_request_wo
         format!("http://{a}")
     };
     let faults: Vec<(&str, Option<ResponseTemplate>, Option<String>, &str)> = vec![
-        ("HTTP 500", Some(ResponseTemplate::new(500)), None, "Planhat failed"),
-        ("HTTP 502", Some(ResponseTemplate::new(502)), None, "Planhat failed"),
-        ("HTTP 503", Some(ResponseTemplate::new(503).set_body_string("<html>down</html>")), None, "Planhat failed"),
-        ("429 with Retry-After: 7", Some(ResponseTemplate::new(429).insert_header("retry-after", "7")), None, "try again in 7s"),
-        ("429 without Retry-After", Some(ResponseTemplate::new(429)), None, "try again in 5s"),
-        ("HTML instead of JSON", Some(ResponseTemplate::new(200).set_body_string("<html><body>Login</body></html>")), None, "can't use"),
-        ("truncated JSON", Some(ResponseTemplate::new(200).set_body_string("{\"access\": tr")), None, "can't use"),
+        (
+            "HTTP 500",
+            Some(ResponseTemplate::new(500)),
+            None,
+            "Planhat failed",
+        ),
+        (
+            "HTTP 502",
+            Some(ResponseTemplate::new(502)),
+            None,
+            "Planhat failed",
+        ),
+        (
+            "HTTP 503",
+            Some(ResponseTemplate::new(503).set_body_string("<html>down</html>")),
+            None,
+            "Planhat failed",
+        ),
+        (
+            "429 with Retry-After: 7",
+            Some(ResponseTemplate::new(429).insert_header("retry-after", "7")),
+            None,
+            "try again in 7s",
+        ),
+        (
+            "429 without Retry-After",
+            Some(ResponseTemplate::new(429)),
+            None,
+            "try again in 5s",
+        ),
+        (
+            "HTML instead of JSON",
+            Some(ResponseTemplate::new(200).set_body_string("<html><body>Login</body></html>")),
+            None,
+            "can't use",
+        ),
+        (
+            "truncated JSON",
+            Some(ResponseTemplate::new(200).set_body_string("{\"access\": tr")),
+            None,
+            "can't use",
+        ),
         ("connection refused", None, Some(closed), "can't be reached"),
-        ("accepts, never answers", None, Some(silent_server().await), "did not answer in time"),
-        ("answers byte by byte", None, Some(dribbling_server().await), "did not answer in time"),
+        (
+            "accepts, never answers",
+            None,
+            Some(silent_server().await),
+            "did not answer in time",
+        ),
+        (
+            "answers byte by byte",
+            None,
+            Some(dribbling_server().await),
+            "did not answer in time",
+        ),
     ];
-    println!("\n| fault | first answer | asker sees the line after | line |\n| --- | --- | --- | --- |");
+    println!(
+        "\n| fault | first answer | asker sees the line after | line |\n| --- | --- | --- | --- |"
+    );
     for (i, (name, template, url, expect)) in faults.into_iter().enumerate() {
         let planhat = MockServer::start().await;
         if let Some(t) = template {
-            Mock::given(path_regex("^/shareabletokens/")).respond_with(t).up_to_n_times(2).mount(&planhat).await;
+            Mock::given(path_regex("^/shareabletokens/"))
+                .respond_with(t)
+                .up_to_n_times(2)
+                .mount(&planhat)
+                .await;
         }
         planhat_link(&planhat, "e2", "after-the-fault").await;
         let target = url.unwrap_or_else(|| planhat.uri());
         let running = spawn(slack_config(&target)).await;
         let base = format!("http://{}", running.addr);
         let (line, first, total) = ask(&base, &response_url, &inbox, "e1", &format!("f{i}")).await;
-        println!("| {name} | {} ms | {} ms | {line} |", first.as_millis(), total.as_millis());
+        println!(
+            "| {name} | {} ms | {} ms | {line} |",
+            first.as_millis(),
+            total.as_millis()
+        );
         assert!(line.contains(expect), "{name}: {line:?}");
-        assert!(first < Duration::from_secs(3), "{name}: first answer after {first:?}");
+        assert!(
+            first < Duration::from_secs(3),
+            "{name}: first answer after {first:?}"
+        );
         assert!(!line.contains("/redirect/"));
         running.stop().await;
         // The next request works once Planhat is healthy again (429 pauses are global on purpose).
@@ -160,7 +236,10 @@ async fn every_planhat_fault_gets_one_clear_line_in_time_and_the_next_request_wo
             let running = spawn(slack_config(&planhat.uri())).await;
             let base = format!("http://{}", running.addr);
             let (line, _, _) = ask(&base, &response_url, &inbox, "e2", &format!("g{i}")).await;
-            assert!(line.contains("after-the-fault"), "{name}: next request got {line:?}");
+            assert!(
+                line.contains("after-the-fault"),
+                "{name}: next request got {line:?}"
+            );
             running.stop().await;
         }
     }
@@ -171,27 +250,49 @@ async fn a_failing_response_url_is_retried_and_shutdown_waits_for_pending_delive
     let (response_url, inbox) = response_receiver(2).await;
     let planhat = MockServer::start().await;
     Mock::given(path_regex("^/shareabletokens/(access/)?slow$"))
-        .respond_with(ResponseTemplate::new(200).set_body_string(format!("{PORTAL}/redirect/late-token")).set_delay(Duration::from_millis(900)))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(format!("{PORTAL}/redirect/late-token"))
+                .set_delay(Duration::from_millis(900)),
+        )
         .mount(&planhat)
         .await;
     // The access check must say yes: override for the access path.
     Mock::given(path_regex("^/shareabletokens/access/slow$"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("true").set_delay(Duration::from_millis(900)))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("true")
+                .set_delay(Duration::from_millis(900)),
+        )
         .with_priority(1)
         .mount(&planhat)
         .await;
     let running = spawn(slack_config(&planhat.uri())).await;
     let base = format!("http://{}", running.addr);
     let body = slash_body("U1", "C1", "slow", &response_url, "shutdown-1");
-    let r = client().post(format!("{base}/slack/commands")).headers(slack_headers(SIGNING_SECRET, now(), &body)).body(body).send().await.unwrap();
+    let r = client()
+        .post(format!("{base}/slack/commands"))
+        .headers(slack_headers(SIGNING_SECRET, now(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert!(r.text().await.unwrap().contains("taking a moment"));
     // Stop while the answer is still on its way (and its first two posts fail).
     let stopped = Instant::now();
     running.stop().await;
     assert!(stopped.elapsed() < Duration::from_secs(15));
     let got = inbox.lock().unwrap().clone();
-    assert_eq!(got.len(), 1, "delivered exactly once, after retries, before shutdown finished");
+    assert_eq!(
+        got.len(),
+        1,
+        "delivered exactly once, after retries, before shutdown finished"
+    );
     assert!(got[0].1["text"].as_str().unwrap().contains("late-token"));
     // The server no longer accepts requests.
-    assert!(client().get(format!("{base}/healthz")).send().await.is_err());
+    assert!(client()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_err());
 }

@@ -9,7 +9,9 @@ use portal_bot::core::portal::Reply;
 use wiremock::MockServer;
 
 fn mints(reqs: &[wiremock::Request], id: &str) -> usize {
-    reqs.iter().filter(|r| r.url.path() == format!("/shareabletokens/{id}")).count()
+    reqs.iter()
+        .filter(|r| r.url.path() == format!("/shareabletokens/{id}"))
+        .count()
 }
 
 #[tokio::test]
@@ -33,36 +35,73 @@ async fn go_links_mint_once_at_click() {
         groups: Groups::Known(vec![]),
     };
     let reply = running.app.portal.handle(&asker, "e1").await;
-    let Reply::Link(link) = reply else { panic!("{reply:?}") };
+    let Reply::Link(link) = reply else {
+        panic!("{reply:?}")
+    };
     assert!(link.at_click);
     let go = link.url.expose().to_string();
     assert!(go.starts_with(&format!("http://{addr}/go/")), "{go}");
     let id = go.rsplit('/').next().unwrap();
     assert!(id.len() >= 32, "128+ bits: {id}");
-    assert_eq!(mints(&planhat.received_requests().await.unwrap(), "e1"), 0, "nothing minted before the click");
+    assert_eq!(
+        mints(&planhat.received_requests().await.unwrap(), "e1"),
+        0,
+        "nothing minted before the click"
+    );
 
-    let no_redirect = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let no_redirect = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     // HEAD and link previews leave the id unused.
     let head = no_redirect.head(&go).send().await.unwrap();
     assert_eq!(head.status(), 200);
-    let preview = no_redirect.get(&go).header("user-agent", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)").send().await.unwrap();
+    let preview = no_redirect
+        .get(&go)
+        .header(
+            "user-agent",
+            "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(preview.status(), 200);
     assert_eq!(mints(&planhat.received_requests().await.unwrap(), "e1"), 0);
 
-    let click = no_redirect.get(&go).header("user-agent", "Mozilla/5.0").send().await.unwrap();
+    let click = no_redirect
+        .get(&go)
+        .header("user-agent", "Mozilla/5.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(click.status(), 302);
-    assert_eq!(click.headers()["location"], format!("{PORTAL}/redirect/minted-at-click").as_str());
+    assert_eq!(
+        click.headers()["location"],
+        format!("{PORTAL}/redirect/minted-at-click").as_str()
+    );
     assert_eq!(click.headers()["cache-control"], "no-store");
     assert_eq!(click.headers()["referrer-policy"], "no-referrer");
-    assert_eq!(mints(&planhat.received_requests().await.unwrap(), "e1"), 1, "minted at the click");
+    assert_eq!(
+        mints(&planhat.received_requests().await.unwrap(), "e1"),
+        1,
+        "minted at the click"
+    );
 
     let again = no_redirect.get(&go).send().await.unwrap();
     assert_eq!(again.status(), 410);
     let page = again.text().await.unwrap();
-    assert!(page.contains("already used") && page.contains("/portal"), "{page}");
+    assert!(
+        page.contains("already used") && page.contains("/portal"),
+        "{page}"
+    );
     assert!(!page.contains("minted-at-click"));
 
-    let unknown = no_redirect.get(format!("http://{addr}/go/0123456789abcdef0123456789abcdef")).send().await.unwrap();
+    let unknown = no_redirect
+        .get(format!("http://{addr}/go/0123456789abcdef0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 404);
     assert!(unknown.text().await.unwrap().contains("not known"));
     assert_eq!(mints(&planhat.received_requests().await.unwrap(), "e1"), 1);

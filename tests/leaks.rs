@@ -41,10 +41,22 @@ async fn chat_fake() -> String {
         "content":"","timestamp":"2026-01-01T00:00:00+00:00","tts":false,"mention_everyone":false,"mentions":[],
         "mention_roles":[],"attachments":[],"embeds":[],"pinned":false,"type":0});
     let app = axum::Router::new()
-        .route("/response/{n}", any(|| async { axum::Json(json!({"ok": true})) }))
-        .route("/api/v10/applications/{a}/guilds/{g}/commands", put(|| async { axum::Json(json!([])) }))
-        .route("/api/v10/webhooks/{a}/{t}/messages/@original", patch(move || async move { axum::Json(message) }))
-        .route("/api/usergroups.users.list", any(|| async { axum::Json(json!({"ok": true, "users": ["U2"]})) }));
+        .route(
+            "/response/{n}",
+            any(|| async { axum::Json(json!({"ok": true})) }),
+        )
+        .route(
+            "/api/v10/applications/{a}/guilds/{g}/commands",
+            put(|| async { axum::Json(json!([])) }),
+        )
+        .route(
+            "/api/v10/webhooks/{a}/{t}/messages/@original",
+            patch(move || async move { axum::Json(message) }),
+        )
+        .route(
+            "/api/usergroups.users.list",
+            any(|| async { axum::Json(json!({"ok": true, "users": ["U2"]})) }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -63,7 +75,11 @@ async fn mint_sequence(planhat: &MockServer, id: &str, tokens: &[&str]) {
             .respond_with(
                 ResponseTemplate::new(200)
                     .set_body_json(json!({"url": format!("{PORTAL}/redirect/{t}")}))
-                    .set_delay(if id == "slow" { Duration::from_millis(900) } else { Duration::ZERO }),
+                    .set_delay(if id == "slow" {
+                        Duration::from_millis(900)
+                    } else {
+                        Duration::ZERO
+                    }),
             )
             .up_to_n_times(1)
             .with_priority((i + 1) as u8)
@@ -84,25 +100,41 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
         .expect("the only subscriber in this test binary");
 
     let planhat = MockServer::start().await;
-    let minted: Vec<String> = (0..12).map(|i| format!("leaktok{i}x{}", std::process::id())).collect();
+    let minted: Vec<String> = (0..12)
+        .map(|i| format!("leaktok{i}x{}", std::process::id()))
+        .collect();
     let m: Vec<&str> = minted.iter().map(String::as_str).collect();
     mint_sequence(&planhat, "e1", &m[0..8]).await;
     mint_sequence(&planhat, "slow", &m[8..10]).await;
     // A URL that is not shown (no access): it must not appear anywhere either.
-    Mock::given(path("/shareabletokens/access/noacc")).respond_with(ResponseTemplate::new(200).set_body_string("false")).mount(&planhat).await;
+    Mock::given(path("/shareabletokens/access/noacc"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("false"))
+        .mount(&planhat)
+        .await;
     Mock::given(path("/shareabletokens/noacc"))
-        .respond_with(ResponseTemplate::new(200).set_body_string(format!("{PORTAL}/redirect/{}", m[10])))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_string(format!("{PORTAL}/redirect/{}", m[10])),
+        )
         .mount(&planhat)
         .await;
     // One on a foreign host: dropped unseen.
-    Mock::given(path("/shareabletokens/access/evil")).respond_with(ResponseTemplate::new(200).set_body_string("true")).mount(&planhat).await;
+    Mock::given(path("/shareabletokens/access/evil"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("true"))
+        .mount(&planhat)
+        .await;
     Mock::given(path("/shareabletokens/evil"))
-        .respond_with(ResponseTemplate::new(200).set_body_string(format!("https://evil.example/redirect/{}", m[11])))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(format!("https://evil.example/redirect/{}", m[11])),
+        )
         .mount(&planhat)
         .await;
     Mock::given(path("/endusers"))
         .and(query_param("email", "jane@acme.example"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([{"_id": "e1", "name": "Jane", "companyName": "Acme"}])))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!([{"_id": "e1", "name": "Jane", "companyName": "Acme"}])),
+        )
         .mount(&planhat)
         .await;
 
@@ -129,29 +161,74 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
 
     // Slack: inline link, late link, email, refusals, a forged request, button clicks.
     let mut slack_replies = Vec::new();
-    for (i, text) in ["e1", "slow", "jane@acme.example", "noacc", "evil", "<!channel>", "help", "check e1"].iter().enumerate() {
-        let body = slash_body("U1", "C1", text, &format!("{chat}/response/{i}"), &format!("trig-{i}"));
-        let r = http.post(format!("{base}/slack/commands")).headers(slack_headers(SIGNING_SECRET, now(), &body)).body(body).send().await.unwrap();
+    for (i, text) in [
+        "e1",
+        "slow",
+        "jane@acme.example",
+        "noacc",
+        "evil",
+        "<!channel>",
+        "help",
+        "check e1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let body = slash_body(
+            "U1",
+            "C1",
+            text,
+            &format!("{chat}/response/{i}"),
+            &format!("trig-{i}"),
+        );
+        let r = http
+            .post(format!("{base}/slack/commands"))
+            .headers(slack_headers(SIGNING_SECRET, now(), &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         slack_replies.push(r.text().await.unwrap());
     }
     let forged = slash_body("U1", "C1", "e1", &format!("{chat}/response/x"), "trig-x");
-    let r = http.post(format!("{base}/slack/commands")).headers(slack_headers("wrong", now(), &forged)).body(forged).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/slack/commands"))
+        .headers(slack_headers("wrong", now(), &forged))
+        .body(forged)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     for action in ["open_portal", "new_link"] {
         let payload = json!({"type": "block_actions", "team": {"id": "T1"}, "user": {"id": "U1"}, "api_app_id": "A1",
             "trigger_id": "t", "container": {"type": "message", "message_ts": "1.2"}, "channel": {"id": "C1"},
             "response_url": format!("{chat}/response/click"),
             "actions": [{"type": "button", "action_id": action, "value": "U1:e1", "action_ts": "1.3"}]});
-        let body = url::form_urlencoded::Serializer::new(String::new()).append_pair("payload", &payload.to_string()).finish();
-        let r = http.post(format!("{base}/slack/interactions")).headers(slack_headers(SIGNING_SECRET, now(), &body)).body(body).send().await.unwrap();
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", &payload.to_string())
+            .finish();
+        let r = http
+            .post(format!("{base}/slack/interactions"))
+            .headers(slack_headers(SIGNING_SECRET, now(), &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
 
     // Discord: inline link (expires in 1 s: edited away), a late one, a New link press.
     for (n, enduser) in [(1u64, "e1"), (2, "slow")] {
-        let body = discord_command(1100000000000000000 + n, 1500000000000000005, &[], enduser).to_string();
-        let r = http.post(format!("{base}/discord/interactions")).headers(discord_headers(body.as_bytes())).body(body).send().await.unwrap();
+        let body =
+            discord_command(1100000000000000000 + n, 1500000000000000005, &[], enduser).to_string();
+        let r = http
+            .post(format!("{base}/discord/interactions"))
+            .headers(discord_headers(body.as_bytes()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     let mut press = discord_command(1100000000000000009, 1500000000000000005, &[], "e1");
@@ -161,29 +238,59 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
         "content":"","timestamp":"2026-01-01T00:00:00+00:00","tts":false,"mention_everyone":false,"mentions":[],
         "mention_roles":[],"attachments":[],"embeds":[],"pinned":false,"type":0});
     let body = press.to_string();
-    let r = http.post(format!("{base}/discord/interactions")).headers(discord_headers(body.as_bytes())).body(body).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/discord/interactions"))
+        .headers(discord_headers(body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // Let late deliveries and expiry edits happen, then read everything.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     running.stop().await;
 
     let shown_somewhere = slack_replies.iter().any(|r| r.contains(&minted[0]));
-    assert!(shown_somewhere, "the first link must reach the asker (else this test proves nothing)");
+    assert!(
+        shown_somewhere,
+        "the first link must reach the asker (else this test proves nothing)"
+    );
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
-    assert!(logs.lines().count() > 200, "trace logging must actually be on: {} lines", logs.lines().count());
+    assert!(
+        logs.lines().count() > 200,
+        "trace logging must actually be on: {} lines",
+        logs.lines().count()
+    );
     let audit_text = std::fs::read_to_string(&audit).unwrap();
     assert!(audit_text.lines().count() >= 10, "{audit_text}");
     let mut secrets: Vec<&str> = minted.iter().map(String::as_str).collect();
     secrets.extend([API_TOKEN, SIGNING_SECRET, BOT_TOKEN, DISCORD_TOKEN]);
     for secret in secrets {
-        for (name, text) in [("logs", &logs), ("audit", &audit_text), ("metrics", &metrics)] {
+        for (name, text) in [
+            ("logs", &logs),
+            ("audit", &audit_text),
+            ("metrics", &metrics),
+        ] {
             if let Some(at) = text.find(secret) {
                 let start = at.saturating_sub(200);
-                panic!("{secret} leaked into {name}: …{}…", &text[start..(at + secret.len() + 50).min(text.len())]);
+                panic!(
+                    "{secret} leaked into {name}: …{}…",
+                    &text[start..(at + secret.len() + 50).min(text.len())]
+                );
             }
         }
     }
-    let _: Vec<Value> = audit_text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let _: Vec<Value> = audit_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
 }

@@ -815,8 +815,18 @@ async fn socket_mode_end_to_end_with_redelivery_and_reconnect() {
     assert_eq!(ack["envelope_id"], "e2", "{ack}");
     assert_link(&ack["payload"], &format!("{PORTAL}/redirect/tok-socket"));
     // The reconnect is visible to operators in /metrics.
-    let metrics = client().get(format!("http://{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("portal_bot_reconnects_total{connection=\"slack_socket\"} 1"), "{metrics}");
+    let metrics = client()
+        .get(format!("http://{}/metrics", app.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("portal_bot_reconnects_total{connection=\"slack_socket\"} 1"),
+        "{metrics}"
+    );
 
     assert!(
         f.posts("sock").await.is_empty(),

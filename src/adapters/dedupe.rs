@@ -20,7 +20,11 @@ pub struct Dedupe {
 impl Dedupe {
     /// A memory of `cap` ids for `ttl` each.
     pub fn new(ttl: Duration, cap: usize) -> Self {
-        Dedupe { seen: DashMap::new(), ttl, cap }
+        Dedupe {
+            seen: DashMap::new(),
+            ttl,
+            cap,
+        }
     }
 
     /// True the first time `id` is seen within the TTL.

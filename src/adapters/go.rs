@@ -20,7 +20,9 @@ use crate::App;
 
 /// The route (mounted only when `server.public_url` is set).
 pub fn router(app: Arc<App>) -> Router {
-    Router::new().route("/go/{id}", get(go).head(head)).with_state(app)
+    Router::new()
+        .route("/go/{id}", get(go).head(head))
+        .with_state(app)
 }
 
 /// User agents of link-preview fetchers: they must not use a one-time id up.
@@ -51,8 +53,14 @@ fn is_preview(headers: &HeaderMap) -> bool {
 fn private(mut response: Response) -> Response {
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
@@ -62,7 +70,14 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
          <body style=\"font-family:sans-serif;max-width:36em;margin:4em auto;line-height:1.5\">\
          <h1>{title}</h1><p>{text}</p><p>In Slack or Discord: <code>/portal &lt;end user&gt;</code>, or press <b>New link</b> on the bot's message.</p></body>"
     );
-    private((status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response())
+    private(
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+    )
 }
 
 fn go_error(e: GoError) -> Response {
@@ -75,7 +90,11 @@ fn go_error(e: GoError) -> Response {
 
 async fn go(State(app): State<Arc<App>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     if is_preview(&headers) {
-        return page(StatusCode::OK, "Customer portal link", "Open this link in your browser to sign in.");
+        return page(
+            StatusCode::OK,
+            "Customer portal link",
+            "Open this link in your browser to sign in.",
+        );
     }
     match app.portal.go(&id).await {
         Err(e) => go_error(e),
@@ -85,18 +104,28 @@ async fn go(State(app): State<Arc<App>>, Path(id): Path<String>, headers: Header
                 response.headers_mut().insert(header::LOCATION, location);
                 private(response)
             }
-            Err(_) => page(StatusCode::BAD_GATEWAY, "Planhat answered something unusable", &Refusal::Unusable.to_string()),
+            Err(_) => page(
+                StatusCode::BAD_GATEWAY,
+                "Planhat answered something unusable",
+                &Refusal::Unusable.to_string(),
+            ),
         },
         Ok(Reply::Refused(r)) => {
             let status = match r {
                 Refusal::NotAllowed(_) | Refusal::NoAccess => StatusCode::FORBIDDEN,
-                Refusal::RateLimited(_) | Refusal::UpstreamRateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+                Refusal::RateLimited(_) | Refusal::UpstreamRateLimited(_) => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 Refusal::NotFound => StatusCode::NOT_FOUND,
                 _ => StatusCode::BAD_GATEWAY,
             };
             page(status, "No portal link this time", &r.to_string())
         }
-        Ok(_) => page(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", "Ask the bot for a new link."),
+        Ok(_) => page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "Ask the bot for a new link.",
+        ),
     }
 }
 

@@ -20,12 +20,28 @@ pub async fn run(path: &Path) -> u8 {
     let on = |b: bool| if b { "on" } else { "off" };
     println!(
         "slack: {}, discord: {}, public_url: {}",
-        config.slack.as_ref().map(|s| format!("{:?} mode", s.mode).to_lowercase()).unwrap_or_else(|| on(false).into()),
-        config.discord.as_ref().map(|d| format!("{:?} mode", d.mode).to_lowercase()).unwrap_or_else(|| on(false).into()),
-        config.server.public_url.as_ref().map(|u| u.to_string()).unwrap_or_else(|| "unset (links shown directly)".into()),
+        config
+            .slack
+            .as_ref()
+            .map(|s| format!("{:?} mode", s.mode).to_lowercase())
+            .unwrap_or_else(|| on(false).into()),
+        config
+            .discord
+            .as_ref()
+            .map(|d| format!("{:?} mode", d.mode).to_lowercase())
+            .unwrap_or_else(|| on(false).into()),
+        config
+            .server
+            .public_url
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "unset (links shown directly)".into()),
     );
     let a = &config.access;
-    let listed = a.slack_users.len() + a.slack_usergroups.len() + a.discord_users.len() + a.discord_roles.len();
+    let listed = a.slack_users.len()
+        + a.slack_usergroups.len()
+        + a.discord_users.len()
+        + a.discord_roles.len();
     if listed == 0 {
         println!("warning: [access] lists nobody, so nobody may mint links (deny by default)");
     }

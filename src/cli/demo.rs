@@ -54,9 +54,13 @@ async fn demo() -> Result<(), String> {
     let t0 = Instant::now();
     println!("portal-bot demo: everything runs on 127.0.0.1; nothing leaves this machine.\n");
 
-    let sandbox = Sandbox::start(SandboxOptions { link_lifetime: DEMO_LINK_LIFETIME, slow: Duration::from_secs(3), ..Default::default() })
-        .await
-        .map_err(|e| format!("sandbox: {e}"))?;
+    let sandbox = Sandbox::start(SandboxOptions {
+        link_lifetime: DEMO_LINK_LIFETIME,
+        slow: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("sandbox: {e}"))?;
     println!("Sandbox Planhat on {} with these end users:", sandbox.base);
     for u in END_USERS {
         println!("  {:<9} {:<24} {}", u.id, u.email, u.shows);
@@ -85,13 +89,28 @@ async fn demo() -> Result<(), String> {
     config.point_at_sandbox(&sandbox.base, sandbox.token());
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     let base = format!("http://{}", running.addr);
-    println!("portal-bot serving on {base} (started in {} ms)\n", t0.elapsed().as_millis());
+    println!(
+        "portal-bot serving on {base} (started in {} ms)\n",
+        t0.elapsed().as_millis()
+    );
     let _ = next(&inbox, Duration::from_secs(3)).await; // Discord command registration
 
-    let http = reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
     let signing_secret_for_go = signing_secret.clone();
-    let slack = Slack { http: http.clone(), base: base.clone(), secret: signing_secret, chat: chat_url.clone() };
-    let discord = Discord { http, base, key: discord_key };
+    let slack = Slack {
+        http: http.clone(),
+        base: base.clone(),
+        secret: signing_secret,
+        chat: chat_url.clone(),
+    };
+    let discord = Discord {
+        http,
+        base,
+        key: discord_key,
+    };
 
     step("Slack: /portal jane");
     let t = Instant::now();
@@ -105,11 +124,19 @@ async fn demo() -> Result<(), String> {
     let ack = slack.command("slow", 2).await?;
     show_slack(&ack);
     println!("  (acknowledged after {} ms)", t.elapsed().as_millis());
-    let late = next(&inbox, Duration::from_secs(8)).await.ok_or("no late delivery arrived")?;
+    let late = next(&inbox, Duration::from_secs(8))
+        .await
+        .ok_or("no late delivery arrived")?;
     show_slack(&late.body);
     took(t);
 
-    for (text, n) in [("noaccess", 3), ("nobody", 4), ("broken", 5), ("<!channel>", 6), ("help", 7)] {
+    for (text, n) in [
+        ("noaccess", 3),
+        ("nobody", 4),
+        ("broken", 5),
+        ("<!channel>", 6),
+        ("help", 7),
+    ] {
         step(&format!("Slack: /portal {text}"));
         let t = Instant::now();
         show_slack(&slack.command(text, n).await?);
@@ -130,7 +157,9 @@ async fn demo() -> Result<(), String> {
         step("Slack: the asker clicks \"Open portal\" (the used URL leaves the chat)");
         let t = Instant::now();
         slack.click("open_portal", &value).await?;
-        let replaced = next(&inbox, Duration::from_secs(5)).await.ok_or("no replacement arrived")?;
+        let replaced = next(&inbox, Duration::from_secs(5))
+            .await
+            .ok_or("no replacement arrived")?;
         show_slack(&replaced.body);
         took(t);
     }
@@ -139,7 +168,9 @@ async fn demo() -> Result<(), String> {
         step("Slack: the asker clicks \"New link\" (a fresh link replaces the message)");
         let t = Instant::now();
         slack.click("new_link", &value).await?;
-        let replaced = next(&inbox, Duration::from_secs(5)).await.ok_or("no new link arrived")?;
+        let replaced = next(&inbox, Duration::from_secs(5))
+            .await
+            .ok_or("no new link arrived")?;
         show_slack(&replaced.body);
         took(t);
     }
@@ -156,17 +187,27 @@ async fn demo() -> Result<(), String> {
     show_discord(&response["data"]);
     took(t);
 
-    step(&format!("Discord: {} s later the link expires; the bot edits its message", DEMO_LINK_LIFETIME.as_secs()));
+    step(&format!(
+        "Discord: {} s later the link expires; the bot edits its message",
+        DEMO_LINK_LIFETIME.as_secs()
+    ));
     let t = Instant::now();
-    let edit = next(&inbox, DEMO_LINK_LIFETIME + Duration::from_secs(5)).await.ok_or("no expiry edit arrived")?;
+    let edit = next(&inbox, DEMO_LINK_LIFETIME + Duration::from_secs(5))
+        .await
+        .ok_or("no expiry edit arrived")?;
     show_discord(&edit.body);
     took(t);
 
     step("Discord: /portal slow   (deferred, then the original response is edited)");
     let t = Instant::now();
     let response = discord.command("slow", 2).await?;
-    println!("  type {} (deferred, ephemeral flag {})", response["type"], response["data"]["flags"]);
-    let edit = next(&inbox, Duration::from_secs(8)).await.ok_or("no late edit arrived")?;
+    println!(
+        "  type {} (deferred, ephemeral flag {})",
+        response["type"], response["data"]["flags"]
+    );
+    let edit = next(&inbox, Duration::from_secs(8))
+        .await
+        .ok_or("no late edit arrived")?;
     show_discord(&edit.body);
     took(t);
 
@@ -181,7 +222,13 @@ async fn demo() -> Result<(), String> {
 
 /// A second server with `server.public_url` set: the button is a one-time `/go/` link and the
 /// signed URL is minted when the browser arrives.
-async fn go_leg(config_text: &str, sandbox: &Sandbox, inbox: &Inbox, chat_url: &str, secret: &str) -> Result<(), String> {
+async fn go_leg(
+    config_text: &str,
+    sandbox: &Sandbox,
+    inbox: &Inbox,
+    chat_url: &str,
+    secret: &str,
+) -> Result<(), String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
@@ -189,7 +236,8 @@ async fn go_leg(config_text: &str, sandbox: &Sandbox, inbox: &Inbox, chat_url: &
     let mut config = Config::parse(config_text, &|_| None).map_err(|e| e.to_string())?;
     config.point_at_sandbox(&sandbox.base, sandbox.token());
     config.server.listen = ([127, 0, 0, 1], port).into();
-    config.server.public_url = Some(url::Url::parse(&format!("http://127.0.0.1:{port}")).map_err(|e| e.to_string())?);
+    config.server.public_url =
+        Some(url::Url::parse(&format!("http://127.0.0.1:{port}")).map_err(|e| e.to_string())?);
     config.discord = None;
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     let base = format!("http://{}", running.addr);
@@ -198,7 +246,12 @@ async fn go_leg(config_text: &str, sandbox: &Sandbox, inbox: &Inbox, chat_url: &
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| e.to_string())?;
-    let slack = Slack { http: http.clone(), base, secret: secret.to_string(), chat: chat_url.to_string() };
+    let slack = Slack {
+        http: http.clone(),
+        base,
+        secret: secret.to_string(),
+        chat: chat_url.to_string(),
+    };
     let _ = inbox;
 
     step("With server.public_url: /portal jane gives a one-time /go/ link (nothing minted yet)");
@@ -208,16 +261,35 @@ async fn go_leg(config_text: &str, sandbox: &Sandbox, inbox: &Inbox, chat_url: &
     took(t);
     let go = reply["blocks"]
         .as_array()
-        .and_then(|blocks| blocks.iter().find_map(|b| b["elements"].as_array()?.iter().find_map(|e| e["url"].as_str())))
+        .and_then(|blocks| {
+            blocks.iter().find_map(|b| {
+                b["elements"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|e| e["url"].as_str())
+            })
+        })
         .ok_or("no /go/ button")?
         .to_string();
 
     step("The asker clicks it: the bot checks access, mints now, and redirects");
     let t = Instant::now();
     let click = http.get(&go).send().await.map_err(|e| e.to_string())?;
-    let location = click.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let location = click
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     println!("  HTTP {} → {location}", click.status().as_u16());
-    let page = http.get(&location).send().await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+    let page = http
+        .get(&location)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
     println!("  the portal says: {}", between(&page, "<p>", "</p>"));
     took(t);
 
@@ -233,7 +305,10 @@ async fn go_leg(config_text: &str, sandbox: &Sandbox, inbox: &Inbox, chat_url: &
 }
 
 fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
-    text.split_once(start).and_then(|(_, rest)| rest.split_once(end)).map(|(inner, _)| inner).unwrap_or(text)
+    text.split_once(start)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(inner, _)| inner)
+        .unwrap_or(text)
 }
 
 fn step(title: &str) {
@@ -263,12 +338,18 @@ struct Slack {
 }
 
 impl Slack {
-    async fn post(&self, path: &str, body: String, secret: &str) -> Result<reqwest::Response, String> {
+    async fn post(
+        &self,
+        path: &str,
+        body: String,
+        secret: &str,
+    ) -> Result<reqwest::Response, String> {
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_err(|e| e.to_string())?
             .as_secs();
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+            .map_err(|e| e.to_string())?;
         mac.update(format!("v0:{ts}:{body}").as_bytes());
         let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
         self.http
@@ -295,7 +376,9 @@ impl Slack {
     }
 
     async fn command(&self, text: &str, n: u32) -> Result<Value, String> {
-        let response = self.post("/slack/commands", self.form(text, n), &self.secret).await?;
+        let response = self
+            .post("/slack/commands", self.form(text, n), &self.secret)
+            .await?;
         response.json().await.map_err(|e| e.to_string())
     }
 
@@ -307,12 +390,20 @@ impl Slack {
             "response_url": format!("{}/slack/response/click", self.chat),
             "actions": [{"type": "button", "action_id": action_id, "value": value, "action_ts": "1.3"}]
         });
-        let body = url::form_urlencoded::Serializer::new(String::new()).append_pair("payload", &payload.to_string()).finish();
-        self.post("/slack/interactions", body, &self.secret).await.map(|_| ())
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", &payload.to_string())
+            .finish();
+        self.post("/slack/interactions", body, &self.secret)
+            .await
+            .map(|_| ())
     }
 
     async fn forged(&self) -> Result<u16, String> {
-        Ok(self.post("/slack/commands", self.form("jane", 99), "not-the-secret").await?.status().as_u16())
+        Ok(self
+            .post("/slack/commands", self.form("jane", 99), "not-the-secret")
+            .await?
+            .status()
+            .as_u16())
     }
 }
 
@@ -337,7 +428,11 @@ impl Discord {
             .map_err(|e| e.to_string())?
             .as_secs()
             .to_string();
-        let signature = hex::encode(self.key.sign(&[ts.as_bytes(), body.as_bytes()].concat()).to_bytes());
+        let signature = hex::encode(
+            self.key
+                .sign(&[ts.as_bytes(), body.as_bytes()].concat())
+                .to_bytes(),
+        );
         let response = self
             .http
             .post(format!("{}/discord/interactions", self.base))
@@ -363,9 +458,18 @@ fn show_slack(message: &Value) {
     for block in blocks {
         match block["type"].as_str() {
             Some("section") | Some("context") => {
-                let text = block["text"]["text"].as_str().map(str::to_string).unwrap_or_else(|| {
-                    block["elements"].as_array().into_iter().flatten().filter_map(|e| e["text"].as_str()).collect::<Vec<_>>().join(" ")
-                });
+                let text = block["text"]["text"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        block["elements"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|e| e["text"].as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    });
                 for line in text.lines() {
                     println!("  {line}");
                 }
@@ -376,7 +480,9 @@ fn show_slack(message: &Value) {
                     .into_iter()
                     .flatten()
                     .map(|b| match b["url"].as_str() {
-                        Some(url) => format!("[{} → {url}]", b["text"]["text"].as_str().unwrap_or("")),
+                        Some(url) => {
+                            format!("[{} → {url}]", b["text"]["text"].as_str().unwrap_or(""))
+                        }
                         None => format!("[{}]", b["text"]["text"].as_str().unwrap_or("")),
                     })
                     .collect();
@@ -410,7 +516,12 @@ fn show_discord(data: &Value) {
 
 fn find_button(message: &Value, action_id: &str) -> Option<String> {
     message["blocks"].as_array()?.iter().find_map(|b| {
-        b["elements"].as_array()?.iter().find(|e| e["action_id"] == action_id)?["value"].as_str().map(str::to_string)
+        b["elements"]
+            .as_array()?
+            .iter()
+            .find(|e| e["action_id"] == action_id)?["value"]
+            .as_str()
+            .map(str::to_string)
     })
 }
 
@@ -419,10 +530,18 @@ async fn start_chat_standin() -> Result<(String, Inbox), String> {
     let (tx, rx) = mpsc::channel(64);
     let app = Router::new()
         .route("/slack/response/{n}", post(slack_response))
-        .route("/api/v10/applications/{app}/guilds/{guild}/commands", put(registered))
-        .route("/api/v10/webhooks/{app}/{token}/messages/@original", patch(discord_edit))
+        .route(
+            "/api/v10/applications/{app}/guilds/{guild}/commands",
+            put(registered),
+        )
+        .route(
+            "/api/v10/webhooks/{app}/{token}/messages/@original",
+            patch(discord_edit),
+        )
         .with_state(tx);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -430,13 +549,29 @@ async fn start_chat_standin() -> Result<(String, Inbox), String> {
     Ok((format!("http://{addr}"), Arc::new(Mutex::new(rx))))
 }
 
-async fn slack_response(State(tx): State<mpsc::Sender<Received>>, Json(body): Json<Value>) -> impl IntoResponse {
-    let _ = tx.send(Received { what: "slack response_url", body }).await;
+async fn slack_response(
+    State(tx): State<mpsc::Sender<Received>>,
+    Json(body): Json<Value>,
+) -> impl IntoResponse {
+    let _ = tx
+        .send(Received {
+            what: "slack response_url",
+            body,
+        })
+        .await;
     Json(json!({"ok": true}))
 }
 
-async fn registered(State(tx): State<mpsc::Sender<Received>>, Json(body): Json<Value>) -> impl IntoResponse {
-    let _ = tx.send(Received { what: "discord registration", body }).await;
+async fn registered(
+    State(tx): State<mpsc::Sender<Received>>,
+    Json(body): Json<Value>,
+) -> impl IntoResponse {
+    let _ = tx
+        .send(Received {
+            what: "discord registration",
+            body,
+        })
+        .await;
     Json(json!([]))
 }
 
@@ -445,7 +580,12 @@ async fn discord_edit(
     Path((_app, _token)): Path<(String, String)>,
     Json(body): Json<Value>,
 ) -> impl IntoResponse {
-    let _ = tx.send(Received { what: "discord edit", body }).await;
+    let _ = tx
+        .send(Received {
+            what: "discord edit",
+            body,
+        })
+        .await;
     (
         StatusCode::OK,
         Json(json!({

@@ -32,7 +32,10 @@ pub async fn run(path: &Path, check: bool, enduser: &str) -> u8 {
         Ok(t) => Ok(Command::Link(t)),
         Err(e) => Err(e),
     };
-    let reply = app.portal.handle_command(&Asker::local_user(), command).await;
+    let reply = app
+        .portal
+        .handle_command(&Asker::local_user(), command)
+        .await;
     app.audit.close().await;
     report(reply)
 }
@@ -51,7 +54,11 @@ fn report(reply: Reply) -> u8 {
             println!("{}", link.url.expose());
             exit::OK
         }
-        Reply::Access { end_user, who, has_access } => {
+        Reply::Access {
+            end_user,
+            who,
+            has_access,
+        } => {
             if let Some(who) = &who {
                 eprintln!("{}", who_line(who.name.as_deref(), who.company.as_deref()));
             }
@@ -63,10 +70,18 @@ fn report(reply: Reply) -> u8 {
                 exit::NO_ACCESS
             }
         }
-        Reply::Choose { email, matches, more } => {
+        Reply::Choose {
+            email,
+            matches,
+            more,
+        } => {
             eprintln!("{email} matches several end users; run again with one of these ids:");
             for m in &matches {
-                eprintln!("  {}  {}", m.id, who_line(m.name.as_deref(), m.company.as_deref()));
+                eprintln!(
+                    "  {}  {}",
+                    m.id,
+                    who_line(m.name.as_deref(), m.company.as_deref())
+                );
             }
             if more {
                 eprintln!("  (more not shown)");
@@ -76,7 +91,9 @@ fn report(reply: Reply) -> u8 {
         Reply::Refused(r) => {
             eprintln!("portal-bot: {r}");
             match r {
-                Refusal::BadInput(_) | Refusal::NotAllowed(_) | Refusal::RateLimited(_) => exit::USAGE,
+                Refusal::BadInput(_) | Refusal::NotAllowed(_) | Refusal::RateLimited(_) => {
+                    exit::USAGE
+                }
                 Refusal::NoAccess => exit::NO_ACCESS,
                 Refusal::NotFound => exit::NOT_FOUND,
                 _ => exit::UPSTREAM,

@@ -22,7 +22,11 @@ pub mod exit {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "portal-bot", version, about = "Planhat portal links in Slack and Discord, shown only to the asker")]
+#[command(
+    name = "portal-bot",
+    version,
+    about = "Planhat portal links in Slack and Discord, shown only to the asker"
+)]
 struct Cli {
     /// Log format on stderr (level from RUST_LOG).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -83,7 +87,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     let default_level = match cli.command {
@@ -93,7 +101,10 @@ pub fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log_format, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("portal-bot: cannot start the async runtime: {e}");
@@ -102,9 +113,17 @@ pub fn main() -> ExitCode {
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { config, sandbox, sandbox_latency } => serve(&config.config, sandbox, sandbox_latency).await,
+            Command::Serve {
+                config,
+                sandbox,
+                sandbox_latency,
+            } => serve(&config.config, sandbox, sandbox_latency).await,
             Command::Demo => demo::run().await,
-            Command::Link { config, check, enduser } => link::run(&config.config, check, &enduser).await,
+            Command::Link {
+                config,
+                check,
+                enduser,
+            } => link::run(&config.config, check, &enduser).await,
             Command::Check { config } => check::run(&config.config).await,
         }
     });
@@ -114,7 +133,9 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -13,7 +13,9 @@ use super::config::AccessConfig;
 /// Why an asker was refused. `Display` is the line the asker sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
-    #[error("you are not allowed to open customer portals with this bot; ask its admins to add you")]
+    #[error(
+        "you are not allowed to open customer portals with this bot; ask its admins to add you"
+    )]
     NotListed,
     #[error("/portal is not enabled in this channel")]
     Channel,
@@ -138,14 +140,63 @@ mod tests {
     fn users_groups_and_places() {
         let p = policy();
         let ok = |a: &Asker| p.authorize(a);
-        assert_eq!(ok(&asker(Platform::Slack, "U1", Some("C"), Groups::Unknown)), Ok(()));
-        assert_eq!(ok(&asker(Platform::Slack, "U2", Some("C"), Groups::Known(vec!["S1".into()]))), Ok(()));
-        assert_eq!(ok(&asker(Platform::Slack, "U2", Some("C"), Groups::Known(vec!["S9".into()]))), Err(Denied::NotListed));
-        assert_eq!(ok(&asker(Platform::Slack, "U2", Some("C"), Groups::Unknown)), Err(Denied::MembershipUnknown));
-        assert_eq!(ok(&asker(Platform::Discord, "10", Some("30"), Groups::Known(vec![]))), Ok(()));
-        assert_eq!(ok(&asker(Platform::Discord, "11", Some("30"), Groups::Known(vec!["20".into()]))), Ok(()));
-        assert_eq!(ok(&asker(Platform::Discord, "10", Some("31"), Groups::Known(vec![]))), Err(Denied::Guild));
-        assert_eq!(ok(&asker(Platform::Discord, "10", None, Groups::Known(vec![]))), Err(Denied::Guild));
+        assert_eq!(
+            ok(&asker(Platform::Slack, "U1", Some("C"), Groups::Unknown)),
+            Ok(())
+        );
+        assert_eq!(
+            ok(&asker(
+                Platform::Slack,
+                "U2",
+                Some("C"),
+                Groups::Known(vec!["S1".into()])
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            ok(&asker(
+                Platform::Slack,
+                "U2",
+                Some("C"),
+                Groups::Known(vec!["S9".into()])
+            )),
+            Err(Denied::NotListed)
+        );
+        assert_eq!(
+            ok(&asker(Platform::Slack, "U2", Some("C"), Groups::Unknown)),
+            Err(Denied::MembershipUnknown)
+        );
+        assert_eq!(
+            ok(&asker(
+                Platform::Discord,
+                "10",
+                Some("30"),
+                Groups::Known(vec![])
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            ok(&asker(
+                Platform::Discord,
+                "11",
+                Some("30"),
+                Groups::Known(vec!["20".into()])
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            ok(&asker(
+                Platform::Discord,
+                "10",
+                Some("31"),
+                Groups::Known(vec![])
+            )),
+            Err(Denied::Guild)
+        );
+        assert_eq!(
+            ok(&asker(Platform::Discord, "10", None, Groups::Known(vec![]))),
+            Err(Denied::Guild)
+        );
         assert_eq!(ok(&Asker::local_user()), Ok(()));
     }
 
@@ -156,7 +207,13 @@ mod tests {
             slack_channels: vec!["C1".into()],
             ..Default::default()
         });
-        assert_eq!(p.authorize(&asker(Platform::Slack, "U1", Some("C1"), Groups::Unknown)), Ok(()));
-        assert_eq!(p.authorize(&asker(Platform::Slack, "U1", Some("C2"), Groups::Unknown)), Err(Denied::Channel));
+        assert_eq!(
+            p.authorize(&asker(Platform::Slack, "U1", Some("C1"), Groups::Unknown)),
+            Ok(())
+        );
+        assert_eq!(
+            p.authorize(&asker(Platform::Slack, "U1", Some("C2"), Groups::Unknown)),
+            Err(Denied::Channel)
+        );
     }
 }

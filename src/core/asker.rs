@@ -71,6 +71,11 @@ impl Asker {
 
     /// The key the rate limiter counts under: one bucket per person per platform.
     pub fn rate_key(&self) -> String {
-        format!("{}:{}:{}", self.platform.name(), self.team_id.as_deref().unwrap_or(""), self.user_id)
+        format!(
+            "{}:{}:{}",
+            self.platform.name(),
+            self.team_id.as_deref().unwrap_or(""),
+            self.user_id
+        )
     }
 }

@@ -74,7 +74,11 @@ impl Audit {
             .name("audit-writer".into())
             .spawn(move || write_loop(rx, file, path))
             .map_err(|e| AuditError(format!("cannot start the writer: {e}")))?;
-        Ok(Audit { sender: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), required })
+        Ok(Audit {
+            sender: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            required,
+        })
     }
 
     /// True when a link may only be handed out once its event is written.
@@ -83,7 +87,10 @@ impl Audit {
     }
 
     fn sender(&self) -> Option<mpsc::Sender<Message>> {
-        self.sender.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records an event. When the trail is required, waits until it is written.
@@ -91,7 +98,11 @@ impl Audit {
         let Some(tx) = self.sender() else {
             // After close (shutdown): never drop an event silently.
             tracing::warn!(target: "audit", event = ?event, "audit closed; event logged instead");
-            return if self.required { Err(AuditError("shutting down".into())) } else { Ok(()) };
+            return if self.required {
+                Err(AuditError("shutting down".into()))
+            } else {
+                Ok(())
+            };
         };
         if !self.required {
             return tx

@@ -43,9 +43,18 @@ mod tests {
     fn grammar() {
         assert_eq!(parse_command("  "), Ok(Command::Help));
         assert_eq!(parse_command("check"), Ok(Command::Help));
-        assert!(matches!(parse_command("abc"), Ok(Command::Link(Target::EndUser(_)))));
-        assert!(matches!(parse_command("CHECK  abc "), Ok(Command::Check(Target::EndUser(_)))));
-        assert!(matches!(parse_command("check a@b.co"), Ok(Command::Check(Target::Email(_)))));
+        assert!(matches!(
+            parse_command("abc"),
+            Ok(Command::Link(Target::EndUser(_)))
+        ));
+        assert!(matches!(
+            parse_command("CHECK  abc "),
+            Ok(Command::Check(Target::EndUser(_)))
+        ));
+        assert!(matches!(
+            parse_command("check a@b.co"),
+            Ok(Command::Check(Target::Email(_)))
+        ));
         assert!(parse_command("check a b").is_err());
     }
 

@@ -147,9 +147,8 @@ pub struct AuditConfig {
 impl Config {
     /// Reads and validates the file at `path`, letting the process environment override secrets.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(format!("cannot read config file {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
         let env: HashMap<String, String> = std::env::vars().collect();
         Config::parse(&text, &|name| env.get(name).cloned())
     }
@@ -161,10 +160,13 @@ impl Config {
                 .span()
                 .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
                 .unwrap_or(1);
-            ConfigError(format!("config file, line {line}: {}", one_line(e.message())))
+            ConfigError(format!(
+                "config file, line {line}: {}",
+                one_line(e.message())
+            ))
         })?;
-        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let path = e.path().to_string();
                 let message = one_line(e.inner().message());
                 if path == "." || path.is_empty() {
@@ -215,7 +217,11 @@ struct RawServer {
 
 impl Default for RawServer {
     fn default() -> Self {
-        RawServer { listen: default_listen(), public_url: None, reply_budget: default_reply_budget() }
+        RawServer {
+            listen: default_listen(),
+            public_url: None,
+            reply_budget: default_reply_budget(),
+        }
     }
 }
 
@@ -336,7 +342,9 @@ struct RawLimits {
 
 impl Default for RawLimits {
     fn default() -> Self {
-        RawLimits { per_user_per_minute: default_per_user() }
+        RawLimits {
+            per_user_per_minute: default_per_user(),
+        }
     }
 }
 
@@ -359,11 +367,13 @@ struct HumanDuration(Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim()).map(HumanDuration).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "invalid duration {text:?}: write it like \"5s\" or \"250ms\""
-            ))
-        })
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?}: write it like \"5s\" or \"250ms\""
+                ))
+            })
     }
 }
 
@@ -403,17 +413,26 @@ fn base_url(key: &str, text: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(trimmed)
         .map_err(|e| ConfigError::at(key, format!("{text:?} is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(ConfigError::at(key, format!("{text:?} must be an http(s) URL with a host")));
+        return Err(ConfigError::at(
+            key,
+            format!("{text:?} must be an http(s) URL with a host"),
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(ConfigError::at(key, format!("{text:?} must not have a query or fragment")));
+        return Err(ConfigError::at(
+            key,
+            format!("{text:?} must not have a query or fragment"),
+        ));
     }
     Ok(url)
 }
 
 /// The value of a secret: the environment variable when set and non-empty, else the file's.
 fn secret(key: &str, file_value: String, env: &dyn Fn(&str) -> Option<String>) -> Secret {
-    let var = ENV_OVERRIDES.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let var = ENV_OVERRIDES
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| *v);
     match var.and_then(env).filter(|v| !v.trim().is_empty()) {
         Some(v) => Secret::new(v.trim()),
         None => Secret::new(file_value.trim()),
@@ -422,7 +441,10 @@ fn secret(key: &str, file_value: String, env: &dyn Fn(&str) -> Option<String>) -
 
 fn require(key: &str, value: &Secret, why: &str) -> Result<(), ConfigError> {
     if value.is_empty() {
-        let var = ENV_OVERRIDES.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let var = ENV_OVERRIDES
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v);
         let hint = var.map(|v| format!(" (or set {v})")).unwrap_or_default();
         return Err(ConfigError::at(key, format!("missing: {why}{hint}")));
     }
@@ -431,7 +453,10 @@ fn require(key: &str, value: &Secret, why: &str) -> Result<(), ConfigError> {
 
 fn positive(key: &str, value: i64, max: i64) -> Result<i64, ConfigError> {
     if value < 1 || value > max {
-        return Err(ConfigError::at(key, format!("{value} is out of range (1 to {max})")));
+        return Err(ConfigError::at(
+            key,
+            format!("{value} is out of range (1 to {max})"),
+        ));
     }
     Ok(value)
 }
@@ -442,25 +467,44 @@ pub fn cluster_urls(cluster: &str) -> Result<(Url, Url), ConfigError> {
     if !c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-') {
         return Err(ConfigError::at(
             "planhat.cluster",
-            format!("{cluster:?} is not a cluster name (like \"eu5\", or \"\" for app.planhat.com)"),
+            format!(
+                "{cluster:?} is not a cluster name (like \"eu5\", or \"\" for app.planhat.com)"
+            ),
         ));
     }
     let (api, share) = if c.is_empty() {
-        ("https://api.planhat.com".to_string(), "https://share.planhat.com".to_string())
+        (
+            "https://api.planhat.com".to_string(),
+            "https://share.planhat.com".to_string(),
+        )
     } else {
-        (format!("https://api-{c}.planhat.com"), format!("https://share-{c}.planhat.com"))
+        (
+            format!("https://api-{c}.planhat.com"),
+            format!("https://share-{c}.planhat.com"),
+        )
     };
-    Ok((base_url("planhat.cluster", &api)?, base_url("planhat.cluster", &share)?))
+    Ok((
+        base_url("planhat.cluster", &api)?,
+        base_url("planhat.cluster", &share)?,
+    ))
 }
 
 impl RawConfig {
     fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let listen = self.server.listen.trim().parse::<SocketAddr>().map_err(|_| {
-            ConfigError::at(
-                "server.listen",
-                format!("{:?} is not an address like \"0.0.0.0:3000\"", self.server.listen),
-            )
-        })?;
+        let listen = self
+            .server
+            .listen
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                ConfigError::at(
+                    "server.listen",
+                    format!(
+                        "{:?} is not an address like \"0.0.0.0:3000\"",
+                        self.server.listen
+                    ),
+                )
+            })?;
         let public_url = self
             .server
             .public_url
@@ -487,11 +531,17 @@ impl RawConfig {
         };
         let timeout = self.planhat.timeout.0;
         if timeout.is_zero() || timeout > Duration::from_secs(60) {
-            return Err(ConfigError::at("planhat.timeout", "must be between 1ms and 60s"));
+            return Err(ConfigError::at(
+                "planhat.timeout",
+                "must be between 1ms and 60s",
+            ));
         }
         let link_lifetime = self.planhat.link_lifetime.0;
         if link_lifetime.is_zero() {
-            return Err(ConfigError::at("planhat.link_lifetime", "must be more than 0s"));
+            return Err(ConfigError::at(
+                "planhat.link_lifetime",
+                "must be more than 0s",
+            ));
         }
         let planhat = PlanhatConfig {
             api_url,
@@ -587,7 +637,11 @@ impl RawConfig {
             required: self.audit.required,
         };
         Ok(Config {
-            server: ServerConfig { listen, public_url, reply_budget },
+            server: ServerConfig {
+                listen,
+                public_url,
+                reply_budget,
+            },
             planhat,
             slack,
             discord,
@@ -601,7 +655,11 @@ impl RawConfig {
 /// Checks that a Planhat token is configured; `serve`, `link` and `check` need one (the
 /// sandbox brings its own).
 pub fn require_planhat_token(config: &Config) -> Result<(), ConfigError> {
-    require("planhat.token", &config.planhat.token, "every Planhat call needs it")
+    require(
+        "planhat.token",
+        &config.planhat.token,
+        "every Planhat call needs it",
+    )
 }
 
 /// Error texts from the TOML parser may span lines; the operator gets one.
@@ -610,15 +668,24 @@ fn one_line(text: &str) -> String {
 }
 
 fn trimmed(list: Vec<String>) -> Vec<String> {
-    list.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    list.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn parse_public_key(text: &str) -> Result<[u8; 32], ConfigError> {
     let bytes = hex::decode(text.trim()).map_err(|_| {
-        ConfigError::at("discord.public_key", "must be the hex public key from the developer portal")
+        ConfigError::at(
+            "discord.public_key",
+            "must be the hex public key from the developer portal",
+        )
     })?;
     bytes.try_into().map_err(|_| {
-        ConfigError::at("discord.public_key", "must be 64 hex characters (a 32-byte Ed25519 key)")
+        ConfigError::at(
+            "discord.public_key",
+            "must be 64 hex characters (a 32-byte Ed25519 key)",
+        )
     })
 }
 
@@ -651,7 +718,10 @@ mod tests {
     fn cluster_derives_both_urls_and_overrides_win() {
         let c = parse("[planhat]\ncluster = \"eu5\"\n").unwrap();
         assert_eq!(c.planhat.api_url.as_str(), "https://api-eu5.planhat.com/");
-        assert_eq!(c.planhat.portal_url.as_str(), "https://share-eu5.planhat.com/");
+        assert_eq!(
+            c.planhat.portal_url.as_str(),
+            "https://share-eu5.planhat.com/"
+        );
         let c = parse(
             "[planhat]\ncluster = \"eu5\"\napi_url = \"http://127.0.0.1:9/x/\"\nportal_url = \"http://127.0.0.1:8\"\n",
         )
@@ -669,18 +739,36 @@ mod tests {
             ("[planhat]\napi_url = \"not a url\"\n", "planhat.api_url"),
             ("[planhat]\nmax_in_flight = 0\n", "planhat.max_in_flight"),
             ("[server]\nlisten = \"here\"\n", "server.listen"),
-            ("[limits]\nper_user_per_minute = -1\n", "limits.per_user_per_minute"),
-            ("[slack]\nmode = \"http\"\nbot_token = \"x\"\n", "slack.signing_secret"),
-            ("[slack]\nmode = \"socket\"\nbot_token = \"x\"\n", "slack.app_token"),
+            (
+                "[limits]\nper_user_per_minute = -1\n",
+                "limits.per_user_per_minute",
+            ),
+            (
+                "[slack]\nmode = \"http\"\nbot_token = \"x\"\n",
+                "slack.signing_secret",
+            ),
+            (
+                "[slack]\nmode = \"socket\"\nbot_token = \"x\"\n",
+                "slack.app_token",
+            ),
             ("[slack]\nmode = \"carrier-pigeon\"\n", "slack.mode"),
             ("[discord]\ntoken = \"t\"\n", "discord.application_id"),
-            ("[discord]\nmode = \"http\"\ntoken = \"t\"\napplication_id = 1\n", "discord.public_key"),
-            ("[access]\ndiscord_roles = [\"abc\"]\n", "access.discord_roles"),
+            (
+                "[discord]\nmode = \"http\"\ntoken = \"t\"\napplication_id = 1\n",
+                "discord.public_key",
+            ),
+            (
+                "[access]\ndiscord_roles = [\"abc\"]\n",
+                "access.discord_roles",
+            ),
             ("[bogus]\n", "bogus"),
         ];
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
-            assert!(err.contains(key), "{text:?} gave {err:?}, expected it to name {key}");
+            assert!(
+                err.contains(key),
+                "{text:?} gave {err:?}, expected it to name {key}"
+            );
             assert!(!err.contains('\n'), "one line please: {err:?}");
         }
     }
@@ -699,7 +787,10 @@ mod tests {
         assert_eq!(c.planhat.token.expose(), "from-env");
         let c = Config::parse("[planhat]\ntoken = \"from-file\"\n", &no_env).unwrap();
         assert_eq!(c.planhat.token.expose(), "from-file");
-        assert!(require_planhat_token(&parse("").unwrap()).unwrap_err().to_string().contains("PLANHAT_API_TOKEN"));
+        assert!(require_planhat_token(&parse("").unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("PLANHAT_API_TOKEN"));
     }
 
     #[test]

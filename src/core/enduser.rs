@@ -63,7 +63,9 @@ pub enum BadEndUser {
     TooLong,
     #[error("an end-user id has no spaces")]
     Whitespace,
-    #[error("an end-user id is plain letters, digits and punctuation, without / ? # % \\ or quotes")]
+    #[error(
+        "an end-user id is plain letters, digits and punctuation, without / ? # % \\ or quotes"
+    )]
     BadCharacter,
     #[error("that is not an end-user id")]
     DotsOnly,
@@ -95,7 +97,11 @@ pub fn parse_target(text: &str) -> Result<Target, BadEndUser> {
 
 /// Printable ASCII, minus what could re-shape a URL or a chat message.
 fn id_char(c: char) -> bool {
-    c.is_ascii_graphic() && !matches!(c, '/' | '?' | '#' | '%' | '\\' | '"' | '\'' | '<' | '>' | '`' | '@' | '&' | '|' | '*')
+    c.is_ascii_graphic()
+        && !matches!(
+            c,
+            '/' | '?' | '#' | '%' | '\\' | '"' | '\'' | '<' | '>' | '`' | '@' | '&' | '|' | '*'
+        )
 }
 
 /// `local@domain.tld` with conservative characters; Slack sends `<mailto:a@b.c|a@b.c>` for a
@@ -108,11 +114,15 @@ fn as_email(t: &str) -> Option<String> {
         .unwrap_or(t);
     let (local, domain) = t.split_once('@')?;
     let ok_local = !local.is_empty()
-        && local.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
     let ok_domain = domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
-        && domain.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c));
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c));
     (ok_local && ok_domain && t.len() <= 254).then(|| t.to_ascii_lowercase())
 }
 
@@ -137,7 +147,10 @@ mod tests {
 
     #[test]
     fn plausible_ids_pass_trimmed() {
-        assert_eq!(id("  5f2a9c0e1b2c3d4e5f6a7b8c ").as_str(), "5f2a9c0e1b2c3d4e5f6a7b8c");
+        assert_eq!(
+            id("  5f2a9c0e1b2c3d4e5f6a7b8c ").as_str(),
+            "5f2a9c0e1b2c3d4e5f6a7b8c"
+        );
         assert_eq!(id("ext:id_1-2.3").as_str(), "ext:id_1-2.3");
     }
 
@@ -149,7 +162,21 @@ mod tests {
 
     #[test]
     fn hostile_ids_are_refused() {
-        for bad in ["a/b", "..", ".", "a?b", "a#b", "%2e%2e", "a\0b", "a\u{202e}b", "😀", "a b", "a\\b", "<!channel>", "a&b"] {
+        for bad in [
+            "a/b",
+            "..",
+            ".",
+            "a?b",
+            "a#b",
+            "%2e%2e",
+            "a\0b",
+            "a\u{202e}b",
+            "😀",
+            "a b",
+            "a\\b",
+            "<!channel>",
+            "a&b",
+        ] {
             assert!(parse_target(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(parse_target(&"x".repeat(129)), Err(BadEndUser::TooLong));
@@ -159,7 +186,10 @@ mod tests {
 
     #[test]
     fn emails_are_recognised() {
-        assert_eq!(parse_target("Jane@Acme.com"), Ok(Target::Email("jane@acme.com".into())));
+        assert_eq!(
+            parse_target("Jane@Acme.com"),
+            Ok(Target::Email("jane@acme.com".into()))
+        );
         assert_eq!(
             parse_target("<mailto:jane@acme.com|jane@acme.com>"),
             Ok(Target::Email("jane@acme.com".into()))

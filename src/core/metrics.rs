@@ -47,7 +47,10 @@ pub struct Metrics {
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
-    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0].into_iter()
+    [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0,
+    ]
+    .into_iter()
 }
 
 impl Default for Metrics {
@@ -70,7 +73,11 @@ impl Metrics {
         let reconnects = Family::<ConnectionLabels, Counter>::default();
         let deliveries_failed = Family::<PlatformLabels, Counter>::default();
         let in_flight = Gauge::default();
-        registry.register("requests", "Link requests by platform and outcome", requests.clone());
+        registry.register(
+            "requests",
+            "Link requests by platform and outcome",
+            requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "Time from a verified request to its answer",
@@ -91,7 +98,11 @@ impl Metrics {
             "Late answers (response_url, interaction edit) that could not be delivered",
             deliveries_failed.clone(),
         );
-        registry.register("planhat_in_flight", "Planhat calls in flight", in_flight.clone());
+        registry.register(
+            "planhat_in_flight",
+            "Planhat calls in flight",
+            in_flight.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -105,13 +116,19 @@ impl Metrics {
 
     /// Counts one finished request.
     pub fn request(&self, platform: &'static str, outcome: &'static str, took: Duration) {
-        self.requests.get_or_create(&RequestLabels { platform, outcome }).inc();
-        self.latency.get_or_create(&PlatformLabels { platform }).observe(took.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels { platform, outcome })
+            .inc();
+        self.latency
+            .get_or_create(&PlatformLabels { platform })
+            .observe(took.as_secs_f64());
     }
 
     /// Records one Planhat call.
     pub fn planhat_call(&self, call: &'static str, result: &'static str, took: Duration) {
-        self.planhat.get_or_create(&CallLabels { call, result }).observe(took.as_secs_f64());
+        self.planhat
+            .get_or_create(&CallLabels { call, result })
+            .observe(took.as_secs_f64());
     }
 
     /// Tracks calls in flight toward Planhat (+1 / -1).
@@ -121,12 +138,16 @@ impl Metrics {
 
     /// Counts a reconnect of a long-lived connection ("slack_socket", "discord_gateway").
     pub fn reconnect(&self, connection: &'static str) {
-        self.reconnects.get_or_create(&ConnectionLabels { connection }).inc();
+        self.reconnects
+            .get_or_create(&ConnectionLabels { connection })
+            .inc();
     }
 
     /// Counts a late answer that could not be delivered.
     pub fn delivery_failed(&self, platform: &'static str) {
-        self.deliveries_failed.get_or_create(&PlatformLabels { platform }).inc();
+        self.deliveries_failed
+            .get_or_create(&PlatformLabels { platform })
+            .inc();
     }
 
     /// The Prometheus text exposition.

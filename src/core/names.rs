@@ -18,12 +18,19 @@ pub struct NameCache {
 impl NameCache {
     /// At most `cap` names, each trusted for `ttl`.
     pub fn new(cap: usize, ttl: Duration) -> Self {
-        NameCache { entries: DashMap::new(), cap, ttl }
+        NameCache {
+            entries: DashMap::new(),
+            cap,
+            ttl,
+        }
     }
 
     /// A fresh cached name.
     pub fn get(&self, id: &EndUserId) -> Option<EndUserSummary> {
-        self.entries.get(id).filter(|e| e.1.elapsed() < self.ttl).map(|e| e.0.clone())
+        self.entries
+            .get(id)
+            .filter(|e| e.1.elapsed() < self.ttl)
+            .map(|e| e.0.clone())
     }
 
     /// Remembers a name; when full of fresh names, it is simply not remembered.

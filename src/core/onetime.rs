@@ -58,7 +58,11 @@ impl OneTimeLinks {
 
     /// A store whose ids live `lifetime` (tests use a short one).
     pub fn with_lifetime(cap: usize, lifetime: Duration) -> Self {
-        OneTimeLinks { entries: DashMap::new(), cap, lifetime }
+        OneTimeLinks {
+            entries: DashMap::new(),
+            cap,
+            lifetime,
+        }
     }
 
     /// Issues a fresh id for this asker and end user; `None` when the store is full of live ids.
@@ -74,7 +78,12 @@ impl OneTimeLinks {
         let id = hex::encode(bytes);
         self.entries.insert(
             id.clone(),
-            Entry { asker: asker.clone(), end_user: end_user.clone(), created: Instant::now(), used: false },
+            Entry {
+                asker: asker.clone(),
+                end_user: end_user.clone(),
+                created: Instant::now(),
+                used: false,
+            },
         );
         Some(id)
     }
@@ -91,7 +100,10 @@ impl OneTimeLinks {
 
     /// Whether `id` could be used, without using it (HEAD, link previews).
     pub fn peek(&self, id: &str) -> Result<(), GoError> {
-        self.entries.get(id).ok_or(GoError::Unknown).and_then(|e| self.check(&e))
+        self.entries
+            .get(id)
+            .ok_or(GoError::Unknown)
+            .and_then(|e| self.check(&e))
     }
 
     /// Uses `id` up and returns what it stands for.
@@ -99,7 +111,10 @@ impl OneTimeLinks {
         let mut entry = self.entries.get_mut(id).ok_or(GoError::Unknown)?;
         self.check(&entry)?;
         entry.used = true;
-        Ok(Claim { asker: entry.asker.clone(), end_user: entry.end_user.clone() })
+        Ok(Claim {
+            asker: entry.asker.clone(),
+            end_user: entry.end_user.clone(),
+        })
     }
 
     /// Forgets ids older than twice their lifetime (until then, "used"/"expired" stay precise).

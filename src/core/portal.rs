@@ -72,9 +72,17 @@ pub enum Reply {
     /// A link to show ephemerally.
     Link(PortalLink),
     /// The answer to `check`.
-    Access { end_user: EndUserId, who: Option<EndUserSummary>, has_access: bool },
+    Access {
+        end_user: EndUserId,
+        who: Option<EndUserSummary>,
+        has_access: bool,
+    },
     /// An email matched several end users: let the asker pick.
-    Choose { email: String, matches: Vec<EndUserSummary>, more: bool },
+    Choose {
+        email: String,
+        matches: Vec<EndUserSummary>,
+        more: bool,
+    },
     /// One clear line for the asker.
     Refused(Refusal),
 }
@@ -100,7 +108,9 @@ pub enum Refusal {
     UpstreamUnreachable,
     #[error("Planhat failed to answer; try again in a moment.")]
     UpstreamFailed,
-    #[error("Planhat rejected the bot's API token: the bot is misconfigured. Please tell its admins.")]
+    #[error(
+        "Planhat rejected the bot's API token: the bot is misconfigured. Please tell its admins."
+    )]
     TokenRejected,
     #[error("Planhat answered something the bot can't use, so no link was shown. Please tell the bot's admins.")]
     Unusable,
@@ -147,8 +157,12 @@ impl Reply {
         match self {
             Reply::Help => "help",
             Reply::Link(_) => "ok",
-            Reply::Access { has_access: true, .. } => "ok",
-            Reply::Access { has_access: false, .. } => "no_access",
+            Reply::Access {
+                has_access: true, ..
+            } => "ok",
+            Reply::Access {
+                has_access: false, ..
+            } => "no_access",
             Reply::Choose { .. } => "choose",
             Reply::Refused(r) => r.kind(),
         }
@@ -222,7 +236,9 @@ impl PortalService {
     /// (re-authorised, rate limited, access re-checked, minted now, audited).
     pub async fn go(&self, id: &str) -> Result<Reply, GoError> {
         let claim = self.onetime.take(id)?;
-        Ok(self.link_for(&claim.asker, claim.end_user, Action::Go).await)
+        Ok(self
+            .link_for(&claim.asker, claim.end_user, Action::Go)
+            .await)
     }
 
     /// Whether a `/go/` id could be used, without using it.
@@ -236,7 +252,11 @@ impl PortalService {
     }
 
     /// A command already parsed (the terminal parses its own arguments).
-    pub async fn handle_command(&self, asker: &Asker, command: Result<Command, BadEndUser>) -> Reply {
+    pub async fn handle_command(
+        &self,
+        asker: &Asker,
+        command: Result<Command, BadEndUser>,
+    ) -> Reply {
         let started = Instant::now();
         let (action, target) = match &command {
             Ok(Command::Help) => return Reply::Help,
@@ -272,7 +292,9 @@ impl PortalService {
     /// Authorise, then rate limit: nothing reaches Planhat before both pass.
     fn admit(&self, asker: &Asker) -> Result<(), Refusal> {
         self.policy.authorize(asker).map_err(Refusal::NotAllowed)?;
-        self.limiter.check(&asker.rate_key(), Instant::now()).map_err(Refusal::RateLimited)
+        self.limiter
+            .check(&asker.rate_key(), Instant::now())
+            .map_err(Refusal::RateLimited)
     }
 
     async fn by_email(&self, asker: &Asker, email: String, action: Action) -> Reply {
@@ -286,18 +308,30 @@ impl PortalService {
                 let who = matches.pop();
                 match who.as_ref().and_then(|w| id_of(&w.id)) {
                     Some(id) => self.run(asker, id, who, action).await,
-                    None => self.upstream(PlanhatError::Unusable("the matching end user has an unusable id".into())),
+                    None => self.upstream(PlanhatError::Unusable(
+                        "the matching end user has an unusable id".into(),
+                    )),
                 }
             }
             n => {
                 matches.truncate(MAX_CHOICES);
-                Reply::Choose { email, matches, more: n > MAX_CHOICES }
+                Reply::Choose {
+                    email,
+                    matches,
+                    more: n > MAX_CHOICES,
+                }
             }
         }
     }
 
     /// The Planhat round: access check and mint at once; a URL is kept only on "yes".
-    async fn run(&self, asker: &Asker, id: EndUserId, who: Option<EndUserSummary>, action: Action) -> Reply {
+    async fn run(
+        &self,
+        asker: &Asker,
+        id: EndUserId,
+        who: Option<EndUserSummary>,
+        action: Action,
+    ) -> Reply {
         if action.mints() && action != Action::Go && self.public_url.is_some() {
             let who_lookup = self.lookup_who(&id, who);
             let access = self.planhat.check_access(&id).await;
@@ -317,7 +351,11 @@ impl PortalService {
             let access = self.planhat.check_access(&id).await;
             let who = who_lookup.now().await;
             return match access {
-                Ok(has_access) => Reply::Access { end_user: id, who, has_access },
+                Ok(has_access) => Reply::Access {
+                    end_user: id,
+                    who,
+                    has_access,
+                },
                 Err(e) => self.upstream(e),
             };
         }

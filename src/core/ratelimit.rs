@@ -24,7 +24,10 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter allowing `per_minute` requests per key per minute.
     pub fn new(per_minute: u32) -> Self {
-        RateLimiter { per_minute: f64::from(per_minute.max(1)), buckets: DashMap::new() }
+        RateLimiter {
+            per_minute: f64::from(per_minute.max(1)),
+            buckets: DashMap::new(),
+        }
     }
 
     fn refill_rate(&self) -> f64 {
@@ -34,10 +37,10 @@ impl RateLimiter {
     /// Takes one token for `key`; `Err(wait)` says when the next one will be there.
     pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let rate = self.refill_rate();
-        let mut entry = self
-            .buckets
-            .entry(key.to_string())
-            .or_insert(Bucket { tokens: self.per_minute, updated: now });
+        let mut entry = self.buckets.entry(key.to_string()).or_insert(Bucket {
+            tokens: self.per_minute,
+            updated: now,
+        });
         let b = entry.value_mut();
         let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
         b.tokens = (b.tokens + elapsed * rate).min(self.per_minute);
@@ -80,7 +83,10 @@ mod tests {
         }
         let wait = rl.check("a", t).unwrap_err();
         assert_eq!(wait, Duration::from_secs(20));
-        assert!(rl.check("b", t).is_ok(), "another asker has their own bucket");
+        assert!(
+            rl.check("b", t).is_ok(),
+            "another asker has their own bucket"
+        );
         assert!(rl.check("a", t + Duration::from_secs(20)).is_ok());
     }
 

@@ -44,7 +44,10 @@ pub async fn spawn(config: Config) -> Running {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Headers Slack would send with `body`, signed at `ts`.
@@ -52,14 +55,28 @@ pub fn slack_headers(secret: &str, ts: u64, body: &str) -> reqwest::header::Head
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("v0:{ts}:{body}").as_bytes());
     let mut h = reqwest::header::HeaderMap::new();
-    h.insert("x-slack-signature", format!("v0={}", hex::encode(mac.finalize().into_bytes())).parse().unwrap());
+    h.insert(
+        "x-slack-signature",
+        format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+            .parse()
+            .unwrap(),
+    );
     h.insert("x-slack-request-timestamp", ts.to_string().parse().unwrap());
-    h.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+    h.insert(
+        "content-type",
+        "application/x-www-form-urlencoded".parse().unwrap(),
+    );
     h
 }
 
 /// A slash-command form body.
-pub fn slash_body(user: &str, channel: &str, text: &str, response_url: &str, trigger: &str) -> String {
+pub fn slash_body(
+    user: &str,
+    channel: &str,
+    text: &str,
+    response_url: &str,
+    trigger: &str,
+) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .append_pair("token", "deprecated")
         .append_pair("team_id", "T0001")
@@ -81,7 +98,10 @@ pub fn discord_headers(body: &[u8]) -> reqwest::header::HeaderMap {
     let ts = now().to_string();
     let sig = discord_key().sign(&[ts.as_bytes(), body].concat());
     let mut h = reqwest::header::HeaderMap::new();
-    h.insert("x-signature-ed25519", hex::encode(sig.to_bytes()).parse().unwrap());
+    h.insert(
+        "x-signature-ed25519",
+        hex::encode(sig.to_bytes()).parse().unwrap(),
+    );
     h.insert("x-signature-timestamp", ts.parse().unwrap());
     h.insert("content-type", "application/json".parse().unwrap());
     h
@@ -105,14 +125,23 @@ pub fn discord_command(id: u64, user: u64, roles: &[u64], enduser: &str) -> serd
 pub async fn planhat_link(server: &MockServer, id: &str, token: &str) {
     Mock::given(method("GET"))
         .and(path(format!("/shareabletokens/access/{id}")))
-        .and(header("authorization", format!("Bearer {API_TOKEN}").as_str()))
+        .and(header(
+            "authorization",
+            format!("Bearer {API_TOKEN}").as_str(),
+        ))
         .respond_with(ResponseTemplate::new(200).set_body_string("true"))
         .mount(server)
         .await;
     Mock::given(method("GET"))
         .and(path(format!("/shareabletokens/{id}")))
-        .and(header("authorization", format!("Bearer {API_TOKEN}").as_str()))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"url": format!("{PORTAL}/redirect/{token}")})))
+        .and(header(
+            "authorization",
+            format!("Bearer {API_TOKEN}").as_str(),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"url": format!("{PORTAL}/redirect/{token}")})),
+        )
         .mount(server)
         .await;
 }

@@ -25,7 +25,11 @@ struct Handler {
 impl EventHandler for Handler {
     async fn ready(&self, _ctx: Context, ready: Ready) {
         // Every READY after the first is a new session: a reconnect operators should see.
-        if self.readies.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+        if self
+            .readies
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
             tracing::info!(user = %ready.user.name, guilds = ready.guilds.len(), "Discord gateway ready");
         } else {
             tracing::warn!("Discord gateway reconnected (new session)");
@@ -39,7 +43,11 @@ impl EventHandler for Handler {
         // Off the gateway's event loop: a slow Planhat must not hold up other events.
         tokio::spawn(async move {
             if let Some(response) = state.interaction(interaction).await {
-                if let Err(e) = state.http.create_interaction_response(id, &token, &response, Vec::new()).await {
+                if let Err(e) = state
+                    .http
+                    .create_interaction_response(id, &token, &response, Vec::new())
+                    .await
+                {
                     tracing::warn!(error = %rest::describe(&e), "could not answer a Discord interaction");
                 }
             }
@@ -54,21 +62,29 @@ pub async fn spawn(
     mut shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<()>, StartError> {
     let gateway_url = if rest::is_custom(config) {
-        let gateway = state
-            .http
-            .get_gateway()
-            .await
-            .map_err(|e| StartError::Discord(format!("cannot get the gateway address: {}", rest::describe(&e))))?;
+        let gateway = state.http.get_gateway().await.map_err(|e| {
+            StartError::Discord(format!(
+                "cannot get the gateway address: {}",
+                rest::describe(&e)
+            ))
+        })?;
         Some(gateway.url)
     } else {
         None
     };
     // The gateway gets its own REST client built by the same helper (same proxy rules).
-    let client = serenity::client::ClientBuilder::new_with_http(rest::http(config), GatewayIntents::empty())
-        .event_handler(Handler { state, readies: std::sync::atomic::AtomicU64::new(0) });
-    let mut client = client
-        .await
-        .map_err(|e| StartError::Discord(format!("cannot start the gateway client: {}", rest::describe(&e))))?;
+    let client =
+        serenity::client::ClientBuilder::new_with_http(rest::http(config), GatewayIntents::empty())
+            .event_handler(Handler {
+                state,
+                readies: std::sync::atomic::AtomicU64::new(0),
+            });
+    let mut client = client.await.map_err(|e| {
+        StartError::Discord(format!(
+            "cannot start the gateway client: {}",
+            rest::describe(&e)
+        ))
+    })?;
     if let Some(url) = gateway_url {
         *client.ws_url.lock().await = url;
     }

@@ -28,7 +28,11 @@ pub fn router(discord: Arc<DiscordState>, verifier: DiscordVerifier) -> Router {
         .with_state(Arc::new(HttpState { discord, verifier }))
 }
 
-async fn interactions(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn interactions(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(why) = state.verifier.verify(&headers, &body) {
         tracing::warn!(why, "refused a Discord request: bad signature");
         return (StatusCode::UNAUTHORIZED, "invalid request signature").into_response();

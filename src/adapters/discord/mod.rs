@@ -18,7 +18,8 @@ use std::time::{Duration, SystemTime};
 use dashmap::DashMap;
 use serenity::all::{
     ChannelId, CommandInteraction, ComponentInteraction, CreateInteractionResponse,
-    CreateInteractionResponseMessage, GuildId, Interaction, Member, Message, MessageInteractionMetadata,
+    CreateInteractionResponseMessage, GuildId, Interaction, Member, Message,
+    MessageInteractionMetadata,
 };
 use serenity::http::Http;
 use tokio::sync::Semaphore;
@@ -62,11 +63,15 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         pending: DashMap::new(),
         generation: AtomicU64::new(0),
     });
-    let mut tasks = vec![tokio::spawn(register::register(http, config.guild_ids.clone()))];
+    let mut tasks = vec![tokio::spawn(register::register(
+        http,
+        config.guild_ids.clone(),
+    ))];
     let router = match config.mode {
         DiscordMode::Http => {
-            let verifier = verify::DiscordVerifier::new(config.public_key)
-                .ok_or_else(|| StartError::Discord("discord.public_key is not a valid Ed25519 key".into()))?;
+            let verifier = verify::DiscordVerifier::new(config.public_key).ok_or_else(|| {
+                StartError::Discord("discord.public_key is not a valid Ed25519 key".into())
+            })?;
             http::router(state, verifier)
         }
         DiscordMode::Gateway => {
@@ -102,13 +107,18 @@ fn message_key(message: &Message) -> u64 {
 
 fn ephemeral_line(text: &str) -> CreateInteractionResponse {
     CreateInteractionResponse::Message(
-        CreateInteractionResponseMessage::new().content(text).ephemeral(true),
+        CreateInteractionResponseMessage::new()
+            .content(text)
+            .ephemeral(true),
     )
 }
 
 impl DiscordState {
     /// One interaction from either transport → its initial response (`None`: not for us).
-    pub async fn interaction(self: &Arc<Self>, interaction: Interaction) -> Option<CreateInteractionResponse> {
+    pub async fn interaction(
+        self: &Arc<Self>,
+        interaction: Interaction,
+    ) -> Option<CreateInteractionResponse> {
         match interaction {
             Interaction::Ping(_) => Some(CreateInteractionResponse::Pong),
             Interaction::Command(c) if c.data.name == "portal" => {
@@ -146,12 +156,17 @@ impl DiscordState {
             async move { app.portal.handle(&asker, &text).await }
         };
         let key = c.id.get();
-        match self.answer(work, asker.user_id.clone(), c.token.clone(), key).await {
+        match self
+            .answer(work, asker.user_id.clone(), c.token.clone(), key)
+            .await
+        {
             Answer::Inline(reply) => {
                 self.expire_later(&reply, &asker.user_id, &c.token, key);
                 render::response(render::message(&reply, &asker.user_id))
             }
-            Answer::Deferred => CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new().ephemeral(true)),
+            Answer::Deferred => CreateInteractionResponse::Defer(
+                CreateInteractionResponseMessage::new().ephemeral(true),
+            ),
         }
     }
 
@@ -180,7 +195,10 @@ impl DiscordState {
         // The answer replaces this message: the link it showed no longer needs its expiry edit.
         let key = message_key(&c.message);
         self.pending.remove(&key);
-        match self.answer(work, asker.user_id.clone(), c.token.clone(), key).await {
+        match self
+            .answer(work, asker.user_id.clone(), c.token.clone(), key)
+            .await
+        {
             Answer::Inline(reply) => {
                 self.expire_later(&reply, &asker.user_id, &c.token, key);
                 render::update(render::message(&reply, &asker.user_id))
@@ -190,7 +208,13 @@ impl DiscordState {
     }
 
     /// Inline within the reply budget, else the answer edits `@original` when it is ready.
-    async fn answer<W>(self: &Arc<Self>, work: W, asker: String, token: String, key: u64) -> Answer<Reply>
+    async fn answer<W>(
+        self: &Arc<Self>,
+        work: W,
+        asker: String,
+        token: String,
+        key: u64,
+    ) -> Answer<Reply>
     where
         W: std::future::Future<Output = Reply> + Send + 'static,
     {
@@ -210,7 +234,13 @@ impl DiscordState {
                 Err(_) => me.app.metrics.delivery_failed("discord"),
             }
         };
-        inline_or_later(&self.app.tasks, self.app.config.server.reply_budget, work, late).await
+        inline_or_later(
+            &self.app.tasks,
+            self.app.config.server.reply_budget,
+            work,
+            late,
+        )
+        .await
     }
 
     /// After a link expires, replace the message with "expired" + New link, so no dead (or
@@ -222,12 +252,17 @@ impl DiscordState {
         };
         let Ok(permit) = self.expiries.clone().try_acquire_owned() else {
             self.pending.remove(&key);
-            tracing::warn!("too many pending expiry replacements; this link's message will not be cleaned up");
+            tracing::warn!(
+                "too many pending expiry replacements; this link's message will not be cleaned up"
+            );
             return;
         };
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         self.pending.insert(key, generation);
-        let wait = link.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+        let wait = link
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
         let edit = render::edit(render::expired(asker, link.end_user.as_str()));
         let (me, token) = (self.clone(), token.to_string());
         let mut shutdown = self.app.shutdown();
@@ -237,10 +272,18 @@ impl DiscordState {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.fired() => return,
             }
-            if me.pending.remove_if(&key, |_, g| *g == generation).is_none() {
+            if me
+                .pending
+                .remove_if(&key, |_, g| *g == generation)
+                .is_none()
+            {
                 return; // a newer link is shown in this message now
             }
-            if let Err(e) = me.http.edit_original_interaction_response(&token, &edit, Vec::new()).await {
+            if let Err(e) = me
+                .http
+                .edit_original_interaction_response(&token, &edit, Vec::new())
+                .await
+            {
                 tracing::warn!(error = %rest::describe(&e), "could not replace an expired link");
             }
         });

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use serenity::all::{Command, CommandOptionType, CreateCommand, CreateCommandOption, GuildId, InteractionContext};
+use serenity::all::{
+    Command, CommandOptionType, CreateCommand, CreateCommandOption, GuildId, InteractionContext,
+};
 use serenity::http::Http;
 
 use super::rest::describe;
@@ -12,7 +14,9 @@ use super::rest::describe;
 /// The `/portal` command as Discord shows it.
 pub fn portal_command() -> CreateCommand {
     CreateCommand::new("portal")
-        .description("Open a customer's Planhat portal as one of their end users (only you see the link)")
+        .description(
+            "Open a customer's Planhat portal as one of their end users (only you see the link)",
+        )
         .add_option(
             CreateCommandOption::new(
                 CommandOptionType::String,
@@ -38,7 +42,9 @@ pub async fn register(http: Arc<Http>, guild_ids: Vec<u64>) {
     for id in guild_ids {
         match GuildId::new(id).set_commands(&http, commands.clone()).await {
             Ok(_) => tracing::info!(guild = id, "registered /portal"),
-            Err(e) => tracing::error!(guild = id, error = %describe(&e), "could not register /portal"),
+            Err(e) => {
+                tracing::error!(guild = id, error = %describe(&e), "could not register /portal")
+            }
         }
     }
 }

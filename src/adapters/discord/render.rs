@@ -40,7 +40,13 @@ pub fn escape(text: &str) -> String {
 
 fn who(who: Option<&EndUserSummary>) -> String {
     let parts: Vec<String> = who
-        .map(|w| [w.name.as_deref(), w.company.as_deref()].into_iter().flatten().map(escape).collect())
+        .map(|w| {
+            [w.name.as_deref(), w.company.as_deref()]
+                .into_iter()
+                .flatten()
+                .map(escape)
+                .collect()
+        })
         .unwrap_or_default();
     if parts.is_empty() {
         String::new()
@@ -56,8 +62,11 @@ fn button_id(kind: &str, asker: &str, end_user: &str) -> Option<String> {
 }
 
 fn new_link_button(asker: &str, end_user: &str) -> Option<CreateButton> {
-    button_id(NEW_LINK, asker, end_user)
-        .map(|id| CreateButton::new(id).label("New link").style(ButtonStyle::Secondary))
+    button_id(NEW_LINK, asker, end_user).map(|id| {
+        CreateButton::new(id)
+            .label("New link")
+            .style(ButtonStyle::Secondary)
+    })
 }
 
 /// A message's parts, independent of whether it is a response or an edit.
@@ -68,11 +77,18 @@ pub struct Message {
 
 /// What a reply looks like.
 pub fn message(reply: &Reply, asker: &str) -> Message {
-    let text = |content: String| Message { content, rows: Vec::new() };
+    let text = |content: String| Message {
+        content,
+        rows: Vec::new(),
+    };
     match reply {
         Reply::Help => text(format!("```\n{USAGE}\n```")),
         Reply::Link(link) => {
-            let expires = link.expires_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let expires = link
+                .expires_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             let mut buttons = vec![CreateButton::new_link(link.url.expose()).label("Open portal")];
             buttons.extend(new_link_button(asker, link.end_user.as_str()));
             Message {
@@ -80,18 +96,30 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
                     "Portal login as {}{}. {} <t:{expires}:R>; single use; only you can see this.",
                     code(link.end_user.as_str()),
                     who(link.who.as_ref()),
-                    if link.at_click { "Signs you in when you click; works until" } else { "Expires" }
+                    if link.at_click {
+                        "Signs you in when you click; works until"
+                    } else {
+                        "Expires"
+                    }
                 ),
                 rows: vec![CreateActionRow::Buttons(buttons)],
             }
         }
-        Reply::Access { end_user, who: w, has_access } => text(format!(
+        Reply::Access {
+            end_user,
+            who: w,
+            has_access,
+        } => text(format!(
             "{}{} {} portal access.",
             code(end_user.as_str()),
             who(w.as_ref()),
             if *has_access { "has" } else { "has no" }
         )),
-        Reply::Choose { email, matches, more } => {
+        Reply::Choose {
+            email,
+            matches,
+            more,
+        } => {
             let buttons: Vec<CreateButton> = matches
                 .iter()
                 .filter_map(|m| {
@@ -100,7 +128,9 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
                         (Some(n), None) => n.clone(),
                         _ => m.id.clone(),
                     };
-                    button_id(PICK, asker, &m.id).map(|id| CreateButton::new(id).label(label.chars().take(80).collect::<String>()))
+                    button_id(PICK, asker, &m.id).map(|id| {
+                        CreateButton::new(id).label(label.chars().take(80).collect::<String>())
+                    })
                 })
                 .collect();
             Message {
@@ -121,7 +151,9 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
 pub fn expired(asker: &str, end_user: &str) -> Message {
     Message {
         content: format!("The portal link for {} has expired.", code(end_user)),
-        rows: new_link_button(asker, end_user).map(|b| vec![CreateActionRow::Buttons(vec![b])]).unwrap_or_default(),
+        rows: new_link_button(asker, end_user)
+            .map(|b| vec![CreateActionRow::Buttons(vec![b])])
+            .unwrap_or_default(),
     }
 }
 
@@ -156,7 +188,10 @@ pub fn edit(m: Message) -> EditInteractionResponse {
 
 /// Seconds since the epoch (for tests and logs).
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

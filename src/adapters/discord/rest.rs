@@ -36,10 +36,19 @@ pub fn http(config: &DiscordConfig) -> Http {
 pub fn describe(e: &serenity::Error) -> String {
     match e {
         serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
-            format!("Discord answered HTTP {} (code {}: {})", r.status_code.as_u16(), r.error.code, r.error.message)
+            format!(
+                "Discord answered HTTP {} (code {}: {})",
+                r.status_code.as_u16(),
+                r.error.code,
+                r.error.message
+            )
         }
-        serenity::Error::Http(HttpError::Request(r)) if r.is_timeout() => "Discord did not answer in time".into(),
-        serenity::Error::Http(HttpError::Request(r)) if r.is_connect() => "cannot connect to Discord".into(),
+        serenity::Error::Http(HttpError::Request(r)) if r.is_timeout() => {
+            "Discord did not answer in time".into()
+        }
+        serenity::Error::Http(HttpError::Request(r)) if r.is_connect() => {
+            "cannot connect to Discord".into()
+        }
         serenity::Error::Http(HttpError::Request(_)) => "the request to Discord failed".into(),
         serenity::Error::Json(_) => "Discord's answer could not be read".into(),
         serenity::Error::Gateway(g) => format!("gateway: {g}"),

@@ -23,7 +23,9 @@ impl DiscordVerifier {
         if signature.len() != 128 {
             return Err("signature is not 64 hex bytes");
         }
-        self.0.verify(signature, timestamp, body).map_err(|()| "signature does not match")
+        self.0
+            .verify(signature, timestamp, body)
+            .map_err(|()| "signature does not match")
     }
 }
 

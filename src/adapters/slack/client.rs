@@ -46,7 +46,8 @@ pub fn connector(api_url: &str) -> SlackClientHyperHttpsConnector {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    SlackClientHyperConnector::with_connector(https).with_slack_api_url(api_url.trim_end_matches('/'))
+    SlackClientHyperConnector::with_connector(https)
+        .with_slack_api_url(api_url.trim_end_matches('/'))
 }
 
 impl SlackApi {
@@ -89,11 +90,11 @@ impl SlackApi {
             tracing_span: &span,
             is_sensitive_url: true,
         };
-        let call = self.client.http_api.connector.http_post_uri::<_, serde_json::Value>(
-            response_url.clone(),
-            &message,
-            context,
-        );
+        let call = self
+            .client
+            .http_api
+            .connector
+            .http_post_uri::<_, serde_json::Value>(response_url.clone(), &message, context);
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => Ok(()),
             // The error text may name the URL host but never the message.

@@ -26,7 +26,11 @@ pub struct GroupCache {
 impl GroupCache {
     /// A cache for these group ids (nothing fetched yet).
     pub fn new(groups: Vec<String>, ttl: Duration) -> Self {
-        GroupCache { groups, members: DashMap::new(), ttl }
+        GroupCache {
+            groups,
+            members: DashMap::new(),
+            ttl,
+        }
     }
 
     /// The configured groups `user` is in, or `Unknown` if any group's membership is unknown.
@@ -51,7 +55,8 @@ impl GroupCache {
         for g in &self.groups {
             match api.usergroup_members(g).await {
                 Ok(users) => {
-                    self.members.insert(g.clone(), (users.into_iter().collect(), Instant::now()));
+                    self.members
+                        .insert(g.clone(), (users.into_iter().collect(), Instant::now()));
                 }
                 Err(e) => {
                     all_ok = false;
@@ -69,7 +74,11 @@ impl GroupCache {
         }
         loop {
             let ok = self.refresh(&api).await;
-            let wait = if ok { self.ttl } else { self.ttl.min(Duration::from_secs(30)) };
+            let wait = if ok {
+                self.ttl
+            } else {
+                self.ttl.min(Duration::from_secs(30))
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.fired() => return,
@@ -89,7 +98,10 @@ mod tests {
     fn unknown_until_fetched() {
         let c = GroupCache::new(vec!["S1".into()], Duration::from_secs(60));
         assert_eq!(c.groups_of("U1"), Groups::Unknown);
-        c.members.insert("S1".into(), (["U1".to_string()].into_iter().collect(), Instant::now()));
+        c.members.insert(
+            "S1".into(),
+            (["U1".to_string()].into_iter().collect(), Instant::now()),
+        );
         assert_eq!(c.groups_of("U1"), Groups::Known(vec!["S1".into()]));
         assert_eq!(c.groups_of("U2"), Groups::Known(vec![]));
     }

@@ -52,11 +52,17 @@ pub fn parse_command(body: &[u8]) -> Result<SlackCommandEvent, serde_urlencoded:
 
 /// An interaction's form body: JSON in the `payload` field. `None`: no payload at all.
 pub fn parse_interaction(body: &[u8]) -> Option<Result<SlackInteractionEvent, serde_json::Error>> {
-    let payload = url::form_urlencoded::parse(body).find(|(k, _)| k == "payload").map(|(_, v)| v.into_owned())?;
+    let payload = url::form_urlencoded::parse(body)
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| v.into_owned())?;
     Some(serde_json::from_str(&payload))
 }
 
-async fn commands(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn commands(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(refused) = verified(&state, &headers, &body) {
         return refused.into_response();
     }
@@ -70,7 +76,11 @@ async fn commands(State(state): State<Arc<HttpState>>, headers: HeaderMap, body:
     Json(state.slack.command(ev).await).into_response()
 }
 
-async fn interactions(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn interactions(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(refused) = verified(&state, &headers, &body) {
         return refused.into_response();
     }

@@ -58,7 +58,10 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
     });
     let mut tasks = vec![tokio::spawn(groups.run(api, app.shutdown()))];
     let router = match config.mode {
-        SlackMode::Http => http::router(state, verify::SlackVerifier::new(config.signing_secret.expose())),
+        SlackMode::Http => http::router(
+            state,
+            verify::SlackVerifier::new(config.signing_secret.expose()),
+        ),
         SlackMode::Socket => {
             tasks.push(socket::spawn(state, &config.app_token, app.shutdown()));
             axum::Router::new()
@@ -88,7 +91,9 @@ impl SlackState {
     pub async fn command(self: &Arc<Self>, ev: SlackCommandEvent) -> SlackCommandEventResponse {
         if !self.seen.first_time(&ev.trigger_id.0) {
             tracing::info!(user = %ev.user_id, "duplicate delivery of a slash command; answered once already");
-            return render::command_response(render::line("This request is already being answered."));
+            return render::command_response(render::line(
+                "This request is already being answered.",
+            ));
         }
         let asker = self.asker(&ev.user_id.0, Some(&ev.team_id.0), Some(&ev.channel_id.0));
         let text = ev.text.clone().unwrap_or_default();
@@ -101,8 +106,17 @@ impl SlackState {
             let content = render::reply(&reply, &user, None);
             me.deliver(&response_url, content, false).await;
         };
-        match inline_or_later(&self.app.tasks, self.app.config.server.reply_budget, work, late).await {
-            Answer::Inline(reply) => render::command_response(render::reply(&reply, &ev.user_id.0, None)),
+        match inline_or_later(
+            &self.app.tasks,
+            self.app.config.server.reply_budget,
+            work,
+            late,
+        )
+        .await
+        {
+            Answer::Inline(reply) => {
+                render::command_response(render::reply(&reply, &ev.user_id.0, None))
+            }
             Answer::Deferred => render::command_response(render::line(
                 "Planhat is taking a moment; your answer will appear here shortly.",
             )),
@@ -125,12 +139,18 @@ impl SlackState {
         let Some(action) = ev.actions.as_ref().and_then(|a| a.first()).cloned() else {
             return;
         };
-        let asker = self.asker(&user.id.0, Some(&ev.team.id.0), ev.channel.as_ref().map(|c| c.id.0.as_str()));
+        let asker = self.asker(
+            &user.id.0,
+            Some(&ev.team.id.0),
+            ev.channel.as_ref().map(|c| c.id.0.as_str()),
+        );
         let response_url = response_url.0.clone();
         let value = action.value.clone().unwrap_or_default();
         let action_id = action.action_id.0.clone();
         let me = self.clone();
-        self.app.tasks.spawn(async move { me.button(asker, &action_id, &value, response_url).await });
+        self.app
+            .tasks
+            .spawn(async move { me.button(asker, &action_id, &value, response_url).await });
     }
 
     async fn button(&self, asker: Asker, action_id: &str, value: &str, response_url: url::Url) {
@@ -152,7 +172,8 @@ impl SlackState {
             return;
         };
         if owner != asker.user_id {
-            let content = render::line("Only the person who asked for this link can use its buttons.");
+            let content =
+                render::line("Only the person who asked for this link can use its buttons.");
             self.deliver(&response_url, content, false).await;
             return;
         }
@@ -160,11 +181,19 @@ impl SlackState {
             return;
         };
         let reply = self.app.portal.link_for(&asker, id, action).await;
-        self.deliver(&response_url, render::reply(&reply, &asker.user_id, None), true).await;
+        self.deliver(
+            &response_url,
+            render::reply(&reply, &asker.user_id, None),
+            true,
+        )
+        .await;
     }
 
     async fn deliver(&self, response_url: &url::Url, content: SlackMessageContent, replace: bool) {
-        let sent = with_retries("slack response_url", || self.api.post_response(response_url, &content, replace)).await;
+        let sent = with_retries("slack response_url", || {
+            self.api.post_response(response_url, &content, replace)
+        })
+        .await;
         if sent.is_err() {
             self.app.metrics.delivery_failed("slack");
         }

@@ -20,7 +20,9 @@ pub const PICK: &str = "pick";
 
 /// Escapes text for Slack's mrkdwn (the three characters Slack's docs require).
 pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Inline code with the input escaped; the id grammar has no backtick, emails neither.
@@ -30,28 +32,49 @@ fn code(text: &str) -> String {
 
 fn who(who: Option<&EndUserSummary>) -> String {
     match who {
-        Some(EndUserSummary { name: Some(n), company: Some(c), .. }) => format!(" ({}, {})", escape(n), escape(c)),
-        Some(EndUserSummary { name: Some(n), company: None, .. }) => format!(" ({})", escape(n)),
-        Some(EndUserSummary { name: None, company: Some(c), .. }) => format!(" ({})", escape(c)),
+        Some(EndUserSummary {
+            name: Some(n),
+            company: Some(c),
+            ..
+        }) => format!(" ({}, {})", escape(n), escape(c)),
+        Some(EndUserSummary {
+            name: Some(n),
+            company: None,
+            ..
+        }) => format!(" ({})", escape(n)),
+        Some(EndUserSummary {
+            name: None,
+            company: Some(c),
+            ..
+        }) => format!(" ({})", escape(c)),
         _ => String::new(),
     }
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// `HH:MM:SS UTC`, the fallback where Slack can't localise a date.
 pub fn clock(t: SystemTime) -> String {
     let secs = unix(t) % 86_400;
-    format!("{:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// A one-line message.
 pub fn line(text: &str) -> SlackMessageContent {
     SlackMessageContent::new()
         .with_text(text.to_string())
-        .with_blocks(vec![SlackSectionBlock::new().with_text(md!(text.to_string())).into()])
+        .with_blocks(vec![SlackSectionBlock::new()
+            .with_text(md!(text.to_string()))
+            .into()])
 }
 
 /// The message a link reply shows.
@@ -89,7 +112,9 @@ pub fn link(link: &PortalLink, asker: &str, button_url: &url::Url) -> SlackMessa
         })])
         .into(),
     ];
-    SlackMessageContent::new().with_text(fallback).with_blocks(blocks)
+    SlackMessageContent::new()
+        .with_text(fallback)
+        .with_blocks(blocks)
 }
 
 /// Button values carry `{asker}:{end user}`, so a click can be checked against the asker.
@@ -101,11 +126,16 @@ fn new_link_button(asker: &str, end_user: &str) -> SlackBlockButtonElement {
 
 /// What replaces a link message once it was opened (or expired): no URL, a New link button.
 pub fn used(asker: &str, end_user: &str, what: &str) -> SlackMessageContent {
-    let text = format!("Portal link for {} {what}. Ask for a new one when you need it.", code(end_user));
-    SlackMessageContent::new().with_text(text.clone()).with_blocks(vec![
-        SlackSectionBlock::new().with_text(md!(text)).into(),
-        SlackActionsBlock::new(vec![new_link_button(asker, end_user).into()]).into(),
-    ])
+    let text = format!(
+        "Portal link for {} {what}. Ask for a new one when you need it.",
+        code(end_user)
+    );
+    SlackMessageContent::new()
+        .with_text(text.clone())
+        .with_blocks(vec![
+            SlackSectionBlock::new().with_text(md!(text)).into(),
+            SlackActionsBlock::new(vec![new_link_button(asker, end_user).into()]).into(),
+        ])
 }
 
 /// Everything but a link.
@@ -116,16 +146,26 @@ pub fn reply(reply: &Reply, asker: &str, button_url: Option<&url::Url>) -> Slack
             Some(u) => link(l, asker, u),
             None => match url::Url::parse(l.url.expose()) {
                 Ok(u) => link(l, asker, &u),
-                Err(_) => line("Planhat answered something the bot can't use, so no link was shown."),
+                Err(_) => {
+                    line("Planhat answered something the bot can't use, so no link was shown.")
+                }
             },
         },
-        Reply::Access { end_user, who: w, has_access } => line(&format!(
+        Reply::Access {
+            end_user,
+            who: w,
+            has_access,
+        } => line(&format!(
             "{}{} {} portal access.",
             code(end_user.as_str()),
             who(w.as_ref()),
             if *has_access { "has" } else { "has no" }
         )),
-        Reply::Choose { email, matches, more } => {
+        Reply::Choose {
+            email,
+            matches,
+            more,
+        } => {
             let text = format!(
                 "{} matches {} end users{}; pick one:",
                 code(email),
@@ -169,7 +209,10 @@ mod tests {
 
     #[test]
     fn escaping() {
-        assert_eq!(escape("<!channel> & <@U1>"), "&lt;!channel&gt; &amp; &lt;@U1&gt;");
+        assert_eq!(
+            escape("<!channel> & <@U1>"),
+            "&lt;!channel&gt; &amp; &lt;@U1&gt;"
+        );
         assert_eq!(code("a`b<c"), "`a'b&lt;c`");
     }
 

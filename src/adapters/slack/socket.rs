@@ -13,7 +13,11 @@ use crate::core::secret::Secret;
 use crate::shutdown::Shutdown;
 
 /// Runs Socket Mode until shutdown.
-pub fn spawn(state: Arc<SlackState>, app_token: &Secret, mut shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    state: Arc<SlackState>,
+    app_token: &Secret,
+    mut shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
     let token = SlackApiToken::new(SlackApiTokenValue::new(app_token.expose().to_string()));
     tokio::spawn(async move {
         let environment = Arc::new(
@@ -25,7 +29,9 @@ pub fn spawn(state: Arc<SlackState>, app_token: &Secret, mut shutdown: Shutdown)
             .with_command_events(on_command)
             .with_interaction_events(on_interaction)
             // The event type is not nameable from outside slack-morphism; a closure infers it.
-            .with_hello_events(|_hello, _client, user_state| async move { on_hello(user_state).await });
+            .with_hello_events(
+                |_hello, _client, user_state| async move { on_hello(user_state).await },
+            );
         let config = SlackClientSocketModeConfig::new()
             .with_max_connections_count(1)
             .with_reconnect_timeout_in_seconds(5);
@@ -43,7 +49,11 @@ pub fn spawn(state: Arc<SlackState>, app_token: &Secret, mut shutdown: Shutdown)
 }
 
 async fn state_of(user_state: &SlackClientEventsUserState) -> Option<Arc<SlackState>> {
-    user_state.read().await.get_user_state::<Arc<SlackState>>().cloned()
+    user_state
+        .read()
+        .await
+        .get_user_state::<Arc<SlackState>>()
+        .cloned()
 }
 
 async fn on_command(
@@ -71,7 +81,11 @@ async fn on_hello(user_state: SlackClientEventsUserState) {
     let Some(state) = state_of(&user_state).await else {
         return;
     };
-    if state.hellos.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+    if state
+        .hellos
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
         tracing::info!("Slack Socket Mode connected");
     } else {
         tracing::warn!("Slack Socket Mode reconnected");

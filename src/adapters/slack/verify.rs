@@ -55,18 +55,30 @@ mod tests {
     }
 
     fn now() -> String {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string()
     }
 
     #[test]
     fn good_bad_stale_missing() {
         let v = SlackVerifier::new("s3cret");
         let body = "text=abc&user_id=U1";
-        assert!(v.verify(&signed("s3cret", &now(), body), body.as_bytes()).is_ok());
-        assert!(v.verify(&signed("other", &now(), body), body.as_bytes()).is_err());
-        assert!(v.verify(&signed("s3cret", &now(), body), b"text=abd&user_id=U1").is_err());
+        assert!(v
+            .verify(&signed("s3cret", &now(), body), body.as_bytes())
+            .is_ok());
+        assert!(v
+            .verify(&signed("other", &now(), body), body.as_bytes())
+            .is_err());
+        assert!(v
+            .verify(&signed("s3cret", &now(), body), b"text=abd&user_id=U1")
+            .is_err());
         let stale = (now().parse::<u64>().unwrap() - 301).to_string();
-        assert!(v.verify(&signed("s3cret", &stale, body), body.as_bytes()).is_err());
+        assert!(v
+            .verify(&signed("s3cret", &stale, body), body.as_bytes())
+            .is_err());
         assert!(v.verify(&HeaderMap::new(), body.as_bytes()).is_err());
     }
 

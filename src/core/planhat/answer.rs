@@ -75,27 +75,36 @@ pub fn parse_enduser(body: &[u8]) -> Option<EndUserSummary> {
 }
 
 fn summary(item: &Value) -> Option<EndUserSummary> {
-    let id = item.get("_id").or_else(|| item.get("id")).and_then(Value::as_str)?;
-    let name = item.get("name").and_then(Value::as_str).map(str::to_string).or_else(|| {
-        let first = item.get("firstName").and_then(Value::as_str).unwrap_or("");
-        let last = item.get("lastName").and_then(Value::as_str).unwrap_or("");
-        let full = format!("{first} {last}").trim().to_string();
-        (!full.is_empty()).then_some(full)
-    });
-    let company = item.get("companyName").and_then(Value::as_str).map(str::to_string);
-    Some(EndUserSummary { id: id.to_string(), name, company })
+    let id = item
+        .get("_id")
+        .or_else(|| item.get("id"))
+        .and_then(Value::as_str)?;
+    let name = item
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| {
+            let first = item.get("firstName").and_then(Value::as_str).unwrap_or("");
+            let last = item.get("lastName").and_then(Value::as_str).unwrap_or("");
+            let full = format!("{first} {last}").trim().to_string();
+            (!full.is_empty()).then_some(full)
+        });
+    let company = item
+        .get("companyName")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Some(EndUserSummary {
+        id: id.to_string(),
+        name,
+        company,
+    })
 }
 
 /// `GET /endusers?email=…`: an array of end users (`_id`, `name` or first/last, `companyName`).
 /// `None` when the body is not such an array.
 pub fn parse_endusers(body: &[u8]) -> Option<Vec<EndUserSummary>> {
     let items: Vec<Value> = serde_json::from_slice(body).ok()?;
-    Some(
-        items
-            .iter()
-            .filter_map(summary)
-            .collect(),
-    )
+    Some(items.iter().filter_map(summary).collect())
 }
 
 #[cfg(test)]
@@ -127,11 +136,18 @@ mod tests {
     fn url_shapes() {
         let good = format!("{P}abc.DEF-123");
         assert_eq!(parse_signed_url(good.as_bytes(), P), Some(good.clone()));
-        assert_eq!(parse_signed_url(format!("\"{good}\"").as_bytes(), P), Some(good.clone()));
-        let json = format!("{{\"meta\":{{\"n\":1}},\"data\":{{\"other\":\"x\",\"url\":\"{good}\"}}}}");
+        assert_eq!(
+            parse_signed_url(format!("\"{good}\"").as_bytes(), P),
+            Some(good.clone())
+        );
+        let json =
+            format!("{{\"meta\":{{\"n\":1}},\"data\":{{\"other\":\"x\",\"url\":\"{good}\"}}}}");
         assert_eq!(parse_signed_url(json.as_bytes(), P), Some(good.clone()));
         let two = format!("[\"{P}first\",\"{P}second\"]");
-        assert_eq!(parse_signed_url(two.as_bytes(), P), Some(format!("{P}first")));
+        assert_eq!(
+            parse_signed_url(two.as_bytes(), P),
+            Some(format!("{P}first"))
+        );
     }
 
     #[test]

@@ -27,7 +27,9 @@ use super::secret::Secret;
 pub enum PlanhatError {
     #[error("Planhat has no such end user (404)")]
     NotFound,
-    #[error("Planhat rejected the API token (HTTP {0}): wrong token, or a token of another cluster")]
+    #[error(
+        "Planhat rejected the API token (HTTP {0}): wrong token, or a token of another cluster"
+    )]
     TokenRejected(u16),
     #[error("Planhat is rate limiting this token (429); pausing calls for {}s", .0.as_secs().max(1))]
     RateLimited(Duration),
@@ -96,7 +98,9 @@ impl Planhat {
     /// Builds the client. Fails only if the TLS backend cannot start.
     pub fn new(config: &PlanhatConfig, metrics: Arc<Metrics>) -> Result<Planhat, PlanhatError> {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.token.expose()))
-            .map_err(|_| PlanhatError::Unusable("the API token has characters a header can't carry".into()))?;
+            .map_err(|_| {
+                PlanhatError::Unusable("the API token has characters a header can't carry".into())
+            })?;
         // Keeps the header out of any debug output of reqwest/hyper.
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
@@ -134,17 +138,28 @@ impl Planhat {
 
     /// May this end user use the portal?
     pub async fn check_access(&self, id: &EndUserId) -> Result<bool, PlanhatError> {
-        let url = format!("{}/shareabletokens/access/{}", self.inner.api_base, id.path_segment());
+        let url = format!(
+            "{}/shareabletokens/access/{}",
+            self.inner.api_base,
+            id.path_segment()
+        );
         let body = self.get(Call::Access, &url).await?;
         answer::parse_access(&body).ok_or_else(|| {
-            PlanhatError::Unusable(format!("the access check answer ({} bytes) is not true/false", body.len()))
+            PlanhatError::Unusable(format!(
+                "the access check answer ({} bytes) is not true/false",
+                body.len()
+            ))
         })
     }
 
     /// Mints a signed login URL. It is only returned when it starts with
     /// `{portal_url}/redirect/`; otherwise it is dropped unseen.
     pub async fn mint(&self, id: &EndUserId) -> Result<Secret, PlanhatError> {
-        let url = format!("{}/shareabletokens/{}", self.inner.api_base, id.path_segment());
+        let url = format!(
+            "{}/shareabletokens/{}",
+            self.inner.api_base,
+            id.path_segment()
+        );
         let body = self.get(Call::Mint, &url).await?;
         answer::parse_signed_url(&body, &self.inner.redirect_prefix)
             .map(Secret::new)
@@ -164,7 +179,10 @@ impl Planhat {
         url.query_pairs_mut().append_pair("email", email);
         let body = self.get(Call::Lookup, url.as_str()).await?;
         answer::parse_endusers(&body).ok_or_else(|| {
-            PlanhatError::Unusable(format!("the end-user search answer ({} bytes) is not a list", body.len()))
+            PlanhatError::Unusable(format!(
+                "the end-user search answer ({} bytes) is not a list",
+                body.len()
+            ))
         })
     }
 
@@ -174,7 +192,10 @@ impl Planhat {
         let url = format!("{}/endusers/{}", self.inner.api_base, id.path_segment());
         let body = self.get(Call::Lookup, &url).await?;
         answer::parse_enduser(&body).ok_or_else(|| {
-            PlanhatError::Unusable(format!("the end-user answer ({} bytes) is not an end user", body.len()))
+            PlanhatError::Unusable(format!(
+                "the end-user answer ({} bytes) is not an end user",
+                body.len()
+            ))
         })
     }
 
@@ -211,7 +232,9 @@ impl Planhat {
             Ok(_) => "ok",
             Err(e) => e.kind(),
         };
-        self.inner.metrics.planhat_call(call.name(), label, started.elapsed());
+        self.inner
+            .metrics
+            .planhat_call(call.name(), label, started.elapsed());
         result
     }
 
@@ -227,11 +250,20 @@ impl Planhat {
         self.refuse_if_paused()?;
         self.inner.metrics.planhat_in_flight(1);
         let _gauge = InFlight(&self.inner.metrics);
-        let response = self.inner.http.get(url).send().await.map_err(|e| self.transport_error(e))?;
+        let response = self
+            .inner
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         match status {
             s if s.is_success() => {
-                let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
+                let body = response
+                    .bytes()
+                    .await
+                    .map_err(|e| self.transport_error(e))?;
                 Ok(bytes_body::Body(body))
             }
             StatusCode::NOT_FOUND => Err(PlanhatError::NotFound),
@@ -251,7 +283,10 @@ impl Planhat {
                 Err(PlanhatError::RateLimited(wait))
             }
             s if s.is_server_error() => Err(PlanhatError::Failed(s.as_u16())),
-            s => Err(PlanhatError::Unusable(format!("unexpected HTTP {}", s.as_u16()))),
+            s => Err(PlanhatError::Unusable(format!(
+                "unexpected HTTP {}",
+                s.as_u16()
+            ))),
         }
     }
 
@@ -259,14 +294,18 @@ impl Planhat {
         let until = self.inner.paused_until_ms.load(Ordering::Relaxed);
         let now = self.now_ms();
         if until > now {
-            return Err(PlanhatError::RateLimited(Duration::from_millis(until - now)));
+            return Err(PlanhatError::RateLimited(Duration::from_millis(
+                until - now,
+            )));
         }
         Ok(())
     }
 
     fn pause_for(&self, wait: Duration) {
         let until = self.now_ms() + wait.as_millis() as u64;
-        self.inner.paused_until_ms.fetch_max(until, Ordering::Relaxed);
+        self.inner
+            .paused_until_ms
+            .fetch_max(until, Ordering::Relaxed);
     }
 
     /// Maps a transport error without its URL (which names the end user's endpoint).
