@@ -8,9 +8,9 @@ use dashmap::DashMap;
 use super::enduser::EndUserId;
 use super::planhat::EndUserSummary;
 
-/// End-user id → (name and company, when fetched).
+/// End-user id → (name and company if fetched, when fetched or claimed).
 pub struct NameCache {
-    entries: DashMap<EndUserId, (EndUserSummary, Instant)>,
+    entries: DashMap<EndUserId, (Option<EndUserSummary>, Instant)>,
     cap: usize,
     ttl: Duration,
 }
@@ -30,17 +30,39 @@ impl NameCache {
         self.entries
             .get(id)
             .filter(|e| e.1.elapsed() < self.ttl)
-            .map(|e| e.0.clone())
+            .and_then(|e| e.0.clone())
     }
 
-    /// Remembers a name; when full of fresh names, it is simply not remembered.
-    pub fn put(&self, id: EndUserId, who: EndUserSummary) {
+    /// True when the caller should fetch this name: nobody has it or is fetching it (a claim
+    /// lasts 30 s). A burst of requests for one end user makes one lookup, not thousands.
+    pub fn claim(&self, id: &EndUserId) -> bool {
         if self.entries.len() >= self.cap {
             self.sweep();
             if self.entries.len() >= self.cap {
-                return;
+                return false;
             }
         }
+        match self.entries.entry(id.clone()) {
+            dashmap::Entry::Occupied(mut e) => {
+                let (who, at) = e.get();
+                let stale = match who {
+                    Some(_) => at.elapsed() >= self.ttl,
+                    None => at.elapsed() >= Duration::from_secs(30),
+                };
+                if stale {
+                    e.insert((None, Instant::now()));
+                }
+                stale
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert((None, Instant::now()));
+                true
+            }
+        }
+    }
+
+    /// Remembers a fetched name (or, with `None`, that the lookup failed: retried after 30 s).
+    pub fn put(&self, id: EndUserId, who: Option<EndUserSummary>) {
         self.entries.insert(id, (who, Instant::now()));
     }
 
@@ -48,5 +70,30 @@ impl NameCache {
     pub fn sweep(&self) {
         let ttl = self.ttl;
         self.entries.retain(|_, e| e.1.elapsed() < ttl);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::portal::id_of;
+
+    #[test]
+    fn one_lookup_at_a_time_then_cached() {
+        let cache = NameCache::new(10, Duration::from_secs(60));
+        let id = id_of("e1").unwrap();
+        assert!(cache.claim(&id));
+        assert!(!cache.claim(&id), "already being fetched");
+        assert!(cache.get(&id).is_none());
+        cache.put(
+            id.clone(),
+            Some(EndUserSummary {
+                id: "e1".into(),
+                name: Some("Jane".into()),
+                company: None,
+            }),
+        );
+        assert_eq!(cache.get(&id).unwrap().name.as_deref(), Some("Jane"));
+        assert!(!cache.claim(&id), "fresh");
     }
 }

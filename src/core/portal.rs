@@ -372,12 +372,15 @@ impl PortalService {
         if let Some(cached) = self.names.get(id) {
             return WhoLookup::Known(Some(cached));
         }
+        if !self.names.claim(id) {
+            return WhoLookup::Known(None); // another request is fetching it right now
+        }
         let (planhat, id, names) = (self.planhat.clone(), id.clone(), self.names.clone());
+        // Runs to its end even when the reply doesn't wait for it, so the next reply has the
+        // name, and its Planhat call is never cut off mid-flight (max_in_flight stays true).
         WhoLookup::Pending(tokio::spawn(async move {
             let who = planhat.find_by_id(&id).await.ok();
-            if let Some(w) = &who {
-                names.put(id, w.clone());
-            }
+            names.put(id, who.clone());
             who
         }))
     }
@@ -486,10 +489,7 @@ impl WhoLookup {
             WhoLookup::Pending(mut task) => {
                 match tokio::time::timeout(Duration::from_millis(20), &mut task).await {
                     Ok(Ok(who)) => who,
-                    _ => {
-                        task.abort();
-                        None
-                    }
+                    _ => None,
                 }
             }
         }

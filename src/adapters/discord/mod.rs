@@ -263,8 +263,13 @@ impl DiscordState {
             .expires_at
             .duration_since(SystemTime::now())
             .unwrap_or_default();
-        let edit = render::edit(render::expired(asker, link.end_user.as_str()));
-        let (me, token) = (self.clone(), token.to_string());
+        // Only the few strings it needs wait with the task; the message is built when it fires.
+        let (me, token, asker, end_user) = (
+            self.clone(),
+            token.to_string(),
+            asker.to_string(),
+            link.end_user.clone(),
+        );
         let mut shutdown = self.app.shutdown();
         self.app.tasks.spawn(async move {
             let _permit = permit;
@@ -279,6 +284,7 @@ impl DiscordState {
             {
                 return; // a newer link is shown in this message now
             }
+            let edit = render::edit(render::expired(&asker, end_user.as_str()));
             if let Err(e) = me
                 .http
                 .edit_original_interaction_response(&token, &edit, Vec::new())
