@@ -285,10 +285,14 @@ impl DiscordState {
                 return; // a newer link is shown in this message now
             }
             let edit = render::edit(render::expired(&asker, end_user.as_str()));
-            if let Err(e) = me
-                .http
-                .edit_original_interaction_response(&token, &edit, Vec::new())
-                .await
+            // Boxed: the call's large state is allocated when it fires, not held by every
+            // sleeping task (10,000 pending expiries would otherwise cost tens of MB).
+            if let Err(e) = Box::pin(me.http.edit_original_interaction_response(
+                &token,
+                &edit,
+                Vec::new(),
+            ))
+            .await
             {
                 tracing::warn!(error = %rest::describe(&e), "could not replace an expired link");
             }
