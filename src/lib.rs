@@ -135,7 +135,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         router = router.merge(discord.router);
         background.extend(discord.tasks);
     }
-    let router = adapters::http::with_limits(router);
+    let router = adapters::http::with_limits(router, app.config.server.request_timeout);
     let mut stop = app.shutdown();
     let server = tokio::spawn(async move {
         let served = axum::serve(

@@ -296,3 +296,57 @@ async fn a_failing_response_url_is_retried_and_shutdown_waits_for_pending_delive
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_transport_is_cut_off_and_changes_nothing() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "t").await;
+    let mut cfg = slack_config(&planhat.uri());
+    cfg.server.request_timeout = Duration::from_secs(1);
+    let running = spawn(cfg).await;
+    let addr = running.addr;
+
+    // Slow-loris: headers promise a body that trickles in; the request is cut off.
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /slack/commands HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 1000\r\n\r\ntext=").await.unwrap();
+    let mut answer = String::new();
+    for _ in 0..30 {
+        if s.write_all(b"a").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // Malformed bodies that are correctly signed: a clear 400, nothing else happens.
+    for (route, body) in [
+        ("/slack/commands", "%%%&&&=="),
+        ("/slack/interactions", "payload=%7Bnot-json"),
+        ("/slack/interactions", "no-payload=1"),
+    ] {
+        let r = client()
+            .post(format!("http://{addr}{route}"))
+            .headers(slack_headers(SIGNING_SECRET, now(), body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status() == 400 || r.status() == 200,
+            "{route} {body}: {}",
+            r.status()
+        );
+    }
+    assert_eq!(planhat_calls(&planhat, "/shareabletokens").await, 0);
+    running.stop().await;
+}

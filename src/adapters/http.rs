@@ -18,9 +18,6 @@ use crate::App;
 /// Largest request body accepted (the spec's 64 KiB).
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// How long one request may take, body upload included (slow-loris guard).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// `/healthz` and `/metrics`.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -29,14 +26,15 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Wraps the whole router in the limits every request meets.
-pub fn with_limits(router: Router) -> Router {
+/// Wraps the whole router in the limits every request meets; `timeout` covers the body upload
+/// too, so a slow-loris sender is cut off.
+pub fn with_limits(router: Router, timeout: Duration) -> Router {
     router
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
+            timeout,
         ))
 }
 

@@ -58,6 +58,8 @@ pub struct ServerConfig {
     /// How long a chat request waits for its link before it is acknowledged and the answer is
     /// delivered later. Both platforms give 3 s; the default leaves room for the network.
     pub reply_budget: Duration,
+    /// How long one incoming request may take, body upload included (slow-loris guard).
+    pub request_timeout: Duration,
 }
 
 /// `[planhat]`: where Planhat is and how to talk to it.
@@ -213,6 +215,8 @@ struct RawServer {
     public_url: Option<String>,
     #[serde(default = "default_reply_budget")]
     reply_budget: HumanDuration,
+    #[serde(default = "default_request_timeout")]
+    request_timeout: HumanDuration,
 }
 
 impl Default for RawServer {
@@ -221,6 +225,7 @@ impl Default for RawServer {
             listen: default_listen(),
             public_url: None,
             reply_budget: default_reply_budget(),
+            request_timeout: default_request_timeout(),
         }
     }
 }
@@ -230,6 +235,9 @@ fn default_listen() -> String {
 }
 fn default_reply_budget() -> HumanDuration {
     HumanDuration(Duration::from_millis(2500))
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 #[derive(Deserialize)]
@@ -520,6 +528,14 @@ impl RawConfig {
             ));
         }
 
+        let request_timeout = self.server.request_timeout.0;
+        if request_timeout < Duration::from_secs(1) || request_timeout > Duration::from_secs(120) {
+            return Err(ConfigError::at(
+                "server.request_timeout",
+                "must be between 1s and 120s",
+            ));
+        }
+
         let (cluster_api, cluster_portal) = cluster_urls(&self.planhat.cluster)?;
         let api_url = match self.planhat.api_url.as_deref() {
             Some(u) => base_url("planhat.api_url", u)?,
@@ -641,6 +657,7 @@ impl RawConfig {
                 listen,
                 public_url,
                 reply_budget,
+                request_timeout,
             },
             planhat,
             slack,
