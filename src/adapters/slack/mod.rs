@@ -27,6 +27,7 @@ use crate::core::portal::{id_of, Action, Reply};
 use crate::{App, StartError};
 
 pub use client::connector;
+pub use http::{parse_command, parse_interaction};
 
 /// Everything the Slack handlers share.
 pub struct SlackState {
