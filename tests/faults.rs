@@ -350,3 +350,98 @@ async fn hostile_transport_is_cut_off_and_changes_nothing() {
     assert_eq!(planhat_calls(&planhat, "/shareabletokens").await, 0);
     running.stop().await;
 }
+
+/// A Discord REST stand-in whose first `fail` edits answer 500; it records edits that worked.
+async fn flaky_discord(fail: usize) -> (String, Arc<Mutex<Vec<Value>>>) {
+    let edits: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let failures = Arc::new(Mutex::new(fail));
+    let sink = edits.clone();
+    let app = axum::Router::new()
+        .route("/api/v10/applications/{a}/guilds/{g}/commands", axum::routing::put(|| async { axum::Json(json!([])) }))
+        .route(
+            "/api/v10/webhooks/{a}/{t}/messages/@original",
+            axum::routing::patch(move |axum::Json(body): axum::Json<Value>| {
+                let (sink, failures) = (sink.clone(), failures.clone());
+                async move {
+                    let mut left = failures.lock().unwrap();
+                    if *left > 0 {
+                        *left -= 1;
+                        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"message": "oops", "code": 0})));
+                    }
+                    sink.lock().unwrap().push(body);
+                    (axum::http::StatusCode::OK, axum::Json(json!({"id":"1800000000000000008","channel_id":"1400000000000000004",
+                        "author":{"id":"1","username":"b"},"content":"","timestamp":"2026-01-01T00:00:00+00:00","tts":false,
+                        "mention_everyone":false,"mentions":[],"mention_roles":[],"attachments":[],"embeds":[],"pinned":false,"type":0})))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/api/v10"), edits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_discord_edit_is_retried_and_unknown_interactions_are_refused() {
+    let planhat = MockServer::start().await;
+    Mock::given(path_regex("^/shareabletokens/(access/)?slow$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("true")
+                .set_delay(Duration::from_millis(700)),
+        )
+        .mount(&planhat)
+        .await;
+    Mock::given(path_regex("^/shareabletokens/slow$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(format!("{PORTAL}/redirect/edited-late"))
+                .set_delay(Duration::from_millis(700)),
+        )
+        .with_priority(1)
+        .mount(&planhat)
+        .await;
+    let (api, edits) = flaky_discord(2).await;
+    let cfg = config(
+        &planhat.uri(),
+        &format!(
+            "[discord]\nmode = \"http\"\ntoken = \"{DISCORD_TOKEN}\"\napplication_id = \"{APP_ID}\"\npublic_key = \"{}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{api}\"\n[access]\ndiscord_users = [\"1500000000000000005\"]\n",
+            discord_public_key_hex()
+        ),
+    );
+    let running = spawn(cfg).await;
+    let base = format!("http://{}", running.addr);
+
+    let body = discord_command(1100000000000000042, 1500000000000000005, &[], "slow").to_string();
+    let r = client()
+        .post(format!("{base}/discord/interactions"))
+        .headers(discord_headers(body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let first: Value = r.json().await.unwrap();
+    assert_eq!(first["type"], 5, "{first}");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while edits.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = edits.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "the edit arrives once, after two failures");
+    assert!(got[0].to_string().contains("edited-late"));
+
+    // Interaction kinds the bot does not handle, and bodies that are not interactions: 400.
+    for body in [
+        json!({"id": "1", "application_id": APP_ID.to_string(), "type": 99, "token": "t", "version": 1}).to_string(),
+        "{\"not\": \"an interaction\"}".to_string(),
+    ] {
+        let r = client().post(format!("{base}/discord/interactions")).headers(discord_headers(body.as_bytes())).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    assert_eq!(
+        planhat_calls(&planhat, "/shareabletokens").await,
+        2,
+        "only the one command reached Planhat"
+    );
+    running.stop().await;
+}
