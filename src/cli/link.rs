@@ -77,11 +77,7 @@ fn report(reply: Reply) -> u8 {
         } => {
             eprintln!("{email} matches several end users; run again with one of these ids:");
             for m in &matches {
-                eprintln!(
-                    "  {}  {}",
-                    m.id,
-                    who_line(m.name.as_deref(), m.company.as_deref())
-                );
+                eprintln!("  {}  {}", m.id, m.label());
             }
             if more {
                 eprintln!("  (more not shown)");

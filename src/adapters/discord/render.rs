@@ -123,11 +123,7 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
             let buttons: Vec<CreateButton> = matches
                 .iter()
                 .filter_map(|m| {
-                    let label = match (&m.name, &m.company) {
-                        (Some(n), Some(c)) => format!("{n} ({c})"),
-                        (Some(n), None) => n.clone(),
-                        _ => m.id.clone(),
-                    };
+                    let label = m.label();
                     button_id(PICK, asker, &m.id).map(|id| {
                         CreateButton::new(id).label(label.chars().take(80).collect::<String>())
                     })

@@ -176,11 +176,7 @@ pub fn reply(reply: &Reply, asker: &str, button_url: Option<&url::Url>) -> Slack
                 .iter()
                 .enumerate()
                 .map(|(i, m)| {
-                    let label = match (&m.name, &m.company) {
-                        (Some(n), Some(c)) => format!("{n} ({c})"),
-                        (Some(n), None) => n.clone(),
-                        _ => m.id.clone(),
-                    };
+                    let label = m.label();
                     SlackBlockButtonElement::new(pt!(label.chars().take(70).collect::<String>()))
                         .with_action_id(format!("{PICK}_{i}").into())
                         .with_value(format!("{asker}:{}", m.id))

@@ -68,6 +68,18 @@ pub struct EndUserSummary {
     pub company: Option<String>,
 }
 
+impl EndUserSummary {
+    /// "Name (Company)", or what there is of it, or the id: a button label for picking.
+    pub fn label(&self) -> String {
+        match (&self.name, &self.company) {
+            (Some(n), Some(c)) => format!("{n} ({c})"),
+            (Some(n), None) => n.clone(),
+            (None, Some(c)) => format!("{} ({c})", self.id),
+            (None, None) => self.id.clone(),
+        }
+    }
+}
+
 /// `GET /endusers/{id}`: one end user object.
 pub fn parse_enduser(body: &[u8]) -> Option<EndUserSummary> {
     let item: Value = serde_json::from_slice(body).ok()?;
