@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use rand::RngExt;
 use slack_morphism::prelude::*;
 
 use super::client::Client;
@@ -32,9 +33,12 @@ pub fn spawn(
             .with_hello_events(
                 |_hello, _client, user_state| async move { on_hello(user_state).await },
             );
+        // slack-morphism retries a lost connection at a fixed interval; a random one per
+        // process (3-7 s) keeps a fleet of bots from reconnecting in lockstep.
+        let retry_after: u64 = rand::rng().random_range(3..=7);
         let config = SlackClientSocketModeConfig::new()
             .with_max_connections_count(1)
-            .with_reconnect_timeout_in_seconds(5);
+            .with_reconnect_timeout_in_seconds(retry_after);
         let listener = SlackClientSocketModeListener::new(&config, environment, callbacks);
         if let Err(e) = listener.listen_for(&token).await {
             tracing::error!(error = %e, "Slack Socket Mode could not start");
