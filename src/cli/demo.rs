@@ -123,7 +123,7 @@ async fn demo() -> Result<(), String> {
     let t = Instant::now();
     let ack = slack.command("slow", 2).await?;
     show_slack(&ack);
-    println!("  (acknowledged after {} ms)", t.elapsed().as_millis());
+    println!("  (acknowledged after {:.0} ms)", t.elapsed().as_secs_f64() * 1000.0);
     let late = next(&inbox, Duration::from_secs(8))
         .await
         .ok_or("no late delivery arrived")?;
@@ -316,7 +316,7 @@ fn step(title: &str) {
 }
 
 fn took(t: Instant) {
-    println!("  ({} ms)\n", t.elapsed().as_millis());
+    println!("  ({:.1} ms)\n", t.elapsed().as_secs_f64() * 1000.0);
 }
 
 async fn next(inbox: &Inbox, wait: Duration) -> Option<Received> {
