@@ -966,7 +966,11 @@ async fn a_fresh_link_is_not_hidden_by_the_expiry_of_the_link_it_replaced() {
 
 #[derive(Debug)]
 enum Gw {
+    /// A new WebSocket connection (reported by `scripted_gateway` only).
+    Connected,
     Identify(Value),
+    /// An op 6 Resume (reported by `scripted_gateway` only).
+    Resume(Value),
     Closed,
 }
 
@@ -1130,5 +1134,226 @@ async fn gateway_mode_end_to_end() {
         Ok(true),
         "the gateway connection is closed after stop"
     );
+    gateway.abort();
+}
+
+/// What the test tells `scripted_gateway` to do on its current connection.
+enum GwOrder {
+    /// Send this INTERACTION_CREATE as the next dispatch.
+    Interaction(Value),
+    /// Drop the TCP connection without a close frame, as a network failure does.
+    Drop,
+}
+
+/// A fake Discord gateway driven by the test: Hello on every connection; Identify is answered
+/// with READY, Resume (op 6) with RESUMED, heartbeats with acks. The session (its id and
+/// sequence) survives a dropped connection, as Discord's does. Reports each connection, each
+/// Identify and Resume, and the end of each connection.
+async fn scripted_gateway(
+    listener: TcpListener,
+    ws_url: String,
+    events: mpsc::UnboundedSender<Gw>,
+    mut orders: mpsc::UnboundedReceiver<GwOrder>,
+) {
+    let mut seq = 0u64;
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            continue;
+        };
+        let _ = events.send(Gw::Connected);
+        let hello = json!({"op": 10, "d": {"heartbeat_interval": 45000}, "s": null, "t": null});
+        if ws.send(WsMessage::text(hello.to_string())).await.is_err() {
+            continue;
+        }
+        loop {
+            tokio::select! {
+                frame = ws.next() => {
+                    let text = match frame {
+                        Some(Ok(WsMessage::Text(t))) => t.to_string(),
+                        Some(Ok(WsMessage::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+                        Some(Ok(WsMessage::Close(_)) | Err(_)) | None => break,
+                        Some(Ok(_)) => continue,
+                    };
+                    let Ok(payload) = serde_json::from_str::<Value>(&text) else {
+                        continue;
+                    };
+                    let reply = match payload["op"].as_u64() {
+                        Some(2) => {
+                            seq += 1;
+                            let _ = events.send(Gw::Identify(payload));
+                            json!({"op": 0, "s": seq, "t": "READY", "d": {
+                                "v": 10, "user": {"id": APP_ID.to_string(), "username": "portal-bot", "bot": true},
+                                "guilds": [], "session_id": "fake-session", "resume_gateway_url": ws_url,
+                                "application": {"id": APP_ID.to_string(), "flags": 0}}})
+                        }
+                        Some(6) => {
+                            // Nothing was missed while away: straight to RESUMED.
+                            seq = seq.max(payload["d"]["seq"].as_u64().unwrap_or(0)) + 1;
+                            let _ = events.send(Gw::Resume(payload));
+                            json!({"op": 0, "s": seq, "t": "RESUMED", "d": {}})
+                        }
+                        Some(1) => json!({"op": 11}),
+                        _ => continue,
+                    };
+                    let _ = ws.send(WsMessage::text(reply.to_string())).await;
+                }
+                order = orders.recv() => match order {
+                    Some(GwOrder::Interaction(d)) => {
+                        seq += 1;
+                        let dispatch = json!({"op": 0, "s": seq, "t": "INTERACTION_CREATE", "d": d});
+                        let _ = ws.send(WsMessage::text(dispatch.to_string())).await;
+                    }
+                    Some(GwOrder::Drop) | None => break,
+                },
+            }
+        }
+        drop(ws);
+        let _ = events.send(Gw::Closed);
+    }
+}
+
+/// The next gateway event, waiting up to `within`.
+async fn next_gw(events: &mut mpsc::UnboundedReceiver<Gw>, within: Duration, what: &str) -> Gw {
+    match tokio::time::timeout(within, events.recv()).await {
+        Ok(Some(event)) => event,
+        other => panic!("waited for {what} from the fake gateway: {other:?}"),
+    }
+}
+
+/// `portal_bot_reconnects_total{connection="discord_gateway"}` from `/metrics` (0 if absent).
+async fn gateway_reconnects(app: &Running) -> u64 {
+    let metrics = client()
+        .get(format!("http://{}/metrics", app.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("portal_bot_reconnects_total{connection=\"discord_gateway\"} ")
+        })
+        .map_or(0, |n| n.trim().parse().expect("a counter value"))
+}
+
+#[tokio::test]
+async fn gateway_reconnects_after_a_dropped_connection() {
+    let planhat = MockServer::start().await;
+    planhat_links(&planhat, ENDUSER, &["beforetok", "aftertok"]).await;
+    let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_url = format!("ws://{}", ws_listener.local_addr().unwrap());
+    let fake = FakeDiscord::start(&ws_url).await;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (orders, orders_rx) = mpsc::unbounded_channel();
+    let gateway = tokio::spawn(scripted_gateway(
+        ws_listener,
+        ws_url.clone(),
+        events_tx,
+        orders_rx,
+    ));
+    let toml = format!(
+        "[discord]\nmode = \"gateway\"\ntoken = \"{DISCORD_TOKEN}\"\napplication_id = {APP_ID}\n\
+         guild_ids = [{GUILD}]\napi_url = \"{}\"\n[access]\ndiscord_users = [{ALICE}]\n",
+        fake.api_url()
+    );
+    let app = spawn(config(&planhat.uri(), &toml)).await;
+    let answered = |id: u64| {
+        let path = format!("/api/v10/interactions/{id}/itok-{id}/callback");
+        move |r: &Seen| r.method == "POST" && r.path == path
+    };
+
+    // First connection: Hello, Identify, READY, and a working session.
+    assert!(matches!(
+        next_gw(&mut events, WAIT, "the first connection").await,
+        Gw::Connected
+    ));
+    assert!(matches!(
+        next_gw(&mut events, WAIT, "Identify").await,
+        Gw::Identify(_)
+    ));
+    let before = 1100000000000001101;
+    orders
+        .send(GwOrder::Interaction(discord_command(
+            before,
+            ALICE,
+            &[],
+            ENDUSER,
+        )))
+        .unwrap();
+    // Answered, so READY (dispatched before it) was handled and the session is established.
+    let body = fake
+        .wait_for("the callback before the drop", answered(before))
+        .await
+        .json();
+    assert_eq!(link_button(&body["data"])["url"], redirect("beforetok"));
+    assert_eq!(gateway_reconnects(&app).await, 0, "no reconnect yet");
+
+    // The connection drops (no close frame).
+    orders.send(GwOrder::Drop).unwrap();
+    assert!(matches!(
+        next_gw(&mut events, WAIT, "the end of the first connection").await,
+        Gw::Closed
+    ));
+
+    // (a) serenity comes back on its own, within 10 s.
+    assert!(matches!(
+        next_gw(&mut events, Duration::from_secs(10), "a second connection").await,
+        Gw::Connected
+    ));
+    // It resumes the session (today's serenity) or identifies afresh; the fake accepts both.
+    match next_gw(&mut events, WAIT, "Resume or Identify").await {
+        Gw::Resume(resume) => {
+            assert_eq!(resume["d"]["session_id"], "fake-session", "{resume}");
+            assert_eq!(resume["d"]["seq"], 2, "the last sequence seen: {resume}");
+            assert_eq!(resume["d"]["token"], format!("Bot {DISCORD_TOKEN}"));
+        }
+        Gw::Identify(_) => {}
+        other => panic!("neither Resume nor Identify on the new connection: {other:?}"),
+    }
+
+    // (b) An interaction on the new connection is answered through REST with the link.
+    let after = 1100000000000001102;
+    orders
+        .send(GwOrder::Interaction(discord_command(
+            after,
+            ALICE,
+            &[],
+            ENDUSER,
+        )))
+        .unwrap();
+    let body = fake
+        .wait_for("the callback after the reconnect", answered(after))
+        .await
+        .json();
+    assert_eq!(body["type"], 4, "inline answer: {body}");
+    assert_eq!(body["data"]["flags"], 64, "ephemeral: {body}");
+    assert_eq!(
+        link_button(&body["data"])["url"],
+        redirect("aftertok"),
+        "{body}"
+    );
+    assert_no_mentions(&body["data"]["allowed_mentions"]);
+
+    // (c) The reconnect is visible to operators in /metrics, counted once.
+    let deadline = Instant::now() + WAIT;
+    let mut reconnects = gateway_reconnects(&app).await;
+    while reconnects == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        reconnects = gateway_reconnects(&app).await;
+    }
+    assert_eq!(reconnects, 1, "one reconnect in /metrics");
+
+    tokio::time::timeout(Duration::from_secs(5), app.stop())
+        .await
+        .expect("stop() finishes promptly after a reconnect");
+    assert!(matches!(
+        next_gw(&mut events, WAIT, "the end of the second connection").await,
+        Gw::Closed
+    ));
     gateway.abort();
 }

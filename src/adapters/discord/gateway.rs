@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serenity::all::{Context, EventHandler, GatewayIntents, Interaction, Ready};
+use serenity::all::{Context, EventHandler, GatewayIntents, Interaction, Ready, ResumedEvent};
 
 use super::rest;
 use super::DiscordState;
@@ -35,6 +35,12 @@ impl EventHandler for Handler {
             tracing::warn!("Discord gateway reconnected (new session)");
             self.state.app.metrics.reconnect("discord_gateway");
         }
+    }
+
+    async fn resume(&self, _ctx: Context, _: ResumedEvent) {
+        // A dropped connection is usually resumed (no new READY): also a reconnect.
+        tracing::warn!("Discord gateway reconnected (session resumed)");
+        self.state.app.metrics.reconnect("discord_gateway");
     }
 
     async fn interaction_create(&self, _ctx: Context, interaction: Interaction) {
