@@ -209,7 +209,10 @@ async fn trace_logs_hold_neither_the_url_token_nor_the_api_token() {
         );
         assert_eq!(out.status.code(), Some(0));
         let logs = text(&out.stderr);
-        assert!(logs.len() > 1000, "trace logging should say a lot: {logs}");
+        assert!(
+            logs.contains("request answered") && logs.contains("audit"),
+            "trace logging is on: {logs}"
+        );
         assert!(
             !logs.contains("trace-secret-url-token"),
             "the signed URL leaked into {format} logs"
@@ -221,7 +224,7 @@ async fn trace_logs_hold_neither_the_url_token_nor_the_api_token() {
         if format == "json" {
             // Log lines are JSON objects; the CLI's own diagnostics are plain sentences.
             let json_lines = logs.lines().filter(|l| l.starts_with('{')).count();
-            assert!(json_lines > 10, "{logs}");
+            assert!(json_lines >= 2, "{logs}");
             for line in logs.lines().filter(|l| l.starts_with('{')) {
                 serde_json::from_str::<serde_json::Value>(line)
                     .unwrap_or_else(|_| panic!("not JSON: {line}"));

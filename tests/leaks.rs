@@ -94,7 +94,7 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
     // Everything the bot and its libraries log, at trace. wiremock is off: it is the fake
     // Planhat (it logs the requests it receives), not part of the bot.
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("trace,wiremock=off"))
+        .with_env_filter(portal_bot::cli::log_filter("trace,wiremock=off"))
         .with_writer(capture.clone())
         .try_init()
         .expect("the only subscriber in this test binary");
@@ -266,14 +266,34 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
     );
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     assert!(
-        logs.lines().count() > 200,
+        logs.lines().count() > 10 && logs.contains("request answered"),
         "trace logging must actually be on: {} lines",
         logs.lines().count()
     );
     let audit_text = std::fs::read_to_string(&audit).unwrap();
     assert!(audit_text.lines().count() >= 10, "{audit_text}");
     let mut secrets: Vec<&str> = minted.iter().map(String::as_str).collect();
-    secrets.extend([API_TOKEN, SIGNING_SECRET, BOT_TOKEN, DISCORD_TOKEN]);
+    // Discord interaction tokens (the fixtures' `itok-{id}`) and Slack response_urls are
+    // credentials too: whoever has one can post as the bot.
+    secrets.extend([
+        API_TOKEN,
+        SIGNING_SECRET,
+        BOT_TOKEN,
+        DISCORD_TOKEN,
+        "itok-",
+        "/response/",
+    ]);
+    // A secret logged as a list of bytes (how some libraries print bodies) is still a leak.
+    let as_bytes: Vec<String> = minted
+        .iter()
+        .map(|t| {
+            t.bytes()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    secrets.extend(as_bytes.iter().map(String::as_str));
     for secret in secrets {
         for (name, text) in [
             ("logs", &logs),

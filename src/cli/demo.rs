@@ -123,7 +123,10 @@ async fn demo() -> Result<(), String> {
     let t = Instant::now();
     let ack = slack.command("slow", 2).await?;
     show_slack(&ack);
-    println!("  (acknowledged after {:.0} ms)", t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "  (acknowledged after {:.0} ms)",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     let late = next(&inbox, Duration::from_secs(8))
         .await
         .ok_or("no late delivery arrived")?;

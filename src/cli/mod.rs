@@ -130,9 +130,23 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Libraries whose own debug and trace output records requests (serenity's spans hold the
+/// interaction token and the reply body with its signed URL; slack-morphism's Socket Mode logs
+/// whole envelopes and connection tickets). They are held at `warn` (slack-morphism: off; the
+/// bot logs Socket Mode connects and failures itself) whatever `RUST_LOG` says: no log level may
+/// print a credential.
+pub const QUIET_LIBRARIES: &str = "serenity=warn,slack_morphism=off,hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,tungstenite=warn,tokio_tungstenite=warn,rustls=warn,tower_http=warn";
+
+/// The log filter: `RUST_LOG` (or `default_level`), with [`QUIET_LIBRARIES`] always applied.
+pub fn log_filter(directives: &str) -> tracing_subscriber::EnvFilter {
+    // Later, more specific directives win; ours come last.
+    tracing_subscriber::EnvFilter::try_new(format!("{directives},{QUIET_LIBRARIES}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET_LIBRARIES}")))
+}
+
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| default_level.to_string());
+    let filter = log_filter(&directives);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -46,7 +46,19 @@ pub fn spawn(
         }
         listener.start().await;
         tracing::info!("Slack Socket Mode started");
+        // slack-morphism's own logs are off (they hold connection tickets), so say it here when
+        // no connection comes up.
+        let watchdog = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                if state.hellos.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    tracing::error!("Slack Socket Mode has not connected in 30 s: check slack.app_token (xapp-…, scope connections:write), that Socket Mode is on for the app, and the network");
+                }
+            })
+        };
         shutdown.fired().await;
+        watchdog.abort();
         listener.shutdown().await;
         tracing::info!("Slack Socket Mode closed");
     })
@@ -104,6 +116,15 @@ fn on_error(
     _client: Arc<Client>,
     _user_state: SlackClientEventsUserState,
 ) -> HttpStatusCode {
-    tracing::warn!(error = %error, "Slack Socket Mode event failed");
+    // The error's text can carry the whole envelope (with its response_url and token): log the
+    // parse error alone, or just the kind.
+    use slack_morphism::errors::SlackClientError;
+    match error.downcast_ref::<SlackClientError>() {
+        Some(SlackClientError::ProtocolError(e)) => {
+            tracing::warn!(error = %e.json_error, "Slack Socket Mode envelope could not be read")
+        }
+        Some(_) => tracing::warn!("Slack Socket Mode event failed (Slack client error)"),
+        None => tracing::warn!("Slack Socket Mode event failed"),
+    }
     HttpStatusCode::OK
 }
