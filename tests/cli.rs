@@ -108,6 +108,25 @@ async fn link_prints_only_the_url_and_exit_codes_say_what_happened() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn link_prints_a_signed_url_even_when_the_server_mints_at_click() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "direct-token").await;
+    let cfg = write_config(
+        "public.toml",
+        &format!(
+            "[server]\npublic_url = \"https://bot.example.test\"\n[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\n[audit]\n",
+            planhat.uri()
+        ),
+    );
+    let out = run(&["link", "--config", cfg.to_str().unwrap(), "e1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{PORTAL}/redirect/direct-token\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn environment_token_wins_over_the_file() {
     let planhat = MockServer::start().await;
     planhat_link(&planhat, "e1", "env-token").await; // requires the right Bearer token

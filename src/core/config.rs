@@ -535,6 +535,12 @@ impl RawConfig {
                 "must be between 1s and 120s",
             ));
         }
+        if request_timeout < reply_budget + Duration::from_secs(1) {
+            return Err(ConfigError::at(
+                "server.request_timeout",
+                "must be at least server.reply_budget + 1s, or chat requests would be cut off before they are acknowledged",
+            ));
+        }
 
         let (cluster_api, cluster_portal) = cluster_urls(&self.planhat.cluster)?;
         let api_url = match self.planhat.api_url.as_deref() {
@@ -553,16 +559,23 @@ impl RawConfig {
             ));
         }
         let link_lifetime = self.planhat.link_lifetime.0;
-        if link_lifetime.is_zero() {
+        if link_lifetime.is_zero() || link_lifetime > Duration::from_secs(600) {
             return Err(ConfigError::at(
                 "planhat.link_lifetime",
-                "must be more than 0s",
+                "must be between 1ms and 10m (Planhat's links live 30s)",
+            ));
+        }
+        let token = secret("planhat.token", self.planhat.token, env);
+        if token.expose().chars().any(|c| !c.is_ascii_graphic()) {
+            return Err(ConfigError::at(
+                "planhat.token",
+                "has spaces or characters a token can't have (copy it again from Planhat)",
             ));
         }
         let planhat = PlanhatConfig {
             api_url,
             portal_url,
-            token: secret("planhat.token", self.planhat.token, env),
+            token,
             timeout,
             max_in_flight: positive("planhat.max_in_flight", self.planhat.max_in_flight, 10_000)?
                 as usize,
@@ -583,6 +596,14 @@ impl RawConfig {
                     )?,
                     usergroup_ttl: s.usergroup_ttl.0,
                 };
+                if cfg.usergroup_ttl < Duration::from_secs(10)
+                    || cfg.usergroup_ttl > Duration::from_secs(86_400)
+                {
+                    return Err(ConfigError::at(
+                        "slack.usergroup_ttl",
+                        "must be between 10s and 24h",
+                    ));
+                }
                 require("slack.bot_token", &cfg.bot_token, "Slack is on")?;
                 match cfg.mode {
                     SlackMode::Http => require(
@@ -779,6 +800,10 @@ mod tests {
                 "access.discord_roles",
             ),
             ("[bogus]\n", "bogus"),
+            ("[planhat]\nlink_lifetime = \"1h\"\n", "planhat.link_lifetime"),
+            ("[planhat]\ntoken = \"abc def\"\n", "planhat.token"),
+            ("[server]\nrequest_timeout = \"2s\"\n", "server.request_timeout"),
+            ("[slack]\nmode = \"socket\"\nbot_token = \"x\"\napp_token = \"y\"\nusergroup_ttl = \"0s\"\n", "slack.usergroup_ttl"),
         ];
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();

@@ -6,6 +6,9 @@
 use axum::http::HeaderMap;
 use serenity::interactions_endpoint::Verifier;
 
+/// How far the signed timestamp may be from now (Slack's window, applied to Discord too).
+const MAX_AGE_SECS: u64 = 300;
+
 /// Checks `X-Signature-Ed25519` over `X-Signature-Timestamp` + body.
 pub struct DiscordVerifier(Verifier);
 
@@ -25,7 +28,21 @@ impl DiscordVerifier {
         }
         self.0
             .verify(signature, timestamp, body)
-            .map_err(|()| "signature does not match")
+            .map_err(|()| "signature does not match")?;
+        // serenity checks the signature only. A captured request replayed later would still
+        // verify, so, as for Slack, the signed timestamp must be within five minutes.
+        let signed_at: u64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| "timestamp is not a number")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if now.abs_diff(signed_at) > MAX_AGE_SECS {
+            return Err("timestamp more than 5 minutes off");
+        }
+        Ok(())
     }
 }
 
@@ -50,10 +67,24 @@ mod tests {
     fn good_and_bad() {
         let v = DiscordVerifier::new(key().verifying_key().to_bytes()).unwrap();
         let body = br#"{"type":1}"#;
-        let sig = hex::encode(key().sign(&[b"123".as_slice(), body].concat()).to_bytes());
-        assert!(v.verify(&headers(&sig, "123"), body).is_ok());
-        assert!(v.verify(&headers(&sig, "124"), body).is_err());
-        assert!(v.verify(&headers(&sig, "123"), br#"{"type":2}"#).is_err());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let sign = |ts: &str| hex::encode(key().sign(&[ts.as_bytes(), body].concat()).to_bytes());
+        let ts = now.to_string();
+        assert!(v.verify(&headers(&sign(&ts), &ts), body).is_ok());
+        assert!(v
+            .verify(&headers(&sign(&ts), &(now + 1).to_string()), body)
+            .is_err());
+        assert!(v
+            .verify(&headers(&sign(&ts), &ts), br#"{"type":2}"#)
+            .is_err());
+        let old = (now - 301).to_string();
+        assert!(
+            v.verify(&headers(&sign(&old), &old), body).is_err(),
+            "a replay after 5 minutes"
+        );
         assert!(v.verify(&HeaderMap::new(), body).is_err());
     }
 
