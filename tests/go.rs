@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use portal_bot::core::asker::{Asker, Groups, Platform};
 use portal_bot::core::portal::Reply;
-use wiremock::MockServer;
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn mints(reqs: &[wiremock::Request], id: &str) -> usize {
     reqs.iter()
@@ -105,5 +105,30 @@ async fn go_links_mint_once_at_click() {
     assert_eq!(unknown.status(), 404);
     assert!(unknown.text().await.unwrap().contains("not known"));
     assert_eq!(mints(&planhat.received_requests().await.unwrap(), "e1"), 1);
+    // A click that fails for a passing reason (Planhat 503) leaves the link usable.
+    Mock::given(wiremock::matchers::path("/shareabletokens/e2"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&planhat)
+        .await;
+    planhat_link(&planhat, "e2", "second-try").await;
+    let Reply::Link(link) = running.app.portal.handle(&asker, "e2").await else {
+        panic!("no link")
+    };
+    let go2 = link.url.expose().to_string();
+    let failed = no_redirect.get(&go2).send().await.unwrap();
+    assert_eq!(failed.status(), 502);
+    assert!(failed.text().await.unwrap().contains("try again"));
+    let retried = no_redirect.get(&go2).send().await.unwrap();
+    assert_eq!(
+        retried.status(),
+        302,
+        "the same link works once Planhat is back"
+    );
+    assert_eq!(
+        retried.headers()["location"],
+        format!("{PORTAL}/redirect/second-try").as_str()
+    );
     running.stop().await;
 }

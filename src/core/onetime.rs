@@ -117,6 +117,14 @@ impl OneTimeLinks {
         })
     }
 
+    /// Makes a taken id usable again: the click failed for a passing reason (Planhat slow or
+    /// rate limited), and the person should be able to simply click again.
+    pub fn release(&self, id: &str) {
+        if let Some(mut entry) = self.entries.get_mut(id) {
+            entry.used = false;
+        }
+    }
+
     /// Forgets ids older than twice their lifetime (until then, "used"/"expired" stay precise).
     pub fn sweep(&self) {
         let keep = self.lifetime * 2;

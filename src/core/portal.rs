@@ -138,6 +138,21 @@ impl Refusal {
     }
 }
 
+impl Refusal {
+    /// True for refusals that may well not happen on the next try (Planhat slow, down or
+    /// rate limiting): a `/go/` link refused for one of these stays usable.
+    pub fn is_passing(&self) -> bool {
+        matches!(
+            self,
+            Refusal::UpstreamRateLimited(_)
+                | Refusal::UpstreamSlow
+                | Refusal::UpstreamUnreachable
+                | Refusal::UpstreamFailed
+                | Refusal::AuditUnavailable
+        )
+    }
+}
+
 impl From<PlanhatError> for Refusal {
     fn from(e: PlanhatError) -> Self {
         match e {
@@ -236,9 +251,15 @@ impl PortalService {
     /// (re-authorised, rate limited, access re-checked, minted now, audited).
     pub async fn go(&self, id: &str) -> Result<Reply, GoError> {
         let claim = self.onetime.take(id)?;
-        Ok(self
+        let reply = self
             .link_for(&claim.asker, claim.end_user, Action::Go)
-            .await)
+            .await;
+        if let Reply::Refused(r) = &reply {
+            if r.is_passing() {
+                self.onetime.release(id);
+            }
+        }
+        Ok(reply)
     }
 
     /// Whether a `/go/` id could be used, without using it.
@@ -265,7 +286,7 @@ impl PortalService {
             Err(_) => (Action::Link, None),
         };
         let end_user = target.as_ref().map(target_name);
-        let reply = match (self.admit(asker), command) {
+        let reply = match (self.admit(asker, action), command) {
             (Err(refusal), _) => Reply::Refused(refusal),
             (Ok(()), Err(bad)) => Reply::Refused(Refusal::BadInput(bad)),
             (Ok(()), Ok(_)) => match target {
@@ -282,7 +303,7 @@ impl PortalService {
     pub async fn link_for(&self, asker: &Asker, id: EndUserId, action: Action) -> Reply {
         let started = Instant::now();
         let end_user = Some(id.to_string());
-        let reply = match self.admit(asker) {
+        let reply = match self.admit(asker, action) {
             Err(refusal) => Reply::Refused(refusal),
             Ok(()) => self.run(asker, id, None, action).await,
         };
@@ -290,8 +311,12 @@ impl PortalService {
     }
 
     /// Authorise, then rate limit: nothing reaches Planhat before both pass.
-    fn admit(&self, asker: &Asker) -> Result<(), Refusal> {
+    /// A `/go/` click is not counted again: it finishes a request that was counted when asked.
+    fn admit(&self, asker: &Asker, action: Action) -> Result<(), Refusal> {
         self.policy.authorize(asker).map_err(Refusal::NotAllowed)?;
+        if action == Action::Go {
+            return Ok(());
+        }
         self.limiter
             .check(&asker.rate_key(), Instant::now())
             .map_err(Refusal::RateLimited)
