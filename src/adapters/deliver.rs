@@ -59,13 +59,28 @@ where
     }
 }
 
-/// Retries a late delivery a few times with a short backoff; the platforms' tokens stay valid
-/// for minutes, so a brief outage on their side should not lose an answer.
-pub async fn with_retries<F, Fut, E>(what: &'static str, mut attempt: F) -> Result<(), E>
+/// A late delivery that did not go through, and whether trying again is safe.
+#[derive(Debug)]
+pub struct DeliveryError {
+    /// For the operator's log (never a URL or a message body).
+    pub detail: String,
+    /// False when the message may have arrived (a timeout) or the platform said no (4xx):
+    /// retrying would post it twice, or hammer a platform that bans for repeated 4xx.
+    pub retry: bool,
+}
+
+impl std::fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// Retries a late delivery a few times with a short backoff when that is safe; the platforms'
+/// tokens stay valid for minutes, so a brief outage on their side should not lose an answer.
+pub async fn with_retries<F, Fut>(what: &'static str, mut attempt: F) -> Result<(), DeliveryError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    Fut: Future<Output = Result<(), DeliveryError>>,
 {
     let mut delay = Duration::from_millis(250);
     let mut tries = 0;
@@ -73,7 +88,7 @@ where
         tries += 1;
         match attempt().await {
             Ok(()) => return Ok(()),
-            Err(e) if tries >= 4 => {
+            Err(e) if tries >= 4 || !e.retry => {
                 tracing::error!(what, tries, error = %e, "late delivery failed; giving up");
                 return Err(e);
             }

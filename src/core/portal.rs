@@ -34,6 +34,10 @@ pub enum Action {
     NewLink,
     /// A click on a `/go/` one-time link.
     Go,
+    /// `/portal help` (or no argument).
+    Help,
+    /// A button on someone else's message.
+    Button,
 }
 
 impl Action {
@@ -43,10 +47,12 @@ impl Action {
             Action::Check => "check",
             Action::NewLink => "new_link",
             Action::Go => "go",
+            Action::Help => "help",
+            Action::Button => "button",
         }
     }
     fn mints(self) -> bool {
-        self != Action::Check
+        !matches!(self, Action::Check | Action::Help | Action::Button)
     }
 }
 
@@ -280,7 +286,11 @@ impl PortalService {
     ) -> Reply {
         let started = Instant::now();
         let (action, target) = match &command {
-            Ok(Command::Help) => return Reply::Help,
+            Ok(Command::Help) => {
+                return self
+                    .finish(asker, Action::Help, None, Reply::Help, started)
+                    .await
+            }
             Ok(Command::Link(t)) => (Action::Link, Some(t.clone())),
             Ok(Command::Check(t)) => (Action::Check, Some(t.clone())),
             Err(_) => (Action::Link, None),
@@ -308,6 +318,32 @@ impl PortalService {
             Ok(()) => self.run(asker, id, None, action).await,
         };
         self.finish(asker, action, end_user, reply, started).await
+    }
+
+    /// Records a refusal that happened before the use case (e.g. someone pressing a button on
+    /// another person's message), so the audit trail has every attempt.
+    pub async fn record_refusal(
+        &self,
+        asker: &Asker,
+        end_user: Option<String>,
+        outcome: &'static str,
+    ) {
+        let event = AuditEvent {
+            time: AuditEvent::now(),
+            platform: asker.platform.name(),
+            team: asker.team_id.clone(),
+            channel: asker.channel_id.clone(),
+            asker: asker.user_id.clone(),
+            action: Action::Button.name(),
+            end_user,
+            outcome,
+            latency_ms: 0,
+        };
+        if let Err(e) = self.audit.record(event).await {
+            tracing::error!(error = %e, "audit event lost");
+        }
+        self.metrics
+            .request(asker.platform.name(), outcome, Duration::ZERO);
     }
 
     /// Authorise, then rate limit: nothing reaches Planhat before both pass.

@@ -182,6 +182,10 @@ impl DiscordState {
             _ => return CreateInteractionResponse::Acknowledge,
         };
         if owner != Some(asker.user_id.as_str()) {
+            self.app
+                .portal
+                .record_refusal(&asker, end_user.map(str::to_string), "not_owner")
+                .await;
             return ephemeral_line("Only the person who asked for this link can use its buttons.");
         }
         let Some(id) = end_user.and_then(id_of) else {
@@ -226,7 +230,7 @@ impl DiscordState {
                     .edit_original_interaction_response(&token, &edit, Vec::new())
                     .await
                     .map(|_| ())
-                    .map_err(|e| rest::describe(&e))
+                    .map_err(|e| rest::delivery_error(&e))
             })
             .await;
             match sent {

@@ -55,3 +55,20 @@ pub fn describe(e: &serenity::Error) -> String {
         _ => "Discord request failed".into(),
     }
 }
+
+/// A failed edit, and whether retrying is safe: 404 (the edit raced the deferral it follows),
+/// 5xx and connection failures yes; other 4xx no (Discord bans IPs that repeat 401/403/429),
+/// timeouts no (the edit may have landed).
+pub fn delivery_error(e: &serenity::Error) -> crate::adapters::deliver::DeliveryError {
+    let retry = match e {
+        serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
+            r.status_code.as_u16() == 404 || r.status_code.is_server_error()
+        }
+        serenity::Error::Http(HttpError::Request(r)) => r.is_connect(),
+        _ => false,
+    };
+    crate::adapters::deliver::DeliveryError {
+        detail: describe(e),
+        retry,
+    }
+}

@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::Serialize;
 use slack_morphism::prelude::*;
 
+use crate::adapters::deliver::DeliveryError;
 use crate::core::secret::Secret;
+use slack_morphism::errors::SlackClientError;
 
 /// slack-morphism's client type with our connector.
 pub type Client = SlackClient<SlackClientHyperHttpsConnector>;
@@ -77,7 +79,7 @@ impl SlackApi {
         response_url: &url::Url,
         content: &SlackMessageContent,
         replace_original: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeliveryError> {
         let message = ResponseUrlMessage {
             content,
             response_type: SlackMessageResponseType::Ephemeral,
@@ -97,9 +99,27 @@ impl SlackApi {
             .http_post_uri::<_, serde_json::Value>(response_url.clone(), &message, context);
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => Ok(()),
-            // The error text may name the URL host but never the message.
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
+            Ok(Err(e)) => {
+                let retry = match &e {
+                    SlackClientError::HttpError(h) => h.status_code.is_server_error(),
+                    SlackClientError::HttpProtocolError(_)
+                    | SlackClientError::EndOfStream(_)
+                    | SlackClientError::RateLimitError(_) => true,
+                    _ => false,
+                };
+                let detail = match &e {
+                    SlackClientError::HttpError(h) => {
+                        format!("Slack answered HTTP {}", h.status_code.as_u16())
+                    }
+                    _ => "the post to Slack failed".to_string(),
+                };
+                Err(DeliveryError { detail, retry })
+            }
+            // It may have arrived: posting again could show the answer twice.
+            Err(_) => Err(DeliveryError {
+                detail: format!("no answer within {}s", CALL_TIMEOUT.as_secs()),
+                retry: false,
+            }),
         }
     }
 }

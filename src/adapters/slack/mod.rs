@@ -173,6 +173,10 @@ impl SlackState {
             return;
         };
         if owner != asker.user_id {
+            self.app
+                .portal
+                .record_refusal(&asker, Some(end_user.to_string()), "not_owner")
+                .await;
             let content =
                 render::line("Only the person who asked for this link can use its buttons.");
             self.deliver(&response_url, content, false).await;
