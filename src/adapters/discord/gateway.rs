@@ -46,9 +46,14 @@ impl EventHandler for Handler {
     async fn interaction_create(&self, _ctx: Context, interaction: Interaction) {
         let (id, token) = (interaction.id(), interaction.token().to_string());
         let state = self.state.clone();
-        // Off the gateway's event loop: a slow Planhat must not hold up other events.
-        tokio::spawn(async move {
-            if let Some(response) = state.interaction(interaction).await {
+        let budget = gateway_budget(
+            state.app.config.server.reply_budget,
+            id.created_at().unix_timestamp(),
+        );
+        // Off the gateway's event loop (a slow Planhat must not hold up other events), and
+        // tracked, so shutdown waits for the answer.
+        state.app.tasks.clone().spawn(async move {
+            if let Some(response) = state.interaction(interaction, budget).await {
                 if let Err(e) = state
                     .http
                     .create_interaction_response(id, &token, &response, Vec::new())
@@ -109,4 +114,51 @@ pub async fn spawn(
             }
         }
     }))
+}
+
+/// Time left for an inline answer over the gateway. Discord's 3 seconds started when it
+/// created the interaction (its id's timestamp), the event took time to arrive, and the answer
+/// still needs its own REST call: so the budget is shortened by both, never below zero.
+fn gateway_budget(reply_budget: Duration, created_unix_secs: i64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    // Whole-second precision here; and a transit outside 0-3 s means the clocks disagree, so
+    // it is not trusted at all.
+    let transit = now - created_unix_secs as f64;
+    let in_transit = if (0.0..3.0).contains(&transit) {
+        Duration::from_secs_f64(transit)
+    } else {
+        Duration::ZERO
+    };
+    reply_budget
+        .saturating_sub(in_transit.saturating_sub(Duration::from_secs(1)))
+        .saturating_sub(Duration::from_millis(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_leaves_room_for_the_answer_and_ignores_untrustworthy_clocks() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let b = Duration::from_millis(2500);
+        assert_eq!(gateway_budget(b, now), Duration::from_millis(2200));
+        let late = gateway_budget(b, now - 2);
+        assert!(
+            late <= Duration::from_millis(1200) && late >= Duration::from_millis(200),
+            "{late:?}"
+        );
+        assert_eq!(
+            gateway_budget(b, now - 3600),
+            Duration::from_millis(2200),
+            "skewed clock ignored"
+        );
+        assert_eq!(gateway_budget(b, now + 60), Duration::from_millis(2200));
+    }
 }

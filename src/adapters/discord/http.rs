@@ -44,7 +44,8 @@ async fn interactions(
             return (StatusCode::BAD_REQUEST, "unsupported interaction").into_response();
         }
     };
-    match state.discord.interaction(interaction).await {
+    let budget = state.discord.app.config.server.reply_budget;
+    match state.discord.interaction(interaction, budget).await {
         Some(response) => Json(response).into_response(),
         None => (StatusCode::BAD_REQUEST, "unsupported interaction").into_response(),
     }

@@ -115,9 +115,11 @@ fn ephemeral_line(text: &str) -> CreateInteractionResponse {
 
 impl DiscordState {
     /// One interaction from either transport → its initial response (`None`: not for us).
+    /// `budget`: how long the answer may wait for the link before deferring.
     pub async fn interaction(
         self: &Arc<Self>,
         interaction: Interaction,
+        budget: Duration,
     ) -> Option<CreateInteractionResponse> {
         match interaction {
             Interaction::Ping(_) => Some(CreateInteractionResponse::Pong),
@@ -126,19 +128,23 @@ impl DiscordState {
                     tracing::info!("duplicate delivery of an interaction; answered once already");
                     return None;
                 }
-                Some(self.command(c).await)
+                Some(self.command(c, budget).await)
             }
             Interaction::Component(c) => {
                 if !self.seen.first_time(&c.id.to_string()) {
                     return None;
                 }
-                Some(self.component(c).await)
+                Some(self.component(c, budget).await)
             }
             _ => None,
         }
     }
 
-    async fn command(self: &Arc<Self>, c: CommandInteraction) -> CreateInteractionResponse {
+    async fn command(
+        self: &Arc<Self>,
+        c: CommandInteraction,
+        budget: Duration,
+    ) -> CreateInteractionResponse {
         let Some(asker) = asker_of(c.guild_id, c.channel_id, c.member.as_deref()) else {
             return ephemeral_line("/portal works in a server, not in direct messages.");
         };
@@ -157,7 +163,7 @@ impl DiscordState {
         };
         let key = c.id.get();
         match self
-            .answer(work, asker.user_id.clone(), c.token.clone(), key)
+            .answer(work, asker.user_id.clone(), c.token.clone(), key, budget)
             .await
         {
             Answer::Inline(reply) => {
@@ -170,7 +176,11 @@ impl DiscordState {
         }
     }
 
-    async fn component(self: &Arc<Self>, c: ComponentInteraction) -> CreateInteractionResponse {
+    async fn component(
+        self: &Arc<Self>,
+        c: ComponentInteraction,
+        budget: Duration,
+    ) -> CreateInteractionResponse {
         let Some(asker) = asker_of(c.guild_id, c.channel_id, c.member.as_ref()) else {
             return ephemeral_line("These buttons work in a server, not in direct messages.");
         };
@@ -200,7 +210,7 @@ impl DiscordState {
         let key = message_key(&c.message);
         self.pending.remove(&key);
         match self
-            .answer(work, asker.user_id.clone(), c.token.clone(), key)
+            .answer(work, asker.user_id.clone(), c.token.clone(), key, budget)
             .await
         {
             Answer::Inline(reply) => {
@@ -218,6 +228,7 @@ impl DiscordState {
         asker: String,
         token: String,
         key: u64,
+        budget: Duration,
     ) -> Answer<Reply>
     where
         W: std::future::Future<Output = Reply> + Send + 'static,
@@ -238,13 +249,7 @@ impl DiscordState {
                 Err(_) => me.app.metrics.delivery_failed("discord"),
             }
         };
-        inline_or_later(
-            &self.app.tasks,
-            self.app.config.server.reply_budget,
-            work,
-            late,
-        )
-        .await
+        inline_or_later(&self.app.tasks, budget, work, late).await
     }
 
     /// After a link expires, replace the message with "expired" + New link, so no dead (or
