@@ -51,7 +51,7 @@ pub const END_USERS: &[SandboxUser] = &[
         email: "slow@acme.example",
         name: "Sam Slow",
         company: "Acme",
-        shows: "a link after 4 s (the bot acknowledges, then delivers)",
+        shows: "a link, slowly (the bot acknowledges, then delivers)",
     },
     SandboxUser {
         id: "noaccess",

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::exit;
 use crate::core::asker::Asker;
-use crate::core::command::{Command, USAGE};
+use crate::core::command::Command;
 use crate::core::enduser::{parse_target, Target};
 use crate::core::portal::{Refusal, Reply};
 use crate::App;
@@ -47,14 +47,24 @@ pub async fn run(path: &Path, check: bool, enduser: &str) -> u8 {
 fn report(reply: Reply) -> u8 {
     match reply {
         Reply::Help => {
-            eprintln!("usage: portal-bot link [--check] ENDUSER\n{USAGE}");
+            eprintln!(
+                "usage: portal-bot link [--check] ENDUSER   (a Planhat end-user id or email)"
+            );
             exit::USAGE
         }
         Reply::Link(link) => {
             if let Some(who) = &link.who {
                 eprintln!("{}", who_line(who.name.as_deref(), who.company.as_deref()));
             }
-            eprintln!("link for {} (valid 30 s, for you only):", link.end_user);
+            let secs = link
+                .expires_at
+                .duration_since(std::time::SystemTime::now())
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            eprintln!(
+                "link for {} (works for {secs} s; it logs you in as the customer):",
+                link.end_user
+            );
             println!("{}", link.url.expose());
             exit::OK
         }
@@ -89,7 +99,10 @@ fn report(reply: Reply) -> u8 {
             exit::USAGE
         }
         Reply::Refused(r) => {
-            eprintln!("portal-bot: {r}");
+            match &r {
+                Refusal::BadInput(bad) => eprintln!("portal-bot: not an end-user id: {bad}"),
+                other => eprintln!("portal-bot: {other}"),
+            }
             match r {
                 Refusal::BadInput(_) | Refusal::NotAllowed(_) | Refusal::RateLimited(_) => {
                     exit::USAGE

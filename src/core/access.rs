@@ -17,11 +17,11 @@ pub enum Denied {
         "you are not allowed to open customer portals with this bot; ask its admins to add you"
     )]
     NotListed,
-    #[error("/portal is not enabled in this channel")]
+    #[error("/portal is not enabled in this channel.")]
     Channel,
-    #[error("/portal is not enabled in this server")]
+    #[error("/portal is not enabled in this server.")]
     Guild,
-    #[error("your group membership could not be checked right now, so no link was made; try again in a minute")]
+    #[error("Your group membership could not be checked right now, so no link was made; try again in a minute.")]
     MembershipUnknown,
 }
 

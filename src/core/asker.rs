@@ -57,9 +57,22 @@ pub struct Asker {
 impl Asker {
     /// The person at this terminal (platform `cli`, the local user name).
     pub fn local_user() -> Asker {
-        let name = std::env::var("USER")
-            .or_else(|_| std::env::var("USERNAME"))
-            .unwrap_or_else(|_| "unknown".into());
+        // Cron jobs and `kubectl exec` often have no $USER: fall back to the numeric uid, so
+        // the audit trail still says who.
+        let name = ["USER", "LOGNAME", "USERNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|n| !n.trim().is_empty()))
+            .or_else(|| {
+                let status = std::fs::read_to_string("/proc/self/status").ok()?;
+                let uid = status
+                    .lines()
+                    .find(|l| l.starts_with("Uid:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .to_string();
+                Some(format!("uid:{uid}"))
+            })
+            .unwrap_or_else(|| "unknown".into());
         Asker {
             platform: Platform::Cli,
             user_id: name,

@@ -93,7 +93,7 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
             buttons.extend(new_link_button(asker, link.end_user.as_str()));
             Message {
                 content: format!(
-                    "Portal login as {}{}. {} <t:{expires}:R>; single use; only you can see this.",
+                    "Portal login as {}{}. {} <t:{expires}:R>; only you can see this.",
                     code(link.end_user.as_str()),
                     who(link.who.as_ref()),
                     if link.at_click {

@@ -106,7 +106,7 @@ pub fn link(link: &PortalLink, asker: &str, button_url: &url::Url) -> SlackMessa
             )
         } else {
             format!(
-                "Expires <!date^{expires}^{{time_secs}}|{}> · single use · only you can see this",
+                "Expires <!date^{expires}^{{time_secs}}|{}> · only you can see this",
                 clock(link.expires_at)
             )
         })])
