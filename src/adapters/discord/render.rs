@@ -136,7 +136,12 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
                     matches.len(),
                     if *more { " (the first shown)" } else { "" }
                 ),
-                rows: vec![CreateActionRow::Buttons(buttons)],
+                // Discord refuses an empty row (every match's id too long for a button).
+                rows: if buttons.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![CreateActionRow::Buttons(buttons)]
+                },
             }
         }
         Reply::Refused(r) => text(r.to_string()),
