@@ -189,7 +189,6 @@ pub fn reply(reply: &Reply, asker: &str, button_url: Option<&url::Url>) -> Slack
                     SlackSectionBlock::new().with_text(md!(text)).into(),
                     SlackActionsBlock::new(buttons).into(),
                 ])
-            // (Planhat ids are always plausible ids; an empty actions block cannot happen.)
         }
         Reply::Refused(r) => line(&r.to_string()),
     }
