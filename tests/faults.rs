@@ -357,7 +357,10 @@ async fn flaky_discord(fail: usize) -> (String, Arc<Mutex<Vec<Value>>>) {
     let failures = Arc::new(Mutex::new(fail));
     let sink = edits.clone();
     let app = axum::Router::new()
-        .route("/api/v10/applications/{a}/guilds/{g}/commands", axum::routing::put(|| async { axum::Json(json!([])) }))
+        .route(
+            "/api/v10/applications/{a}/guilds/{g}/commands",
+            axum::routing::put(|| async { axum::Json(json!([])) }),
+        )
         .route(
             "/api/v10/webhooks/{a}/{t}/messages/@original",
             axum::routing::patch(move |axum::Json(body): axum::Json<Value>| {
@@ -366,12 +369,13 @@ async fn flaky_discord(fail: usize) -> (String, Arc<Mutex<Vec<Value>>>) {
                     let mut left = failures.lock().unwrap();
                     if *left > 0 {
                         *left -= 1;
-                        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"message": "oops", "code": 0})));
+                        return (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            axum::Json(json!({"message": "oops", "code": 0})),
+                        );
                     }
                     sink.lock().unwrap().push(body);
-                    (axum::http::StatusCode::OK, axum::Json(json!({"id":"1800000000000000008","channel_id":"1400000000000000004",
-                        "author":{"id":"1","username":"b"},"content":"","timestamp":"2026-01-01T00:00:00+00:00","tts":false,
-                        "mention_everyone":false,"mentions":[],"mention_roles":[],"attachments":[],"embeds":[],"pinned":false,"type":0})))
+                    (axum::http::StatusCode::OK, axum::Json(discord_message()))
                 }
             }),
         );

@@ -37,9 +37,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
 
 /// The chat platforms' side: Slack response_url posts and Discord REST, all answered.
 async fn chat_fake() -> String {
-    let message = json!({"id":"1800000000000000008","channel_id":"1400000000000000004","author":{"id":"1","username":"b"},
-        "content":"","timestamp":"2026-01-01T00:00:00+00:00","tts":false,"mention_everyone":false,"mentions":[],
-        "mention_roles":[],"attachments":[],"embeds":[],"pinned":false,"type":0});
+    let message = discord_message();
     let app = axum::Router::new()
         .route(
             "/response/{n}",
@@ -234,9 +232,7 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
     let mut press = discord_command(1100000000000000009, 1500000000000000005, &[], "e1");
     press["type"] = json!(3);
     press["data"] = json!({"custom_id": "new:1500000000000000005:e1", "component_type": 2});
-    press["message"] = json!({"id":"1800000000000000008","channel_id":"1400000000000000004","author":{"id":"1","username":"b"},
-        "content":"","timestamp":"2026-01-01T00:00:00+00:00","tts":false,"mention_everyone":false,"mentions":[],
-        "mention_roles":[],"attachments":[],"embeds":[],"pinned":false,"type":0});
+    press["message"] = discord_message();
     let body = press.to_string();
     let r = http
         .post(format!("{base}/discord/interactions"))

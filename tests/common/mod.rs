@@ -161,3 +161,13 @@ pub async fn planhat_calls(server: &MockServer, part: &str) -> usize {
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
+
+/// A Message object as Discord returns it from an edit (every field serenity requires).
+pub fn discord_message() -> serde_json::Value {
+    serde_json::json!({
+        "id": "1800000000000000008", "channel_id": CHANNEL.to_string(),
+        "author": {"id": APP_ID.to_string(), "username": "portal-bot"}, "content": "",
+        "timestamp": "2026-01-01T00:00:00+00:00", "tts": false, "mention_everyone": false,
+        "mentions": [], "mention_roles": [], "attachments": [], "embeds": [], "pinned": false, "type": 0
+    })
+}
