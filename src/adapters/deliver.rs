@@ -13,6 +13,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+use crate::core::portal::{Refusal, Reply};
+
 /// How a request was answered.
 #[derive(Debug)]
 pub enum Answer<T> {
@@ -55,6 +57,22 @@ where
                 Ok(value) => Answer::Inline(value),
                 Err(_) => Answer::Deferred,
             }
+        }
+    }
+}
+
+/// The reply of `work`, or a clear "something went wrong" if it panicked: the asker must get
+/// an answer either way (inline or late), never silence.
+pub async fn reply_or_internal_error<W>(work: W) -> Reply
+where
+    W: Future<Output = Reply>,
+{
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(reply) => reply,
+        Err(_) => {
+            tracing::error!("a request panicked; the asker was told something went wrong");
+            Reply::Refused(Refusal::Internal)
         }
     }
 }
@@ -105,6 +123,18 @@ where
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn a_panicking_request_still_gets_an_answer() {
+        let reply = reply_or_internal_error(async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            Reply::Help
+        })
+        .await;
+        assert!(matches!(reply, Reply::Refused(Refusal::Internal)));
+    }
 
     #[tokio::test]
     async fn fast_work_is_inline_and_slow_work_is_delivered_once() {

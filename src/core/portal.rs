@@ -122,6 +122,8 @@ pub enum Refusal {
     Unusable,
     #[error("The audit trail can't be written, so no link was handed out. Please tell the bot's admins.")]
     AuditUnavailable,
+    #[error("Something went wrong inside the bot, so no link was made; try again, and tell its admins if it keeps happening.")]
+    Internal,
 }
 
 impl Refusal {
@@ -140,6 +142,7 @@ impl Refusal {
             Refusal::TokenRejected => "token_rejected",
             Refusal::Unusable => "upstream_unusable",
             Refusal::AuditUnavailable => "audit_failed",
+            Refusal::Internal => "internal_error",
         }
     }
 }

@@ -25,7 +25,7 @@ use serenity::http::Http;
 use tokio::sync::Semaphore;
 
 use super::dedupe::Dedupe;
-use super::deliver::{inline_or_later, with_retries, Answer};
+use super::deliver::{inline_or_later, reply_or_internal_error, with_retries, Answer};
 use super::Started;
 use crate::core::asker::{Asker, Groups, Platform};
 use crate::core::config::DiscordMode;
@@ -249,7 +249,7 @@ impl DiscordState {
                 Err(_) => me.app.metrics.delivery_failed("discord"),
             }
         };
-        inline_or_later(&self.app.tasks, budget, work, late).await
+        inline_or_later(&self.app.tasks, budget, reply_or_internal_error(work), late).await
     }
 
     /// After a link expires, replace the message with "expired" + New link, so no dead (or

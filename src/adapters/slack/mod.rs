@@ -19,7 +19,7 @@ use slack_morphism::prelude::*;
 use self::client::SlackApi;
 use self::groups::GroupCache;
 use super::dedupe::Dedupe;
-use super::deliver::{inline_or_later, with_retries, Answer};
+use super::deliver::{inline_or_later, reply_or_internal_error, with_retries, Answer};
 use super::Started;
 use crate::core::asker::{Asker, Groups, Platform};
 use crate::core::config::SlackMode;
@@ -102,7 +102,7 @@ impl SlackState {
         let app = self.app.clone();
         let me = self.clone();
         let user = asker.user_id.clone();
-        let work = async move { app.portal.handle(&asker, &text).await };
+        let work = reply_or_internal_error(async move { app.portal.handle(&asker, &text).await });
         let late = move |reply: Reply| async move {
             let content = render::reply(&reply, &user, None);
             me.deliver(&response_url, content, false).await;
