@@ -147,6 +147,19 @@ impl Refusal {
     }
 }
 
+/// The answer to `check`, worded once for every platform; the caller passes the end user and
+/// their name already escaped for its markup.
+pub fn access_line(end_user: &str, who: &str, has_access: bool) -> String {
+    let has = if has_access { "has" } else { "has no" };
+    format!("{end_user}{who} {has} portal access.")
+}
+
+/// The heading above an email's matches, worded once for every platform (`email` escaped).
+pub fn choose_line(email: &str, matches: usize, more: bool) -> String {
+    let cut = if more { " (the first shown)" } else { "" };
+    format!("{email} matches {matches} end users{cut}; pick one:")
+}
+
 impl Refusal {
     /// True for refusals that may well not happen on the next try (Planhat slow, down or
     /// rate limiting): a `/go/` link refused for one of these stays usable.

@@ -11,7 +11,7 @@ use serenity::all::{
 
 use crate::core::command::USAGE;
 use crate::core::planhat::EndUserSummary;
-use crate::core::portal::Reply;
+use crate::core::portal::{access_line, choose_line, Reply};
 
 /// `custom_id` prefix of the New link button: `new:{asker}:{end user}`.
 pub const NEW_LINK: &str = "new";
@@ -109,11 +109,10 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
             end_user,
             who: w,
             has_access,
-        } => text(format!(
-            "{}{} {} portal access.",
-            code(end_user.as_str()),
-            who(w.as_ref()),
-            if *has_access { "has" } else { "has no" }
+        } => text(access_line(
+            &code(end_user.as_str()),
+            &who(w.as_ref()),
+            *has_access,
         )),
         Reply::Choose {
             email,
@@ -130,12 +129,7 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
                 })
                 .collect();
             Message {
-                content: format!(
-                    "{} matches {} end users{}; pick one:",
-                    code(email),
-                    matches.len(),
-                    if *more { " (the first shown)" } else { "" }
-                ),
+                content: choose_line(&code(email), matches.len(), *more),
                 // Discord refuses an empty row (every match's id too long for a button).
                 rows: if buttons.is_empty() {
                     Vec::new()

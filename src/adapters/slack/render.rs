@@ -9,7 +9,7 @@ use slack_morphism::prelude::*;
 
 use crate::core::command::USAGE;
 use crate::core::planhat::EndUserSummary;
-use crate::core::portal::{PortalLink, Reply};
+use crate::core::portal::{access_line, choose_line, PortalLink, Reply};
 
 /// `action_id` of the "Open portal" URL button (Slack still sends `block_actions` for it).
 pub const OPEN_PORTAL: &str = "open_portal";
@@ -155,23 +155,17 @@ pub fn reply(reply: &Reply, asker: &str, button_url: Option<&url::Url>) -> Slack
             end_user,
             who: w,
             has_access,
-        } => line(&format!(
-            "{}{} {} portal access.",
-            code(end_user.as_str()),
-            who(w.as_ref()),
-            if *has_access { "has" } else { "has no" }
+        } => line(&access_line(
+            &code(end_user.as_str()),
+            &who(w.as_ref()),
+            *has_access,
         )),
         Reply::Choose {
             email,
             matches,
             more,
         } => {
-            let text = format!(
-                "{} matches {} end users{}; pick one:",
-                code(email),
-                matches.len(),
-                if *more { " (the first shown)" } else { "" }
-            );
+            let text = choose_line(&code(email), matches.len(), *more);
             let buttons: Vec<SlackActionBlockElement> = matches
                 .iter()
                 .enumerate()
