@@ -367,13 +367,7 @@ async fn check_mints_nothing() {
         ),
         "{reply:?}"
     );
-    let mints = planhat
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.url.path() == "/shareabletokens/e1")
-        .count();
+    let mints = mint_calls(&planhat, "e1").await;
     assert_eq!(mints, 0);
 }
 

@@ -64,13 +64,7 @@ async fn ask(
 ) -> (String, Duration, Duration) {
     let body = slash_body("U1", "C1", text, response_url, trigger);
     let started = Instant::now();
-    let r = client()
-        .post(format!("{base}/slack/commands"))
-        .headers(slack_headers(SIGNING_SECRET, now(), &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_slack(base, "/slack/commands", SIGNING_SECRET, body).await;
     let first = started.elapsed();
     assert_eq!(r.status(), 200);
     let inline: Value = r.json().await.unwrap();
@@ -270,13 +264,7 @@ async fn a_failing_response_url_is_retried_and_shutdown_waits_for_pending_delive
     let running = spawn(slack_config(&planhat.uri())).await;
     let base = format!("http://{}", running.addr);
     let body = slash_body("U1", "C1", "slow", &response_url, "shutdown-1");
-    let r = client()
-        .post(format!("{base}/slack/commands"))
-        .headers(slack_headers(SIGNING_SECRET, now(), &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_slack(&base, "/slack/commands", SIGNING_SECRET, body).await;
     assert!(r.text().await.unwrap().contains("taking a moment"));
     // Stop while the answer is still on its way (and its first two posts fail).
     let stopped = Instant::now();
@@ -417,13 +405,7 @@ async fn a_failing_discord_edit_is_retried_and_unknown_interactions_are_refused(
     let base = format!("http://{}", running.addr);
 
     let body = discord_command(1100000000000000042, 1500000000000000005, &[], "slow").to_string();
-    let r = client()
-        .post(format!("{base}/discord/interactions"))
-        .headers(discord_headers(body.as_bytes()))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_discord(&base, body).await;
     let first: Value = r.json().await.unwrap();
     assert_eq!(first["type"], 5, "{first}");
     let deadline = Instant::now() + Duration::from_secs(8);
@@ -439,7 +421,7 @@ async fn a_failing_discord_edit_is_retried_and_unknown_interactions_are_refused(
         json!({"id": "1", "application_id": APP_ID.to_string(), "type": 99, "token": "t", "version": 1}).to_string(),
         "{\"not\": \"an interaction\"}".to_string(),
     ] {
-        let r = client().post(format!("{base}/discord/interactions")).headers(discord_headers(body.as_bytes())).body(body).send().await.unwrap();
+        let r = post_discord(&base, body).await;
         assert_eq!(r.status(), 400);
     }
     assert_eq!(

@@ -8,12 +8,6 @@ use portal_bot::core::asker::{Asker, Groups, Platform};
 use portal_bot::core::portal::Reply;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-fn mints(reqs: &[wiremock::Request], id: &str) -> usize {
-    reqs.iter()
-        .filter(|r| r.url.path() == format!("/shareabletokens/{id}"))
-        .count()
-}
-
 #[tokio::test]
 async fn go_links_mint_once_at_click() {
     let planhat = MockServer::start().await;
@@ -44,7 +38,7 @@ async fn go_links_mint_once_at_click() {
     let id = go.rsplit('/').next().unwrap();
     assert!(id.len() >= 32, "128+ bits: {id}");
     assert_eq!(
-        mints(&planhat.received_requests().await.unwrap(), "e1"),
+        mint_calls(&planhat, "e1").await,
         0,
         "nothing minted before the click"
     );
@@ -67,7 +61,7 @@ async fn go_links_mint_once_at_click() {
         .await
         .unwrap();
     assert_eq!(preview.status(), 200);
-    assert_eq!(mints(&planhat.received_requests().await.unwrap(), "e1"), 0);
+    assert_eq!(mint_calls(&planhat, "e1").await, 0);
 
     let click = no_redirect
         .get(&go)
@@ -82,11 +76,7 @@ async fn go_links_mint_once_at_click() {
     );
     assert_eq!(click.headers()["cache-control"], "no-store");
     assert_eq!(click.headers()["referrer-policy"], "no-referrer");
-    assert_eq!(
-        mints(&planhat.received_requests().await.unwrap(), "e1"),
-        1,
-        "minted at the click"
-    );
+    assert_eq!(mint_calls(&planhat, "e1").await, 1, "minted at the click");
 
     let again = no_redirect.get(&go).send().await.unwrap();
     assert_eq!(again.status(), 410);
@@ -104,7 +94,7 @@ async fn go_links_mint_once_at_click() {
         .unwrap();
     assert_eq!(unknown.status(), 404);
     assert!(unknown.text().await.unwrap().contains("not known"));
-    assert_eq!(mints(&planhat.received_requests().await.unwrap(), "e1"), 1);
+    assert_eq!(mint_calls(&planhat, "e1").await, 1);
     // A click that fails for a passing reason (Planhat 503) leaves the link usable.
     Mock::given(wiremock::matchers::path("/shareabletokens/e2"))
         .respond_with(ResponseTemplate::new(503))

@@ -179,24 +179,12 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
             &format!("{chat}/response/{i}"),
             &format!("trig-{i}"),
         );
-        let r = http
-            .post(format!("{base}/slack/commands"))
-            .headers(slack_headers(SIGNING_SECRET, now(), &body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = post_slack(&base, "/slack/commands", SIGNING_SECRET, body).await;
         assert_eq!(r.status(), 200);
         slack_replies.push(r.text().await.unwrap());
     }
     let forged = slash_body("U1", "C1", "e1", &format!("{chat}/response/x"), "trig-x");
-    let r = http
-        .post(format!("{base}/slack/commands"))
-        .headers(slack_headers("wrong", now(), &forged))
-        .body(forged)
-        .send()
-        .await
-        .unwrap();
+    let r = post_slack(&base, "/slack/commands", "wrong", forged).await;
     assert_eq!(r.status(), 401);
     for action in ["open_portal", "new_link"] {
         let payload = json!({"type": "block_actions", "team": {"id": "T1"}, "user": {"id": "U1"}, "api_app_id": "A1",
@@ -206,13 +194,7 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("payload", &payload.to_string())
             .finish();
-        let r = http
-            .post(format!("{base}/slack/interactions"))
-            .headers(slack_headers(SIGNING_SECRET, now(), &body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = post_slack(&base, "/slack/interactions", SIGNING_SECRET, body).await;
         assert_eq!(r.status(), 200);
     }
 
@@ -220,13 +202,7 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
     for (n, enduser) in [(1u64, "e1"), (2, "slow")] {
         let body =
             discord_command(1100000000000000000 + n, 1500000000000000005, &[], enduser).to_string();
-        let r = http
-            .post(format!("{base}/discord/interactions"))
-            .headers(discord_headers(body.as_bytes()))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = post_discord(&base, body).await;
         assert_eq!(r.status(), 200);
     }
     let mut press = discord_command(1100000000000000009, 1500000000000000005, &[], "e1");
@@ -234,13 +210,7 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
     press["data"] = json!({"custom_id": "new:1500000000000000005:e1", "component_type": 2});
     press["message"] = discord_message();
     let body = press.to_string();
-    let r = http
-        .post(format!("{base}/discord/interactions"))
-        .headers(discord_headers(body.as_bytes()))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_discord(&base, body).await;
     assert_eq!(r.status(), 200);
 
     // Let late deliveries and expiry edits happen, then read everything.

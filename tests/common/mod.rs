@@ -171,3 +171,37 @@ pub fn discord_message() -> serde_json::Value {
         "mentions": [], "mention_roles": [], "attachments": [], "embeds": [], "pinned": false, "type": 0
     })
 }
+
+/// Posts `body` to `route` on the app at `base`, signed with `secret` as Slack signs it.
+pub async fn post_slack(base: &str, route: &str, secret: &str, body: String) -> reqwest::Response {
+    client()
+        .post(format!("{base}{route}"))
+        .headers(slack_headers(secret, now(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Posts an interaction to the app's Discord endpoint, signed with the test key.
+pub async fn post_discord(base: &str, body: String) -> reqwest::Response {
+    client()
+        .post(format!("{base}/discord/interactions"))
+        .headers(discord_headers(body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// How many signed URLs Planhat minted for `id` (the mint path exactly, not the access check).
+pub async fn mint_calls(server: &MockServer, id: &str) -> usize {
+    let mint = format!("/shareabletokens/{id}");
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path() == mint)
+        .count()
+}
