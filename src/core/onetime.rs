@@ -130,16 +130,6 @@ impl OneTimeLinks {
         let keep = self.lifetime * 2;
         self.entries.retain(|_, e| e.created.elapsed() <= keep);
     }
-
-    /// How many ids are held.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when no id is held.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -257,11 +257,6 @@ impl PortalService {
         &self.planhat
     }
 
-    /// How long a minted link lives.
-    pub fn link_lifetime(&self) -> Duration {
-        self.link_lifetime
-    }
-
     /// Forgets rate-limit buckets of quiet askers (called periodically).
     pub fn sweep(&self) {
         self.limiter.sweep(Instant::now());

@@ -2,7 +2,7 @@
 //! a link button (style 5) "Open portal" and a "New link" button, the expiry as a Discord
 //! timestamp. Echoed input sits in a code span, so it can't mention, link or format.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serenity::all::{
     ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateButton, CreateInteractionResponse,
@@ -179,14 +179,6 @@ pub fn edit(m: Message) -> EditInteractionResponse {
         .content(m.content)
         .components(m.rows)
         .allowed_mentions(CreateAllowedMentions::new())
-}
-
-/// Seconds since the epoch (for tests and logs).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

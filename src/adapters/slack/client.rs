@@ -64,7 +64,7 @@ impl SlackApi {
     /// Members (user ids) of one user group.
     pub async fn usergroup_members(&self, group: &str) -> Result<Vec<String>, String> {
         let session = self.client.open_session(&self.bot_token);
-        let request = super::groups::UsergroupRequest::new(group.to_string().into());
+        let request = SlackApiUserGroupsUsersListRequest::new(group.to_string().into());
         match tokio::time::timeout(CALL_TIMEOUT, session.usergroups_users_list(&request)).await {
             Ok(Ok(r)) => Ok(r.users.into_iter().map(|u| u.0).collect()),
             Ok(Err(e)) => Err(e.to_string()),

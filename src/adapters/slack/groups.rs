@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use slack_morphism::prelude::*;
 
 use super::client::SlackApi;
 use crate::core::asker::Groups;
@@ -86,9 +85,6 @@ impl GroupCache {
         }
     }
 }
-
-/// The request type is re-exported here so `client.rs` stays about transport.
-pub type UsergroupRequest = SlackApiUserGroupsUsersListRequest;
 
 #[cfg(test)]
 mod tests {

@@ -131,11 +131,6 @@ impl Planhat {
         })
     }
 
-    /// The prefix every signed URL must start with to be shown.
-    pub fn redirect_prefix(&self) -> &str {
-        &self.inner.redirect_prefix
-    }
-
     /// May this end user use the portal?
     pub async fn check_access(&self, id: &EndUserId) -> Result<bool, PlanhatError> {
         let url = format!(
