@@ -276,15 +276,31 @@ async fn serve_stops_gracefully_on_sigterm() {
     );
 }
 
+/// Reads the server's JSON log until it says where it listens; keeps draining it afterwards.
+fn listening_addr(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["message"] == "portal-bot is listening" {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the server starts and says where it listens")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_lines_survive_a_crash_whole_or_not_at_all() {
     let planhat = MockServer::start().await;
     planhat_link(&planhat, "e1", "crash-token").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let dir = std::env::temp_dir().join(format!("pb-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let audit = dir.join("audit.jsonl");
@@ -292,25 +308,28 @@ async fn audit_lines_survive_a_crash_whole_or_not_at_all() {
     let cfg = write_config(
         "crash.toml",
         &format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\n\
              [slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"http://127.0.0.1:9/api\"\n\
              [access]\nslack_users = [\"U1\"]\n[limits]\nper_user_per_minute = 10000\n[audit]\npath = \"{}\"\n",
             planhat.uri(),
             audit.display()
         ),
     );
+    // The server picks its own port and says which in its log: choosing a free port here and
+    // handing it over would race with the ephemeral ports of every other connection.
     let mut child = Command::new(env!("CARGO_BIN_EXE_portal-bot"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if client().get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let base = format!("http://{}", listening_addr(&mut child));
     // Requests in flight while the process is killed without warning.
     let mut sent = Vec::new();
     for i in 0..200 {

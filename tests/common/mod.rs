@@ -158,8 +158,13 @@ pub async fn planhat_calls(server: &MockServer, part: &str) -> usize {
 }
 
 /// A plain HTTP client for talking to the app (loopback only, no proxy from the environment).
+/// Its time limit turns anything that would hang into a failure.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// A Message object as Discord returns it from an edit (every field serenity requires).
