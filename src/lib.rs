@@ -9,6 +9,7 @@
 pub mod adapters;
 pub mod cli;
 pub mod core;
+pub mod readiness;
 pub mod sandbox;
 pub mod shutdown;
 
@@ -25,7 +26,8 @@ pub use crate::core::config::Config;
 use crate::core::metrics::Metrics;
 use crate::core::planhat::Planhat;
 use crate::core::portal::PortalService;
-use crate::core::ratelimit::RateLimiter;
+use crate::core::state::SharedState;
+use crate::readiness::Readiness;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 
 /// Why the app could not start. One line for the operator.
@@ -46,6 +48,8 @@ pub enum StartError {
     Slack(String),
     #[error("Discord: {0}")]
     Discord(String),
+    #[error("{0}")]
+    State(#[from] crate::adapters::state::RedisConfigError),
 }
 
 /// Everything a request handler needs, built once from the config and shared.
@@ -54,13 +58,18 @@ pub struct App {
     pub portal: Arc<PortalService>,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<Audit>,
+    /// Rate limits, `/go/` ids, delivery claims, scheduled edits: in memory or on Redis.
+    pub state: Arc<dyn SharedState>,
+    /// What `/readyz` reports.
+    pub readiness: Readiness,
     /// Work that outlives its request (late deliveries); shutdown waits for it.
     pub tasks: TaskTracker,
     shutdown: ShutdownTrigger,
 }
 
 impl App {
-    /// Builds the core from the config. Makes no network call.
+    /// Builds the core from the config. Makes no network call (a Redis connection is made on
+    /// first use); must run inside the tokio runtime.
     pub fn build(config: Config) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let planhat = Planhat::new(&config.planhat, metrics.clone())?;
@@ -68,21 +77,32 @@ impl App {
             config.audit.path.as_deref(),
             config.audit.required,
         )?);
+        let (shutdown, _) = crate::shutdown::channel();
+        let readiness = Readiness::default();
+        let state_check = if config.state.redis_url.is_some() {
+            readiness.check("redis")
+        } else {
+            Arc::default()
+        };
+        let state =
+            adapters::state::build(&config, metrics.clone(), state_check, shutdown.subscribe())?;
         let portal = Arc::new(PortalService::new(
             planhat,
             AccessPolicy::new(&config.access),
-            RateLimiter::new(config.limits.per_user_per_minute),
+            state.clone(),
+            config.limits.per_user_per_minute,
             audit.clone(),
             metrics.clone(),
             config.planhat.link_lifetime,
             config.server.public_url.as_ref(),
         ));
-        let (shutdown, _) = crate::shutdown::channel();
         Ok(Arc::new(App {
             config,
             portal,
             metrics,
             audit,
+            state,
+            readiness,
             tasks: TaskTracker::new(),
             shutdown,
         }))
@@ -113,6 +133,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|source| StartError::Listen { addr, source })?;
     let app = App::build(config)?;
+    if app.config.state.redis_url.is_some() {
+        // Know at once whether Redis answers, rather than at the first probe.
+        match app.state.ping().await {
+            Ok(()) => tracing::info!("shared state on Redis"),
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis does not answer yet; running on this process's own state until it does")
+            }
+        }
+    }
 
     let mut background = vec![tokio::spawn(housekeeping(app.clone(), app.shutdown()))];
     // Warm the pool so the first asker after a deploy doesn't pay DNS + TCP + TLS.

@@ -34,6 +34,11 @@ impl ShutdownTrigger {
 }
 
 impl Shutdown {
+    /// Whether shutdown has started.
+    pub fn is_fired(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Resolves when shutdown starts (at once if it already has).
     pub async fn fired(&mut self) {
         let _ = self.0.wait_for(|fired| *fired).await;

@@ -767,7 +767,7 @@ async fn socket_mode_end_to_end_with_redelivery_and_reconnect() {
         .await;
 
     let extra = format!(
-        "[slack]\nmode = \"socket\"\nbot_token = \"{BOT_TOKEN}\"\napp_token = \"{APP_TOKEN}\"\napi_url = \"{}\"\n\
+        "[slack]\nmode = \"socket\"\nsocket_connections = 1\nbot_token = \"{BOT_TOKEN}\"\napp_token = \"{APP_TOKEN}\"\napi_url = \"{}\"\n\
          [access]\nslack_users = [\"U1\"]\n",
         f.api_url()
     );
@@ -872,4 +872,135 @@ async fn socket_mode_end_to_end_with_redelivery_and_reconnect() {
     );
     acceptor.abort();
     assert_eq!(f.mints("e1").await, 2);
+}
+
+/// The fake Socket Mode server: `apps.connections.open` on the fake Web API hands out its URL,
+/// and every WebSocket the bot opens is passed to the test.
+async fn socket_server(
+    f: &Fakes,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<Ws>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_port = listener.local_addr().unwrap().port();
+    let (conns_tx, conns) = tokio::sync::mpsc::unbounded_channel::<Ws>();
+    let acceptor = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                let _ = conns_tx.send(ws);
+            }
+        }
+    });
+    Mock::given(method("POST"))
+        .and(path("/api/apps.connections.open"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"ok": true, "url": format!("ws://127.0.0.1:{ws_port}/")})),
+        )
+        .mount(&f.slack)
+        .await;
+    (conns, acceptor)
+}
+
+async fn readyz(app: &Running) -> (u16, String) {
+    let r = client()
+        .get(format!("http://{}/readyz", app.addr))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Ten people ask at once over one connection while Planhat takes 4 s: every envelope is
+/// acknowledged well inside Slack's 3 s (no envelope waits for another), and every asker gets
+/// their link through response_url once Planhat answers.
+#[tokio::test]
+async fn socket_mode_never_stalls_with_ten_envelopes_at_once_and_planhat_slow() {
+    let f = fakes().await;
+    let slow = Duration::from_secs(4);
+    Mock::given(method("GET"))
+        .and(path("/shareabletokens/access/e1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("true")
+                .set_delay(slow),
+        )
+        .mount(&f.planhat)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/shareabletokens/e1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(format!("{PORTAL}/redirect/tok-slow"))
+                .set_delay(slow),
+        )
+        .mount(&f.planhat)
+        .await;
+    let (mut conns, acceptor) = socket_server(&f).await;
+    let users: Vec<String> = (1..=10).map(|i| format!("U{i}")).collect();
+    let extra = format!(
+        "[slack]\nmode = \"socket\"\nbot_token = \"{BOT_TOKEN}\"\napp_token = \"{APP_TOKEN}\"\napi_url = \"{}\"\n\
+         [access]\nslack_users = {users:?}\n",
+        f.api_url()
+    );
+    // Planhat's timeout in the test config is 2 s: give it room for the slow answers.
+    let extra = extra.replace("[access]", "[limits]\nper_user_per_minute = 10\n[access]");
+    let mut cfg = config(&f.planhat.uri(), &extra);
+    cfg.planhat.timeout = Duration::from_secs(6);
+    let app = spawn(cfg).await;
+
+    // Two connections by default, so a reconnect never leaves a gap; not ready until one is up.
+    let mut ws = accept(&mut conns).await.expect("a first connection");
+    let mut second = accept(&mut conns).await.expect("a second connection");
+    assert_eq!(readyz(&app).await.0, 503, "not ready before hello");
+    ws.send(Message::text(HELLO)).await.unwrap();
+    second.send(Message::text(HELLO)).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while readyz(&app).await.0 != 200 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = readyz(&app).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("slack_socket: up"), "{body}");
+
+    let sent = Instant::now();
+    for (i, user) in users.iter().enumerate() {
+        let envelope = slash_envelope(
+            &format!("env-{i}"),
+            user,
+            "e1",
+            &f.hook_url(&format!("stall-{user}")),
+            &format!("trig-stall-{i}"),
+        );
+        ws.send(Message::text(envelope)).await.unwrap();
+    }
+    let mut acked = std::collections::HashSet::new();
+    let mut slowest = Duration::ZERO;
+    while acked.len() < users.len() {
+        let ack = next_json(&mut ws).await;
+        slowest = slowest.max(sent.elapsed());
+        assert!(
+            ack["payload"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("taking a moment"),
+            "{ack}"
+        );
+        acked.insert(ack["envelope_id"].as_str().unwrap().to_string());
+    }
+    // The reply budget here is 400 ms: one envelope after another would take 4 s.
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "the last of ten envelopes was acknowledged after {slowest:?}"
+    );
+    for user in &users {
+        let posts = f
+            .wait_posts(&format!("stall-{user}"), Duration::from_secs(8))
+            .await;
+        assert_eq!(posts.len(), 1, "{user}: {posts:?}");
+        assert_link(&posts[0], &format!("{PORTAL}/redirect/tok-slow"));
+    }
+    app.stop().await;
+    acceptor.abort();
 }

@@ -84,6 +84,8 @@ fn go_error(e: GoError) -> Response {
     let status = match e {
         GoError::Unknown => StatusCode::NOT_FOUND,
         GoError::Used | GoError::Expired => StatusCode::GONE,
+        // The shared state can't answer: the id stays usable; a reload in a moment works.
+        GoError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     };
     page(status, "This portal link can't be used", &e.to_string())
 }
@@ -130,7 +132,7 @@ async fn go(State(app): State<Arc<App>>, Path(id): Path<String>, headers: Header
 }
 
 async fn head(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    match app.portal.peek_go(&id) {
+    match app.portal.peek_go(&id).await {
         Ok(()) => private(StatusCode::OK.into_response()),
         Err(e) => go_error(e),
     }

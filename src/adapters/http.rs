@@ -18,10 +18,11 @@ use crate::App;
 /// Largest request body accepted (the spec's 64 KiB).
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// `/healthz` and `/metrics`.
+/// `/healthz`, `/readyz` and `/metrics`.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(app)
 }
@@ -36,6 +37,28 @@ pub fn with_limits(router: Router, timeout: Duration) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
+}
+
+/// 200 when every readiness check is up (Redis when configured, the chat connections);
+/// 503 otherwise and while shutting down. The body names each check, for the operator.
+async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let checks = app.readiness.report();
+    let stopping = app.shutdown().is_fired();
+    let mut body = String::new();
+    for (name, up) in &checks {
+        body.push_str(&format!("{name}: {}\n", if *up { "up" } else { "down" }));
+    }
+    if stopping {
+        body.push_str("shutting down\n");
+    }
+    let ready = !stopping && checks.iter().all(|(_, up)| *up);
+    let status = if ready {
+        body.push_str("ready\n");
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {

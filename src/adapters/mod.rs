@@ -1,11 +1,11 @@
 //! Adapters: each translates one outside world to and from the core, and does nothing else.
 
-pub mod dedupe;
 pub mod deliver;
 pub mod discord;
 pub mod go;
 pub mod http;
 pub mod slack;
+pub mod state;
 
 /// What a chat adapter adds to the running app: routes for the HTTP server and background
 /// tasks (Socket Mode, gateway, refreshers), all of which stop on shutdown.

@@ -5,8 +5,11 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Where a request came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Platform {
     Slack,
     Discord,
@@ -32,7 +35,7 @@ impl fmt::Display for Platform {
 }
 
 /// Group or role membership as the adapter could establish it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Groups {
     /// The groups (Slack user groups, Discord roles) the asker is in, as far as the policy
     /// cares.
@@ -42,7 +45,8 @@ pub enum Groups {
 }
 
 /// The person asking for a link, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialisable so a `/go/` id can carry it to another replica (through Redis).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Asker {
     pub platform: Platform,
     /// Slack user id, Discord user id, or the local user name for the CLI.

@@ -35,6 +35,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("slack.app_token", "SLACK_APP_TOKEN"),
     ("discord.token", "DISCORD_TOKEN"),
     ("discord.public_key", "DISCORD_PUBLIC_KEY"),
+    ("state.redis_url", "PORTAL_BOT_REDIS_URL"),
 ];
 
 /// The validated configuration of one bot process.
@@ -47,6 +48,17 @@ pub struct Config {
     pub access: AccessConfig,
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
+    pub state: StateConfig,
+}
+
+/// `[state]`: where replicas share state. No `redis_url`: in this process (one replica).
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// `redis://` or `rediss://` (TLS), password and database in the URL; a [`Secret`]
+    /// because of the password.
+    pub redis_url: Option<Secret>,
+    /// Put before every key, so several bots can share one Redis.
+    pub key_prefix: String,
 }
 
 /// `[server]`: where the HTTP endpoints listen and how long a chat reply may wait inline.
@@ -96,6 +108,9 @@ pub struct SlackConfig {
     pub api_url: Url,
     /// How long fetched user-group members are trusted before a background refresh.
     pub usergroup_ttl: Duration,
+    /// Socket Mode connections held at once (Slack allows up to 10 per app): with two or
+    /// more, a reconnect never leaves a gap.
+    pub socket_connections: usize,
 }
 
 /// How Discord reaches the bot.
@@ -205,6 +220,29 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    state: RawState,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    redis_url: Option<String>,
+    #[serde(default = "default_key_prefix")]
+    key_prefix: String,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            redis_url: None,
+            key_prefix: default_key_prefix(),
+        }
+    }
+}
+
+fn default_key_prefix() -> String {
+    "portal-bot:".into()
 }
 
 #[derive(Deserialize)]
@@ -295,6 +333,12 @@ struct RawSlack {
     api_url: Option<String>,
     #[serde(default = "default_usergroup_ttl")]
     usergroup_ttl: HumanDuration,
+    #[serde(default = "default_socket_connections")]
+    socket_connections: i64,
+}
+
+fn default_socket_connections() -> i64 {
+    2
 }
 
 fn default_slack_mode() -> SlackMode {
@@ -595,6 +639,11 @@ impl RawConfig {
                         s.api_url.as_deref().unwrap_or("https://slack.com/api"),
                     )?,
                     usergroup_ttl: s.usergroup_ttl.0,
+                    socket_connections: positive(
+                        "slack.socket_connections",
+                        s.socket_connections,
+                        10,
+                    )? as usize,
                 };
                 if cfg.usergroup_ttl < Duration::from_secs(10)
                     || cfg.usergroup_ttl > Duration::from_secs(86_400)
@@ -673,7 +722,9 @@ impl RawConfig {
             path: self.audit.path.filter(|p| !p.as_os_str().is_empty()),
             required: self.audit.required,
         };
+        let state = self.state.validate(env)?;
         Ok(Config {
+            state,
             server: ServerConfig {
                 listen,
                 public_url,
@@ -686,6 +737,42 @@ impl RawConfig {
             access,
             limits,
             audit,
+        })
+    }
+}
+
+impl RawState {
+    fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<StateConfig, ConfigError> {
+        let url = secret("state.redis_url", self.redis_url.unwrap_or_default(), env);
+        let redis_url = if url.is_empty() {
+            None
+        } else {
+            // Never echo the URL: it may carry a password.
+            let scheme = Url::parse(url.expose())
+                .ok()
+                .map(|u| u.scheme().to_string());
+            match scheme.as_deref() {
+                Some("redis" | "rediss") => Some(url),
+                _ => return Err(ConfigError::at(
+                    "state.redis_url",
+                    "must be a redis:// or rediss:// URL (like \"redis://:password@host:6379/0\")",
+                )),
+            }
+        };
+        let key_prefix = self.key_prefix;
+        if key_prefix.len() > 64
+            || key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::at(
+                "state.key_prefix",
+                "must be at most 64 characters, without spaces",
+            ));
+        }
+        Ok(StateConfig {
+            redis_url,
+            key_prefix,
         })
     }
 }
@@ -852,6 +939,7 @@ mod tests {
         let text = include_str!("../../config.example.toml");
         let env = |name: &str| match name {
             "DISCORD_PUBLIC_KEY" => Some("ab".repeat(32)),
+            "PORTAL_BOT_REDIS_URL" => Some("redis://127.0.0.1:6379/0".into()),
             _ => Some(format!("env-{name}")),
         };
         let c = Config::parse(text, &env).expect("config.example.toml must stay valid");

@@ -44,6 +44,19 @@ pub struct Metrics {
     reconnects: Family<ConnectionLabels, Counter>,
     deliveries_failed: Family<PlatformLabels, Counter>,
     in_flight: Gauge,
+    state: StateMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+/// Shared state (Redis) health: whether it answers, and what fell back while it didn't.
+#[derive(Default)]
+struct StateMetrics {
+    fallbacks: Family<OpLabels, Counter>,
+    redis_up: Gauge,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -103,7 +116,19 @@ impl Metrics {
             "Planhat calls in flight",
             in_flight.clone(),
         );
+        let state = StateMetrics::default();
+        registry.register(
+            "state_fallbacks",
+            "Shared-state operations that fell back to this process because Redis did not answer",
+            state.fallbacks.clone(),
+        );
+        registry.register(
+            "redis_up",
+            "1 while the shared-state Redis answers (0 when it doesn't, or none is configured)",
+            state.redis_up.clone(),
+        );
         Metrics {
+            state,
             registry: Mutex::new(registry),
             requests,
             latency,
@@ -148,6 +173,16 @@ impl Metrics {
         self.deliveries_failed
             .get_or_create(&PlatformLabels { platform })
             .inc();
+    }
+
+    /// Counts a shared-state operation that fell back to this process (Redis unavailable).
+    pub fn state_fallback(&self, op: &'static str) {
+        self.state.fallbacks.get_or_create(&OpLabels { op }).inc();
+    }
+
+    /// Whether the shared-state Redis answers.
+    pub fn redis_up(&self, up: bool) {
+        self.state.redis_up.set(i64::from(up));
     }
 
     /// The Prometheus text exposition.

@@ -15,3 +15,4 @@ pub mod planhat;
 pub mod portal;
 pub mod ratelimit;
 pub mod secret;
+pub mod state;

@@ -15,10 +15,10 @@ use super::command::{parse_command, Command};
 use super::enduser::{BadEndUser, EndUserId, Target};
 use super::metrics::Metrics;
 use super::names::NameCache;
-use super::onetime::{GoError, OneTimeLinks, LIFETIME as GO_LIFETIME};
+use super::onetime::{new_id, GoError, LIFETIME as GO_LIFETIME};
 use super::planhat::{EndUserSummary, Planhat, PlanhatError};
-use super::ratelimit::RateLimiter;
 use super::secret::Secret;
+use super::state::{GoClaim, SharedState};
 
 /// At most this many matches of an email are offered as buttons (a screenful).
 pub const MAX_CHOICES: usize = 5;
@@ -210,39 +210,40 @@ impl Reply {
 pub struct PortalService {
     planhat: Planhat,
     policy: AccessPolicy,
-    limiter: RateLimiter,
+    /// Rate limits, `/go/` ids and Planhat's pause: in memory or shared by replicas.
+    state: Arc<dyn SharedState>,
+    per_minute: u32,
     audit: Arc<Audit>,
     metrics: Arc<Metrics>,
     link_lifetime: Duration,
     /// Set: links are `/go/` links under this base, minted at click time.
     public_url: Option<String>,
-    onetime: OneTimeLinks,
     names: Arc<NameCache>,
 }
 
-/// One-time links held at once, at most.
-const MAX_ONETIME: usize = 100_000;
-
 impl PortalService {
     /// Assembles the use case from its parts.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         planhat: Planhat,
         policy: AccessPolicy,
-        limiter: RateLimiter,
+        state: Arc<dyn SharedState>,
+        per_minute: u32,
         audit: Arc<Audit>,
         metrics: Arc<Metrics>,
         link_lifetime: Duration,
         public_url: Option<&url::Url>,
     ) -> Self {
+        planhat.share_pauses(state.clone());
         PortalService {
             planhat,
             policy,
-            limiter,
+            state,
+            per_minute,
             audit,
             metrics,
             link_lifetime,
             public_url: public_url.map(|u| u.as_str().trim_end_matches('/').to_string()),
-            onetime: OneTimeLinks::new(MAX_ONETIME),
             names: Arc::new(NameCache::new(10_000, Duration::from_secs(3600))),
         }
     }
@@ -257,31 +258,35 @@ impl PortalService {
         &self.planhat
     }
 
-    /// Forgets rate-limit buckets of quiet askers (called periodically).
+    /// The shared state (adapters claim deliveries and schedule jobs through it).
+    pub fn state(&self) -> &Arc<dyn SharedState> {
+        &self.state
+    }
+
+    /// Periodic clean-up off the request path (called by the app's housekeeping task).
     pub fn sweep(&self) {
-        self.limiter.sweep(Instant::now());
-        self.onetime.sweep();
+        self.state.housekeep();
         self.names.sweep();
     }
 
     /// `GET /go/{id}`: uses the id up, then runs the whole flow for its asker and end user
     /// (re-authorised, rate limited, access re-checked, minted now, audited).
     pub async fn go(&self, id: &str) -> Result<Reply, GoError> {
-        let claim = self.onetime.take(id)?;
+        let claim = self.state.take_go(id).await?;
         let reply = self
             .link_for(&claim.asker, claim.end_user, Action::Go)
             .await;
         if let Reply::Refused(r) = &reply {
             if r.is_passing() {
-                self.onetime.release(id);
+                self.state.release_go(id).await;
             }
         }
         Ok(reply)
     }
 
     /// Whether a `/go/` id could be used, without using it.
-    pub fn peek_go(&self, id: &str) -> Result<(), GoError> {
-        self.onetime.peek(id)
+    pub async fn peek_go(&self, id: &str) -> Result<(), GoError> {
+        self.state.peek_go(id).await
     }
 
     /// `/portal <text>` from `asker`.
@@ -307,7 +312,7 @@ impl PortalService {
             Err(_) => (Action::Link, None),
         };
         let end_user = target.as_ref().map(target_name);
-        let reply = match (self.admit(asker, action), command) {
+        let reply = match (self.admit(asker, action).await, command) {
             (Err(refusal), _) => Reply::Refused(refusal),
             (Ok(()), Err(bad)) => Reply::Refused(Refusal::BadInput(bad)),
             (Ok(()), Ok(_)) => match target {
@@ -324,7 +329,7 @@ impl PortalService {
     pub async fn link_for(&self, asker: &Asker, id: EndUserId, action: Action) -> Reply {
         let started = Instant::now();
         let end_user = Some(id.to_string());
-        let reply = match self.admit(asker, action) {
+        let reply = match self.admit(asker, action).await {
             Err(refusal) => Reply::Refused(refusal),
             Ok(()) => self.run(asker, id, None, action).await,
         };
@@ -357,16 +362,27 @@ impl PortalService {
             .request(asker.platform.name(), outcome, Duration::ZERO);
     }
 
-    /// Authorise, then rate limit: nothing reaches Planhat before both pass.
-    /// A `/go/` click is not counted again: it finishes a request that was counted when asked.
-    fn admit(&self, asker: &Asker, action: Action) -> Result<(), Refusal> {
+    /// Authorise, then rate limit, then Planhat's pause (one shared-state round trip for
+    /// both): nothing reaches Planhat before all pass. A `/go/` click is not counted again:
+    /// it finishes a request that was counted when asked.
+    async fn admit(&self, asker: &Asker, action: Action) -> Result<(), Refusal> {
         self.policy.authorize(asker).map_err(Refusal::NotAllowed)?;
-        if action == Action::Go {
+        if matches!(action, Action::Help | Action::Button) {
             return Ok(());
         }
-        self.limiter
-            .check(&asker.rate_key(), Instant::now())
-            .map_err(Refusal::RateLimited)
+        let admission = self
+            .state
+            .admit(&asker.rate_key(), self.per_minute, action != Action::Go)
+            .await;
+        if let Some(wait) = admission.retry_after {
+            return Err(Refusal::RateLimited(wait));
+        }
+        if let Some(wait) = admission.planhat_paused {
+            // Another replica saw a 429: this one holds back too, without calling Planhat.
+            self.planhat.pause_for(wait);
+            return Err(Refusal::UpstreamRateLimited(wait));
+        }
+        Ok(())
     }
 
     async fn by_email(&self, asker: &Asker, email: String, action: Action) -> Reply {
@@ -409,9 +425,9 @@ impl PortalService {
             let access = self.planhat.check_access(&id).await;
             let who = who_lookup.now().await;
             return match access {
-                Ok(true) => match self.at_click(asker, id.clone(), who.clone()) {
+                Ok(true) => match self.at_click(asker, id.clone(), who.clone()).await {
                     Some(reply) => reply,
-                    // The store is full: fall back to a link minted now.
+                    // The store is full or unreachable: fall back to a link minted now.
                     None => self.mint_now(id, who).await,
                 },
                 Ok(false) => Reply::Refused(Refusal::NoAccess),
@@ -480,9 +496,22 @@ impl PortalService {
     }
 
     /// With `public_url`: check access now, mint when the person clicks `/go/{id}`.
-    fn at_click(&self, asker: &Asker, id: EndUserId, who: Option<EndUserSummary>) -> Option<Reply> {
+    async fn at_click(
+        &self,
+        asker: &Asker,
+        id: EndUserId,
+        who: Option<EndUserSummary>,
+    ) -> Option<Reply> {
         let base = self.public_url.as_ref()?;
-        let go = self.onetime.issue(asker, &id)?;
+        let go = new_id();
+        let claim = GoClaim {
+            asker: asker.clone(),
+            end_user: id.clone(),
+        };
+        if let Err(e) = self.state.issue_go(&go, &claim, GO_LIFETIME).await {
+            tracing::warn!(error = %e, "no /go/ link this time; the link is minted directly");
+            return None;
+        }
         Some(Reply::Link(PortalLink {
             url: Secret::new(format!("{base}/go/{go}")),
             end_user: id,

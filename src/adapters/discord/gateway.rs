@@ -8,7 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serenity::all::{Context, EventHandler, GatewayIntents, Interaction, Ready, ResumedEvent};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serenity::all::{
+    ConnectionStage, Context, EventHandler, GatewayIntents, Interaction, Ready, ResumedEvent,
+    ShardStageUpdateEvent,
+};
 
 use super::rest;
 use super::DiscordState;
@@ -19,11 +24,19 @@ use crate::StartError;
 struct Handler {
     state: Arc<DiscordState>,
     readies: std::sync::atomic::AtomicU64,
+    /// The readiness check: up while the gateway is connected.
+    up: Arc<AtomicBool>,
 }
 
 #[serenity::async_trait]
 impl EventHandler for Handler {
+    async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
+        self.up
+            .store(event.new == ConnectionStage::Connected, Ordering::Relaxed);
+    }
+
     async fn ready(&self, _ctx: Context, ready: Ready) {
+        self.up.store(true, Ordering::Relaxed);
         // Every READY after the first is a new session: a reconnect operators should see.
         if self
             .readies
@@ -38,6 +51,7 @@ impl EventHandler for Handler {
     }
 
     async fn resume(&self, _ctx: Context, _: ResumedEvent) {
+        self.up.store(true, Ordering::Relaxed);
         // A dropped connection is usually resumed (no new READY): also a reconnect.
         tracing::warn!("Discord gateway reconnected (session resumed)");
         self.state.app.metrics.reconnect("discord_gateway");
@@ -87,6 +101,7 @@ pub async fn spawn(
     let client =
         serenity::client::ClientBuilder::new_with_http(rest::http(config), GatewayIntents::empty())
             .event_handler(Handler {
+                up: state.app.readiness.check("discord_gateway"),
                 state,
                 readies: std::sync::atomic::AtomicU64::new(0),
             });

@@ -4,6 +4,7 @@
 //! interaction (roles come with it: no extra API call), hands the text to the core and renders
 //! the [`Reply`]. Both transports call [`DiscordState::interaction`], so they behave the same.
 
+mod expiry;
 mod gateway;
 mod http;
 mod register;
@@ -11,20 +12,16 @@ pub mod render;
 pub mod rest;
 pub mod verify;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use dashmap::DashMap;
 use serenity::all::{
     ChannelId, CommandInteraction, ComponentInteraction, CreateInteractionResponse,
     CreateInteractionResponseMessage, GuildId, Interaction, Member, Message,
     MessageInteractionMetadata,
 };
 use serenity::http::Http;
-use tokio::sync::Semaphore;
 
-use super::dedupe::Dedupe;
 use super::deliver::{inline_or_later, reply_or_internal_error, with_retries, Answer};
 use super::Started;
 use crate::core::asker::{Asker, Groups, Platform};
@@ -32,20 +29,16 @@ use crate::core::config::DiscordMode;
 use crate::core::portal::{id_of, Action, Reply};
 use crate::{App, StartError};
 
-/// Expiry replacements waiting at once, at most (each is a sleeping task of a few hundred bytes).
-const MAX_PENDING_EXPIRIES: usize = 10_000;
+/// How long an interaction id is remembered: a gateway can redeliver across a resume, and two
+/// replicas in gateway mode both receive every interaction. Discord's tokens live 15 minutes.
+const REDELIVERY_WINDOW: Duration = Duration::from_secs(900);
 
 /// Everything the Discord handlers share.
 pub struct DiscordState {
     app: Arc<App>,
     http: Arc<Http>,
-    seen: Dedupe,
-    expiries: Arc<Semaphore>,
-    /// The pending expiry edit of each bot message (by the id of the interaction that created
-    /// it): a New link shown in the same message supersedes the older link's edit, which would
-    /// otherwise replace the fresh link with "expired" while it is still valid.
-    pending: DashMap<u64, u64>,
-    generation: AtomicU64,
+    /// Wakes the expiry worker when a job is scheduled.
+    expiries: Arc<tokio::sync::Notify>,
 }
 
 /// Starts Discord when `[discord]` is configured: registers `/portal`, then serves the
@@ -58,15 +51,12 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
     let state = Arc::new(DiscordState {
         app: app.clone(),
         http: http.clone(),
-        seen: Dedupe::new(Duration::from_secs(900), 100_000),
-        expiries: Arc::new(Semaphore::new(MAX_PENDING_EXPIRIES)),
-        pending: DashMap::new(),
-        generation: AtomicU64::new(0),
+        expiries: Arc::new(tokio::sync::Notify::new()),
     });
-    let mut tasks = vec![tokio::spawn(register::register(
-        http,
-        config.guild_ids.clone(),
-    ))];
+    let mut tasks = vec![
+        tokio::spawn(register::register(http, config.guild_ids.clone())),
+        tokio::spawn(expiry::run(state.clone(), app.shutdown())),
+    ];
     let router = match config.mode {
         DiscordMode::Http => {
             let verifier = verify::DiscordVerifier::new(config.public_key).ok_or_else(|| {
@@ -114,6 +104,14 @@ fn ephemeral_line(text: &str) -> CreateInteractionResponse {
 }
 
 impl DiscordState {
+    /// True when this replica is the first to see this interaction (see `SharedState`).
+    async fn first_time(&self, id: u64) -> bool {
+        self.app
+            .state
+            .claim_delivery(&format!("discord:{id}"), REDELIVERY_WINDOW)
+            .await
+    }
+
     /// One interaction from either transport → its initial response (`None`: not for us).
     /// `budget`: how long the answer may wait for the link before deferring.
     pub async fn interaction(
@@ -124,14 +122,14 @@ impl DiscordState {
         match interaction {
             Interaction::Ping(_) => Some(CreateInteractionResponse::Pong),
             Interaction::Command(c) if c.data.name == "portal" => {
-                if !self.seen.first_time(&c.id.to_string()) {
+                if !self.first_time(c.id.get()).await {
                     tracing::info!("duplicate delivery of an interaction; answered once already");
                     return None;
                 }
                 Some(self.command(c, budget).await)
             }
             Interaction::Component(c) => {
-                if !self.seen.first_time(&c.id.to_string()) {
+                if !self.first_time(c.id.get()).await {
                     return None;
                 }
                 Some(self.component(c, budget).await)
@@ -167,7 +165,8 @@ impl DiscordState {
             .await
         {
             Answer::Inline(reply) => {
-                self.expire_later(&reply, &asker.user_id, &c.token, key);
+                self.expire_later(&reply, &asker.user_id, &c.token, key)
+                    .await;
                 render::response(render::message(&reply, &asker.user_id))
             }
             Answer::Deferred => CreateInteractionResponse::Defer(
@@ -208,13 +207,14 @@ impl DiscordState {
         };
         // The answer replaces this message: the link it showed no longer needs its expiry edit.
         let key = message_key(&c.message);
-        self.pending.remove(&key);
+        self.app.state.cancel(&expiry::job_key(key)).await;
         match self
             .answer(work, asker.user_id.clone(), c.token.clone(), key, budget)
             .await
         {
             Answer::Inline(reply) => {
-                self.expire_later(&reply, &asker.user_id, &c.token, key);
+                self.expire_later(&reply, &asker.user_id, &c.token, key)
+                    .await;
                 render::update(render::message(&reply, &asker.user_id))
             }
             Answer::Deferred => CreateInteractionResponse::Acknowledge,
@@ -245,7 +245,7 @@ impl DiscordState {
             })
             .await;
             match sent {
-                Ok(()) => me.expire_later(&reply, &asker, &token, key),
+                Ok(()) => me.expire_later(&reply, &asker, &token, key).await,
                 Err(_) => me.app.metrics.delivery_failed("discord"),
             }
         };
@@ -254,57 +254,27 @@ impl DiscordState {
 
     /// After a link expires, replace the message with "expired" + New link, so no dead (or
     /// live) URL stays in the chat. `key` names the message ([`message_key`]); a later link in
-    /// the same message cancels this edit. Bounded; dropped at shutdown.
-    fn expire_later(self: &Arc<Self>, reply: &Reply, asker: &str, token: &str, key: u64) {
+    /// the same message replaces this job. The job lives in the shared state: on Redis it
+    /// survives this replica, and exactly one replica makes the edit.
+    async fn expire_later(&self, reply: &Reply, asker: &str, token: &str, key: u64) {
         let Reply::Link(link) = reply else {
             return;
         };
-        let Ok(permit) = self.expiries.clone().try_acquire_owned() else {
-            self.pending.remove(&key);
-            tracing::warn!(
-                "too many pending expiry replacements; this link's message will not be cleaned up"
-            );
-            return;
+        let job = expiry::Job {
+            token: token.to_string(),
+            asker: asker.to_string(),
+            end_user: link.end_user.to_string(),
         };
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        self.pending.insert(key, generation);
-        let wait = link
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        // Only the few strings it needs wait with the task; the message is built when it fires.
-        let (me, token, asker, end_user) = (
-            self.clone(),
-            token.to_string(),
-            asker.to_string(),
-            link.end_user.clone(),
-        );
-        let mut shutdown = self.app.shutdown();
-        self.app.tasks.spawn(async move {
-            let _permit = permit;
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.fired() => return,
-            }
-            if me
-                .pending
-                .remove_if(&key, |_, g| *g == generation)
-                .is_none()
-            {
-                return; // a newer link is shown in this message now
-            }
-            let edit = render::edit(render::expired(&asker, end_user.as_str()));
-            // Boxed: the call's large state is allocated when it fires, not held by every
-            // sleeping task (10,000 pending expiries would otherwise cost tens of MB).
-            if let Err(e) = Box::pin(me.http.edit_original_interaction_response(
-                &token,
-                &edit,
-                Vec::new(),
-            ))
+        match self
+            .app
+            .state
+            .schedule(&expiry::job_key(key), link.expires_at, &job.encode())
             .await
-            {
-                tracing::warn!(error = %rest::describe(&e), "could not replace an expired link");
+        {
+            Ok(()) => self.expiries.notify_one(),
+            Err(e) => {
+                tracing::warn!(error = %e, "this link's message will not be replaced when it expires")
             }
-        });
+        }
     }
 }

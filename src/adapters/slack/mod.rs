@@ -18,7 +18,6 @@ use slack_morphism::prelude::*;
 
 use self::client::SlackApi;
 use self::groups::GroupCache;
-use super::dedupe::Dedupe;
 use super::deliver::{inline_or_later, reply_or_internal_error, with_retries, Answer};
 use super::Started;
 use crate::core::asker::{Asker, Groups, Platform};
@@ -34,10 +33,15 @@ pub struct SlackState {
     app: Arc<App>,
     api: Arc<SlackApi>,
     groups: Arc<GroupCache>,
-    seen: Dedupe,
-    /// Socket Mode hellos seen (connects + reconnects).
-    hellos: std::sync::atomic::AtomicU64,
+    /// Socket Mode connections (open, and hellos so far).
+    socket: socket::SocketStats,
+    /// Socket Mode's readiness check (`None` in http mode, which needs no connection).
+    socket_up: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
+
+/// How long a delivery is remembered: Slack retries webhooks and redelivers unacknowledged
+/// envelopes within minutes.
+const REDELIVERY_WINDOW: Duration = Duration::from_secs(600);
 
 /// Starts Slack when `[slack]` is configured: routes for http mode, a Socket Mode connection
 /// for socket mode, and the user-group refresher for both.
@@ -50,12 +54,13 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         app.portal.policy().slack_usergroups().to_vec(),
         config.usergroup_ttl,
     ));
+    let socket_up = (config.mode == SlackMode::Socket).then(|| app.readiness.check("slack_socket"));
     let state = Arc::new(SlackState {
         app: app.clone(),
         api: api.clone(),
         groups: groups.clone(),
-        seen: Dedupe::new(Duration::from_secs(600), 100_000),
-        hellos: std::sync::atomic::AtomicU64::new(0),
+        socket: socket::SocketStats::default(),
+        socket_up,
     });
     let mut tasks = vec![tokio::spawn(groups.run(api, app.shutdown()))];
     let router = match config.mode {
@@ -64,7 +69,12 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
             verify::SlackVerifier::new(config.signing_secret.expose()),
         ),
         SlackMode::Socket => {
-            tasks.push(socket::spawn(state, &config.app_token, app.shutdown()));
+            tasks.push(socket::spawn(
+                state,
+                &config.app_token,
+                config.socket_connections,
+                app.shutdown(),
+            ));
             axum::Router::new()
         }
     };
@@ -73,6 +83,22 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
 }
 
 impl SlackState {
+    /// Socket Mode is ready while at least one connection is open.
+    fn socket_ready(&self) {
+        if let Some(flag) = &self.socket_up {
+            let open = self.socket.open.load(std::sync::atomic::Ordering::Relaxed);
+            flag.store(open > 0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// True when this replica is the first to see this delivery (see `SharedState`).
+    async fn first_time(&self, id: &str) -> bool {
+        self.app
+            .state
+            .claim_delivery(&format!("slack:{id}"), REDELIVERY_WINDOW)
+            .await
+    }
+
     fn asker(&self, user: &str, team: Option<&str>, channel: Option<&str>) -> Asker {
         let mut asker = Asker {
             platform: Platform::Slack,
@@ -90,7 +116,7 @@ impl SlackState {
     /// A slash command, from either transport: the inline answer, or a short acknowledgement
     /// when the answer will follow through `response_url`.
     pub async fn command(self: &Arc<Self>, ev: SlackCommandEvent) -> SlackCommandEventResponse {
-        if !self.seen.first_time(&ev.trigger_id.0) {
+        if !self.first_time(&ev.trigger_id.0).await {
             tracing::info!(user = %ev.user_id, "duplicate delivery of a slash command; answered once already");
             return render::command_response(render::line(
                 "This request is already being answered.",
@@ -130,10 +156,16 @@ impl SlackState {
         let SlackInteractionEvent::BlockActions(ev) = ev else {
             return;
         };
-        // A click delivered twice (retry, redelivered envelope) is acted on once.
-        if !self.seen.first_time(&format!("click:{}", ev.trigger_id.0)) {
-            return;
-        }
+        let me = self.clone();
+        self.app.tasks.spawn(async move {
+            // A click delivered twice (retry, redelivered envelope, two replicas) is acted on once.
+            if me.first_time(&format!("click:{}", ev.trigger_id.0)).await {
+                me.block_actions(ev).await;
+            }
+        });
+    }
+
+    async fn block_actions(self: &Arc<Self>, ev: SlackInteractionBlockActionsEvent) {
         let (Some(user), Some(response_url)) = (ev.user.as_ref(), ev.response_url.as_ref()) else {
             return;
         };
@@ -148,10 +180,7 @@ impl SlackState {
         let response_url = response_url.0.clone();
         let value = action.value.clone().unwrap_or_default();
         let action_id = action.action_id.0.clone();
-        let me = self.clone();
-        self.app
-            .tasks
-            .spawn(async move { me.button(asker, &action_id, &value, response_url).await });
+        self.button(asker, &action_id, &value, response_url).await;
     }
 
     async fn button(&self, asker: Asker, action_id: &str, value: &str, response_url: url::Url) {

@@ -1,130 +1,299 @@
-//! Slack Socket Mode: for workspaces that can't expose an endpoint. The bot dials out; slack-
-//! morphism keeps the connection (and reconnects it); every envelope goes to the same handlers
-//! as the webhooks. Its `serve()` installs its own signal handlers, so we use `start()` and
-//! stop it from our own shutdown instead.
+//! Slack Socket Mode: for workspaces that can't expose an endpoint. The bot dials out and
+//! holds `slack.socket_connections` WebSockets (Slack allows up to 10 per app and spreads
+//! envelopes over them), so a reconnect of one never leaves a gap.
+//!
+//! Written here rather than taken from slack-morphism's listener, on purpose: that listener
+//! awaits each envelope's handler before it reads the next frame, so one slow slash command
+//! (Planhat taking seconds) held up every envelope behind it on the connection past Slack's
+//! 3-second ack deadline. Here the reader only parses; every envelope runs in its own task and
+//! its ack goes out through the connection's writer as soon as it is ready, so envelopes never
+//! wait for each other. slack-morphism still provides the parts that are plain protocol: the
+//! `apps.connections.open` call and the payload types (its envelope types are private, so the
+//! envelope is read with [`Envelope`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use rand::RngExt;
+use serde_json::json;
 use slack_morphism::prelude::*;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 
-use super::client::Client;
 use super::SlackState;
 use crate::core::secret::Secret;
 use crate::shutdown::Shutdown;
 
-/// Runs Socket Mode until shutdown.
+/// Silence after which a connection counts as dead (Slack pings far more often).
+const SILENT_FOR: Duration = Duration::from_secs(30);
+/// How often the bot pings, so a silent connection is noticed.
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// Time limit for `apps.connections.open` and the WebSocket handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A Socket Mode frame: `hello`, `disconnect`, or an envelope (`slash_commands`,
+/// `interactive`, `events_api`) with its id and payload.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    envelope_id: Option<String>,
+    #[serde(default)]
+    payload: serde_json::Value,
+}
+
+/// Connection counts shared by the slots of one process.
+#[derive(Default)]
+pub struct SocketStats {
+    /// Connections that said hello and are still open.
+    pub open: AtomicUsize,
+    /// Hellos so far (connects and reconnects).
+    pub hellos: AtomicUsize,
+}
+
+/// Runs `connections` Socket Mode connections until shutdown.
 pub fn spawn(
     state: Arc<SlackState>,
     app_token: &Secret,
-    mut shutdown: Shutdown,
+    connections: usize,
+    shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()> {
     let token = SlackApiToken::new(SlackApiTokenValue::new(app_token.expose().to_string()));
     tokio::spawn(async move {
-        let environment = Arc::new(
-            SlackClientEventsListenerEnvironment::new(state.api.client.clone())
-                .with_error_handler(on_error)
-                .with_user_state(state.clone()),
-        );
-        let callbacks = SlackSocketModeListenerCallbacks::new()
-            .with_command_events(on_command)
-            .with_interaction_events(on_interaction)
-            // The event type is not nameable from outside slack-morphism; a closure infers it.
-            .with_hello_events(
-                |_hello, _client, user_state| async move { on_hello(user_state).await },
-            );
-        // slack-morphism retries a lost connection at a fixed interval; a random one per
-        // process (3-7 s) keeps a fleet of bots from reconnecting in lockstep.
-        let retry_after: u64 = rand::rng().random_range(3..=7);
-        let config = SlackClientSocketModeConfig::new()
-            .with_max_connections_count(1)
-            .with_reconnect_timeout_in_seconds(retry_after);
-        let listener = SlackClientSocketModeListener::new(&config, environment, callbacks);
-        if let Err(e) = listener.listen_for(&token).await {
-            tracing::error!(error = %e, "Slack Socket Mode could not start");
-            return;
-        }
-        listener.start().await;
-        tracing::info!("Slack Socket Mode started");
-        // slack-morphism's own logs are off (they hold connection tickets), so say it here when
-        // no connection comes up.
+        let slots: Vec<_> = (0..connections.max(1))
+            .map(|slot| {
+                tokio::spawn(run_slot(
+                    state.clone(),
+                    token.clone(),
+                    slot,
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        // slack-morphism's own logs are off (they hold connection tickets), so say it here
+        // when no connection comes up.
         let watchdog = {
             let state = state.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-                if state.hellos.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                if state.socket.hellos.load(Ordering::Relaxed) == 0 {
                     tracing::error!("Slack Socket Mode has not connected in 30 s: check slack.app_token (xapp-…, scope connections:write), that Socket Mode is on for the app, and the network");
                 }
             })
         };
-        shutdown.fired().await;
+        for slot in slots {
+            let _ = slot.await;
+        }
         watchdog.abort();
-        listener.shutdown().await;
         tracing::info!("Slack Socket Mode closed");
     })
 }
 
-async fn state_of(user_state: &SlackClientEventsUserState) -> Option<Arc<SlackState>> {
-    user_state
-        .read()
-        .await
-        .get_user_state::<Arc<SlackState>>()
-        .cloned()
-}
-
-async fn on_command(
-    ev: SlackCommandEvent,
-    _client: Arc<Client>,
-    user_state: SlackClientEventsUserState,
-) -> UserCallbackResult<SlackCommandEventResponse> {
-    let state = state_of(&user_state).await.ok_or("Slack state missing")?;
-    Ok(state.command(ev).await)
-}
-
-async fn on_interaction(
-    ev: SlackInteractionEvent,
-    _client: Arc<Client>,
-    user_state: SlackClientEventsUserState,
-) -> UserCallbackResult<()> {
-    if let Some(state) = state_of(&user_state).await {
-        state.interaction(ev);
-    }
-    Ok(())
-}
-
-/// Counts connections: the first hello is the connect, every later one a reconnect.
-async fn on_hello(user_state: SlackClientEventsUserState) {
-    let Some(state) = state_of(&user_state).await else {
-        return;
-    };
-    if state
-        .hellos
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        tracing::info!("Slack Socket Mode connected");
-    } else {
-        tracing::warn!("Slack Socket Mode reconnected");
-        state.app.metrics.reconnect("slack_socket");
-    }
-}
-
-/// Errors are logged and the envelope acknowledged anyway (200): a handler failure must not
-/// make Slack redeliver the same command into the same failure.
-fn on_error(
-    error: Box<dyn std::error::Error + Send + Sync>,
-    _client: Arc<Client>,
-    _user_state: SlackClientEventsUserState,
-) -> HttpStatusCode {
-    // The error's text can carry the whole envelope (with its response_url and token): log the
-    // parse error alone, or just the kind.
-    use slack_morphism::errors::SlackClientError;
-    match error.downcast_ref::<SlackClientError>() {
-        Some(SlackClientError::ProtocolError(e)) => {
-            tracing::warn!(error = %e.json_error, "Slack Socket Mode envelope could not be read")
+/// One connection slot: connect, serve, and reconnect (jittered) until shutdown.
+async fn run_slot(
+    state: Arc<SlackState>,
+    token: SlackApiToken,
+    slot: usize,
+    mut shutdown: Shutdown,
+) {
+    let mut failures: u32 = 0;
+    let mut said_hello = false;
+    while !shutdown.is_fired() {
+        match connect(&state, &token).await {
+            Ok(ws) => {
+                let outcome = serve(&state, ws, &mut said_hello, shutdown.clone()).await;
+                if let Serve::Disconnected(why) = outcome {
+                    tracing::info!(
+                        slot,
+                        why,
+                        "Slack Socket Mode connection ended; reconnecting"
+                    );
+                    failures = 0;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(slot, error = %e, failures, "Slack Socket Mode could not connect; retrying");
+                }
+            }
         }
-        Some(_) => tracing::warn!("Slack Socket Mode event failed (Slack client error)"),
-        None => tracing::warn!("Slack Socket Mode event failed"),
+        if shutdown.is_fired() {
+            break;
+        }
+        // A random pause (more after repeated failures) keeps a fleet of bots, and the slots
+        // of one bot, from reconnecting in lockstep.
+        let base = if failures == 0 {
+            100
+        } else {
+            1000 * u64::from(failures.min(30))
+        };
+        let wait = Duration::from_millis(rand::rng().random_range(base..=base * 2));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.fired() => break,
+        }
     }
-    HttpStatusCode::OK
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Asks Slack for a connection URL and opens the WebSocket.
+async fn connect(state: &SlackState, token: &SlackApiToken) -> Result<Ws, String> {
+    let session = state.api.client.open_session(token);
+    let opened = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        session.apps_connections_open(&SlackApiAppsConnectionOpenRequest::new()),
+    )
+    .await
+    .map_err(|_| "apps.connections.open timed out".to_string())?
+    // The error names the method and Slack's error code, never the token.
+    .map_err(|e| format!("apps.connections.open failed: {}", describe(&e)))?;
+    let url = opened.url.0.to_string();
+    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .map_err(|_| "the WebSocket handshake timed out".to_string())?
+        .map_err(|e| format!("the WebSocket handshake failed: {e}"))?;
+    Ok(ws)
+}
+
+fn describe(e: &slack_morphism::errors::SlackClientError) -> String {
+    use slack_morphism::errors::SlackClientError as E;
+    match e {
+        E::ApiError(api) => format!("Slack said {}", api.code),
+        E::HttpError(h) => format!("HTTP {}", h.status_code),
+        E::HttpProtocolError(_) => "could not reach Slack".into(),
+        E::ProtocolError(_) => "Slack's answer could not be read".into(),
+        E::RateLimitError(_) => "rate limited by Slack".into(),
+        _ => "Slack client error".into(),
+    }
+}
+
+enum Serve {
+    Disconnected(&'static str),
+    Shutdown,
+}
+
+/// Serves one open connection until it ends. Frames are read here; each envelope is handled
+/// in its own task; acks and pings go through one writer task.
+async fn serve(
+    state: &Arc<SlackState>,
+    ws: Ws,
+    said_hello: &mut bool,
+    mut shutdown: Shutdown,
+) -> Serve {
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => if sink.send(m).await.is_err() { break },
+                    None => break,
+                },
+                _ = ping.tick() => if sink.send(Message::Ping(Vec::new().into())).await.is_err() { break },
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut counted_open = false;
+    let outcome = loop {
+        let frame = tokio::select! {
+            f = tokio::time::timeout(SILENT_FOR, stream.next()) => f,
+            _ = shutdown.fired() => break Serve::Shutdown,
+        };
+        let text = match frame {
+            Err(_) => break Serve::Disconnected("silent too long"),
+            Ok(None) | Ok(Some(Err(_))) => break Serve::Disconnected("closed"),
+            Ok(Some(Ok(Message::Close(_)))) => break Serve::Disconnected("closed by Slack"),
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(_))) => continue, // pings (answered by tungstenite), pongs, binary
+        };
+        let envelope = match serde_json::from_str::<Envelope>(text.as_str()) {
+            Ok(e) => e,
+            Err(e) => {
+                // Only the parse error is logged, never the frame (it can hold a response_url).
+                tracing::warn!(error = %e, "a Slack Socket Mode frame could not be read");
+                continue;
+            }
+        };
+        let id = envelope.envelope_id.unwrap_or_default();
+        match envelope.kind.as_str() {
+            "hello" => {
+                if !counted_open {
+                    counted_open = true;
+                    state.socket.open.fetch_add(1, Ordering::Relaxed);
+                    state.socket_ready();
+                }
+                let first = state.socket.hellos.fetch_add(1, Ordering::Relaxed) == 0;
+                if first {
+                    tracing::info!("Slack Socket Mode connected");
+                } else if *said_hello {
+                    tracing::warn!("Slack Socket Mode reconnected");
+                    state.app.metrics.reconnect("slack_socket");
+                }
+                *said_hello = true;
+            }
+            // Slack is about to close this connection (refresh, or a server going away).
+            "disconnect" => break Serve::Disconnected("Slack asked"),
+            "slash_commands" => match serde_json::from_value::<SlackCommandEvent>(envelope.payload)
+            {
+                Ok(ev) => {
+                    let (state, tx) = (state.clone(), tx.clone());
+                    state.app.tasks.clone().spawn(async move {
+                        let response_url = ev.response_url.0.clone();
+                        let response = state.command(ev).await;
+                        let ack = json!({"envelope_id": id, "payload": response});
+                        if tx.send(Message::text(ack.to_string())).is_err() {
+                            // The connection went away meanwhile: the answer still reaches
+                            // the asker, through the command's response_url.
+                            state.deliver(&response_url, response.content, false).await;
+                        }
+                    });
+                }
+                Err(e) => unreadable(&tx, &id, &e),
+            },
+            "interactive" => {
+                match serde_json::from_value::<SlackInteractionEvent>(envelope.payload) {
+                    Ok(ev) => {
+                        // Acknowledged at once; the click's work happens in its own task.
+                        bare_ack(&tx, &id);
+                        state.interaction(ev);
+                    }
+                    Err(e) => unreadable(&tx, &id, &e),
+                }
+            }
+            _ => bare_ack(&tx, &id),
+        }
+    };
+    if counted_open {
+        state.socket.open.fetch_sub(1, Ordering::Relaxed);
+        state.socket_ready();
+    }
+    // Acks still in flight on this connection are lost with it; their commands fall back to
+    // response_url (above). Close our side.
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    outcome
+}
+
+/// Acknowledged anyway (Slack would redeliver the same envelope into the same failure); only
+/// the parse error is logged.
+fn unreadable(tx: &mpsc::UnboundedSender<Message>, envelope_id: &str, e: &serde_json::Error) {
+    tracing::warn!(error = %e, "a Slack Socket Mode envelope could not be read");
+    bare_ack(tx, envelope_id);
+}
+
+fn bare_ack(tx: &mpsc::UnboundedSender<Message>, envelope_id: &str) {
+    if envelope_id.is_empty() {
+        return;
+    }
+    let _ = tx.send(Message::text(
+        json!({ "envelope_id": envelope_id }).to_string(),
+    ));
 }

@@ -21,6 +21,7 @@ use super::config::PlanhatConfig;
 use super::enduser::EndUserId;
 use super::metrics::Metrics;
 use super::secret::Secret;
+use super::state::SharedState;
 
 /// What went wrong talking to Planhat. `Display` is for the operator's log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +93,8 @@ struct Inner {
     paused_until_ms: AtomicU64,
     started: Instant,
     metrics: Arc<Metrics>,
+    /// Where a 429 is told, so every replica pauses (set once, at start-up).
+    shared: std::sync::OnceLock<Arc<dyn SharedState>>,
 }
 
 impl Planhat {
@@ -127,6 +130,7 @@ impl Planhat {
                 paused_until_ms: AtomicU64::new(0),
                 started: Instant::now(),
                 metrics,
+                shared: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -275,6 +279,10 @@ impl Planhat {
                     .unwrap_or(Duration::from_secs(5))
                     .min(Duration::from_secs(300));
                 self.pause_for(wait);
+                if let Some(shared) = self.inner.shared.get() {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { shared.pause_planhat(wait).await });
+                }
                 Err(PlanhatError::RateLimited(wait))
             }
             s if s.is_server_error() => Err(PlanhatError::Failed(s.as_u16())),
@@ -296,7 +304,13 @@ impl Planhat {
         Ok(())
     }
 
-    fn pause_for(&self, wait: Duration) {
+    /// Tells `state` of every 429 from now on, so that all replicas pause (the first call wins).
+    pub fn share_pauses(&self, state: Arc<dyn SharedState>) {
+        let _ = self.inner.shared.set(state);
+    }
+
+    /// Refuses every call for `wait` (a longer pause already set stays).
+    pub fn pause_for(&self, wait: Duration) {
         let until = self.now_ms() + wait.as_millis() as u64;
         self.inner
             .paused_until_ms

@@ -1,0 +1,95 @@
+//! Discord's expiry edits: when a link dies, its message is edited to "expired" + New link,
+//! so no used URL stays in the chat.
+//!
+//! Each edit is a job in the shared state (due when the link expires), and one worker per
+//! process sleeps until the next job is due, in the manner of mini-redis's expiry task: no
+//! task per pending edit, nothing scanned on the request path. With Redis, the jobs outlive the
+//! replica that scheduled them and each is taken by exactly one replica, so a replica stopped
+//! or killed before its links expire doesn't leave them in the chat. The worker also wakes at
+//! least every [`POLL`], to pick up jobs another replica scheduled.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::{render, rest, DiscordState};
+use crate::shutdown::Shutdown;
+
+/// The longest the worker sleeps without looking (jobs of other replicas are due on time to
+/// within this).
+const POLL: Duration = Duration::from_millis(500);
+/// Jobs taken per look.
+const BATCH: usize = 64;
+
+/// The shared-state key of the expiry job of the message named `message_key`.
+pub fn job_key(message_key: u64) -> String {
+    format!("discord-expiry:{message_key}")
+}
+
+/// What an expiry edit needs. It holds the interaction token (valid 15 minutes), so it is
+/// never logged; on Redis it sits under the bot's key prefix with a TTL.
+#[derive(Serialize, Deserialize)]
+pub struct Job {
+    pub token: String,
+    pub asker: String,
+    pub end_user: String,
+}
+
+impl Job {
+    /// The job as stored.
+    pub fn encode(&self) -> String {
+        // Serialising three strings can't fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    fn decode(payload: &str) -> Option<Job> {
+        serde_json::from_str(payload).ok()
+    }
+}
+
+/// Runs due jobs until shutdown.
+pub async fn run(state: Arc<DiscordState>, mut shutdown: Shutdown) {
+    loop {
+        let due = state.app.state.take_due(SystemTime::now(), BATCH).await;
+        let full = due.len() == BATCH;
+        for job in due {
+            let Some(job) = Job::decode(&job.payload) else {
+                tracing::warn!("an expiry job could not be read; skipped");
+                continue;
+            };
+            let state = state.clone();
+            state
+                .app
+                .tasks
+                .clone()
+                .spawn(async move { edit(&state, job).await });
+        }
+        if full {
+            continue; // more are due right now
+        }
+        let wait = match state.app.state.next_due().await {
+            Some(at) => at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .min(POLL),
+            None => POLL,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = state.expiries.notified() => {}
+            _ = shutdown.fired() => return,
+        }
+    }
+}
+
+async fn edit(state: &DiscordState, job: Job) {
+    let edit = render::edit(render::expired(&job.asker, &job.end_user));
+    if let Err(e) = state
+        .http
+        .edit_original_interaction_response(&job.token, &edit, Vec::new())
+        .await
+    {
+        tracing::warn!(error = %rest::describe(&e), "could not replace an expired link");
+    }
+}

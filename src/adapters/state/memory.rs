@@ -1,0 +1,384 @@
+//! Shared state kept in this process: the default, right for one replica (and the fallback of
+//! the Redis store while Redis can't be reached).
+//!
+//! Every structure is bounded and evicts in O(1) amortised, in the manner of mini-redis's
+//! `db.rs`: entries sit in a map and, beside it, in the order they expire; clean-up pops from
+//! the front of that order and stops at the first live entry, so nothing on the request path
+//! ever scans a map. What each does when full is said where it is.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::core::onetime::GoError;
+use crate::core::ratelimit::RateLimiter;
+use crate::core::state::{Admission, Due, GoClaim, SharedState, StateError};
+
+/// Delivery ids remembered at once; when full, the oldest is forgotten first (a redelivery
+/// that old has long been answered).
+const MAX_DELIVERIES: usize = 100_000;
+/// `/go/` ids held at once; when full of live ids, no new one is issued and the asker gets a
+/// link minted directly instead.
+const MAX_GO: usize = 100_000;
+/// Scheduled jobs held at once; when full, a new job is refused (the caller logs it).
+const MAX_JOBS: usize = 10_000;
+
+/// Keys with a time after which they are forgotten, in insertion order beside the map.
+struct Expiring<V> {
+    map: HashMap<String, (Instant, V)>,
+    /// (forget-at, key) in insertion order. A key inserted again leaves a stale pair behind;
+    /// popping it removes nothing, because the map's forget-at no longer matches.
+    order: VecDeque<(Instant, String)>,
+    cap: usize,
+}
+
+impl<V> Expiring<V> {
+    fn new(cap: usize) -> Self {
+        Expiring {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// Forgets entries whose time has passed, from the front; stops at the first live one.
+    fn purge(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if *at > now {
+                break;
+            }
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((at, key)) = self.order.pop_front() {
+            if self.map.get(&key).is_some_and(|(t, _)| *t == at) {
+                self.map.remove(&key);
+            }
+        }
+    }
+
+    fn live(&self, key: &str, now: Instant) -> Option<&V> {
+        self.map
+            .get(key)
+            .filter(|(at, _)| *at > now)
+            .map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, key: String, forget_at: Instant, value: V) {
+        self.order.push_back((forget_at, key.clone()));
+        self.map.insert(key, (forget_at, value));
+    }
+
+    fn full(&self) -> bool {
+        self.map.len() >= self.cap
+    }
+}
+
+struct GoEntry {
+    claim: GoClaim,
+    expires: Instant,
+    used: bool,
+}
+
+/// Jobs by due time (ties broken by a sequence number) and by key.
+#[derive(Default)]
+struct Jobs {
+    by_time: BTreeMap<(SystemTime, u64), String>,
+    by_key: HashMap<String, (SystemTime, u64, String)>,
+    seq: u64,
+}
+
+/// The in-process store.
+pub struct MemoryState {
+    deliveries: Mutex<Expiring<()>>,
+    limiter: RateLimiter,
+    per_minute: u32,
+    go: Mutex<Expiring<GoEntry>>,
+    jobs: Mutex<Jobs>,
+}
+
+impl MemoryState {
+    /// A store whose rate limit allows `per_minute` requests per asker.
+    pub fn new(per_minute: u32) -> Self {
+        MemoryState {
+            deliveries: Mutex::new(Expiring::new(MAX_DELIVERIES)),
+            limiter: RateLimiter::new(per_minute),
+            per_minute,
+            go: Mutex::new(Expiring::new(MAX_GO)),
+            jobs: Mutex::new(Jobs::default()),
+        }
+    }
+
+    fn claim_now(&self, id: &str, ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut seen = lock(&self.deliveries);
+        seen.purge(now);
+        if seen.live(id, now).is_some() {
+            return false;
+        }
+        if seen.full() {
+            seen.pop_front();
+        }
+        seen.insert(id.to_string(), now + ttl, ());
+        true
+    }
+
+    fn admit_now(&self, key: &str, count: bool) -> Admission {
+        if !count {
+            return Admission::default();
+        }
+        Admission {
+            retry_after: self.limiter.check(key, Instant::now()).err(),
+            planhat_paused: None,
+        }
+    }
+
+    fn issue_now(&self, id: &str, claim: &GoClaim, lifetime: Duration) -> Result<(), StateError> {
+        let now = Instant::now();
+        let mut go = lock(&self.go);
+        go.purge(now);
+        if go.full() {
+            return Err(StateError::Full);
+        }
+        // Kept for twice its lifetime, so "used" and "expired" stay precise until then.
+        let entry = GoEntry {
+            claim: claim.clone(),
+            expires: now + lifetime,
+            used: false,
+        };
+        go.insert(id.to_string(), now + lifetime * 2, entry);
+        Ok(())
+    }
+
+    fn go_entry<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut GoEntry) -> Result<T, GoError>,
+    ) -> Result<T, GoError> {
+        let now = Instant::now();
+        let mut go = lock(&self.go);
+        let Some((forget, entry)) = go.map.get_mut(id) else {
+            return Err(GoError::Unknown);
+        };
+        if *forget <= now {
+            return Err(GoError::Unknown);
+        }
+        if entry.used {
+            return Err(GoError::Used);
+        }
+        if entry.expires <= now {
+            return Err(GoError::Expired);
+        }
+        f(entry)
+    }
+
+    /// The rate limit this store was built with (the Redis store's fallback shares it).
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
+    /// Synchronous forms, for the Redis store's fallback paths.
+    pub(super) fn claim_sync(&self, id: &str, ttl: Duration) -> bool {
+        self.claim_now(id, ttl)
+    }
+    pub(super) fn admit_sync(&self, key: &str, count: bool) -> Admission {
+        self.admit_now(key, count)
+    }
+    pub(super) fn schedule_sync(
+        &self,
+        key: &str,
+        due: SystemTime,
+        payload: &str,
+    ) -> Result<(), StateError> {
+        let mut jobs = lock(&self.jobs);
+        if let Some((t, s, _)) = jobs.by_key.remove(key) {
+            jobs.by_time.remove(&(t, s));
+        }
+        if jobs.by_key.len() >= MAX_JOBS {
+            return Err(StateError::Full);
+        }
+        jobs.seq += 1;
+        let seq = jobs.seq;
+        jobs.by_time.insert((due, seq), key.to_string());
+        jobs.by_key
+            .insert(key.to_string(), (due, seq, payload.to_string()));
+        Ok(())
+    }
+    pub(super) fn cancel_sync(&self, key: &str) {
+        let mut jobs = lock(&self.jobs);
+        if let Some((t, s, _)) = jobs.by_key.remove(key) {
+            jobs.by_time.remove(&(t, s));
+        }
+    }
+    pub(super) fn take_due_sync(&self, now: SystemTime, max: usize) -> Vec<Due> {
+        let mut jobs = lock(&self.jobs);
+        let mut due = Vec::new();
+        while due.len() < max {
+            let Some(entry) = jobs.by_time.first_entry() else {
+                break;
+            };
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            if let Some((_, _, payload)) = jobs.by_key.remove(&key) {
+                due.push(Due { key, payload });
+            }
+        }
+        due
+    }
+    pub(super) fn next_due_sync(&self) -> Option<SystemTime> {
+        lock(&self.jobs).by_time.keys().next().map(|(t, _)| *t)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind: keep using it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[async_trait]
+impl SharedState for MemoryState {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn claim_delivery(&self, id: &str, ttl: Duration) -> bool {
+        self.claim_now(id, ttl)
+    }
+
+    async fn admit(&self, key: &str, _per_minute: u32, count: bool) -> Admission {
+        // This process's own Planhat client holds its pause: nothing more to share.
+        self.admit_now(key, count)
+    }
+
+    async fn pause_planhat(&self, _wait: Duration) {}
+
+    async fn issue_go(
+        &self,
+        id: &str,
+        claim: &GoClaim,
+        lifetime: Duration,
+    ) -> Result<(), StateError> {
+        self.issue_now(id, claim, lifetime)
+    }
+
+    async fn take_go(&self, id: &str) -> Result<GoClaim, GoError> {
+        self.go_entry(id, |e| {
+            e.used = true;
+            Ok(e.claim.clone())
+        })
+    }
+
+    async fn peek_go(&self, id: &str) -> Result<(), GoError> {
+        self.go_entry(id, |_| Ok(()))
+    }
+
+    async fn release_go(&self, id: &str) {
+        if let Some((_, e)) = lock(&self.go).map.get_mut(id) {
+            e.used = false;
+        }
+    }
+
+    async fn schedule(&self, key: &str, due: SystemTime, payload: &str) -> Result<(), StateError> {
+        self.schedule_sync(key, due, payload)
+    }
+
+    async fn cancel(&self, key: &str) {
+        self.cancel_sync(key)
+    }
+
+    async fn take_due(&self, now: SystemTime, max: usize) -> Vec<Due> {
+        self.take_due_sync(now, max)
+    }
+
+    async fn next_due(&self) -> Option<SystemTime> {
+        self.next_due_sync()
+    }
+
+    fn housekeep(&self) {
+        let now = Instant::now();
+        self.limiter.sweep(now);
+        lock(&self.deliveries).purge(now);
+        lock(&self.go).purge(now);
+    }
+
+    async fn ping(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::asker::Asker;
+    use crate::core::portal::id_of;
+
+    fn claim(end_user: &str) -> GoClaim {
+        GoClaim {
+            asker: Asker::local_user(),
+            end_user: id_of(end_user).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn go_ids_are_single_use_precise_and_bounded() {
+        let s = MemoryState::new(10);
+        let life = Duration::from_secs(60);
+        s.issue_go("a", &claim("e1"), life).await.unwrap();
+        assert!(s.peek_go("a").await.is_ok());
+        assert_eq!(s.take_go("a").await.unwrap().end_user.as_str(), "e1");
+        assert_eq!(s.take_go("a").await.unwrap_err(), GoError::Used);
+        s.release_go("a").await;
+        assert!(s.take_go("a").await.is_ok(), "released ids work again");
+        assert_eq!(s.take_go("nope").await.unwrap_err(), GoError::Unknown);
+        s.issue_go("b", &claim("e1"), Duration::from_millis(50))
+            .await
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(s.take_go("b").await.unwrap_err(), GoError::Expired);
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_claimed_once_and_memory_stays_bounded() {
+        let s = MemoryState::new(10);
+        let ttl = Duration::from_secs(60);
+        assert!(s.claim_delivery("x", ttl).await);
+        assert!(!s.claim_delivery("x", ttl).await);
+        for i in 0..(MAX_DELIVERIES + 10) {
+            s.claim_delivery(&i.to_string(), ttl).await;
+        }
+        let seen = lock(&s.deliveries);
+        assert!(seen.map.len() <= MAX_DELIVERIES);
+        assert!(seen.order.len() <= MAX_DELIVERIES + 1);
+    }
+
+    #[tokio::test]
+    async fn jobs_come_due_in_order_once_and_can_be_replaced_or_cancelled() {
+        let s = MemoryState::new(10);
+        let t0 = SystemTime::now();
+        s.schedule("a", t0 + Duration::from_secs(2), "A")
+            .await
+            .unwrap();
+        s.schedule("b", t0 + Duration::from_secs(1), "B")
+            .await
+            .unwrap();
+        s.schedule("c", t0 + Duration::from_secs(1), "C")
+            .await
+            .unwrap();
+        s.cancel("c").await;
+        s.schedule("a", t0 + Duration::from_secs(3), "A2")
+            .await
+            .unwrap();
+        assert_eq!(s.next_due().await, Some(t0 + Duration::from_secs(1)));
+        assert!(s.take_due(t0, 10).await.is_empty());
+        let due = s.take_due(t0 + Duration::from_secs(5), 10).await;
+        let got: Vec<_> = due.iter().map(|d| d.payload.as_str()).collect();
+        assert_eq!(got, vec!["B", "A2"]);
+        assert!(s.take_due(t0 + Duration::from_secs(5), 10).await.is_empty());
+    }
+}

@@ -1,0 +1,559 @@
+//! Shared state on Redis, for several replicas (`[state] redis_url`).
+//!
+//! One multiplexed connection (redis-rs's connection manager, which reconnects by itself),
+//! every key under `key_prefix` and with a TTL, and every read-modify-write done atomically
+//! in one Lua script, so two replicas can never both use a `/go/` id or both take the last
+//! token of a rate limit. Times inside scripts come from Redis's own clock (`TIME`), so
+//! replicas with skewed clocks still agree.
+//!
+//! Redis down or slow never fails a request. Every call is bounded by a short timeout; the
+//! first failure marks the store unhealthy (a warning in the log, `portal_bot_redis_up` 0),
+//! after which calls don't wait on Redis at all but fall back at once (each counted in
+//! `portal_bot_state_fallbacks_total{op}`): deliveries are claimed (fail open), rate limits
+//! are this process's own, jobs are kept in this process, `/go/` ids are neither issued (the
+//! asker gets a link minted directly) nor used (the page says "try again"). A background
+//! probe PINGs every second and marks the store healthy again when Redis answers: recovery
+//! needs no restart.
+//!
+//! Keys (`P` = `key_prefix`):
+//!
+//! | key | what | TTL |
+//! | --- | --- | --- |
+//! | `P seen:{delivery}` | a delivery claimed by one replica | 10-15 min (the platform's redelivery window) |
+//! | `P rl:{platform}:{user}` | token bucket: `tokens`, `ts` | 60 s (a full refill) |
+//! | `P pause:planhat` | Planhat said 429 | Retry-After |
+//! | `P go:{id}` | `/go/` id: claim, `exp`, `used` | 2 × its lifetime |
+//! | `P jobs:due`, `P jobs:data` | scheduled jobs (Discord expiry edits) by due time, and their payloads | 15 min past the last job's due time |
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+use super::memory::MemoryState;
+use crate::core::asker::Asker;
+use crate::core::metrics::Metrics;
+use crate::core::onetime::GoError;
+use crate::core::portal::id_of;
+use crate::core::secret::Secret;
+use crate::core::state::{Admission, Due, GoClaim, SharedState, StateError};
+use crate::shutdown::Shutdown;
+
+/// How long one Redis call may take before the store counts as unavailable. Loopback or a
+/// nearby Redis answers in well under a millisecond; the chat's 3 seconds must survive a dead
+/// one.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often the health probe PINGs.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Jobs' keys outlive the last job by this much (a Discord interaction token's life).
+const JOBS_GRACE: Duration = Duration::from_secs(15 * 60);
+
+const ADMIT: &str = r"
+local pause = redis.call('PTTL', KEYS[2])
+if pause < 0 then pause = 0 end
+if ARGV[2] == '0' then return {0, pause} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cap = tonumber(ARGV[1])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or cap
+local ts = tonumber(b[2]) or now
+tokens = math.min(cap, tokens + math.max(0, now - ts) * cap / 60000)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 60000 / cap) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], 60000)
+return {wait, pause}
+";
+
+const PAUSE: &str = r"
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 1
+";
+
+const GO_ISSUE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'c', ARGV[1], 'exp', now + tonumber(ARGV[2]), 'used', '0')
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
+return 1
+";
+
+/// ARGV[1] = '1' to use the id up, '0' to only look.
+const GO_TAKE: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'c', 'exp', 'used')
+if not h[1] then return {'unknown'} end
+if h[3] == '1' then return {'used'} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now >= tonumber(h[2]) then return {'expired'} end
+if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'used', '1') end
+return {'ok', h[1]}
+";
+
+const GO_RELEASE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'used', '0') end
+return 1
+";
+
+const SCHEDULE: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local ttl = tonumber(ARGV[4])
+for i = 1, 2 do
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return 1
+";
+
+const TAKE_DUE: &str = r"
+local ks = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, k in ipairs(ks) do
+  local p = redis.call('HGET', KEYS[2], k)
+  redis.call('ZREM', KEYS[1], k)
+  redis.call('HDEL', KEYS[2], k)
+  if p then table.insert(out, k); table.insert(out, p) end
+end
+return out
+";
+
+/// A `/go/` claim as stored in Redis.
+#[derive(Serialize, Deserialize)]
+struct StoredClaim {
+    asker: Asker,
+    end_user: String,
+}
+
+/// The Redis store, with an in-process fallback for while Redis can't be reached.
+pub struct RedisState {
+    conn: ConnectionManager,
+    prefix: String,
+    healthy: Arc<AtomicBool>,
+    fallback: MemoryState,
+    metrics: Arc<Metrics>,
+    admit: Script,
+    pause: Script,
+    go_issue: Script,
+    go_take: Script,
+    go_release: Script,
+    schedule: Script,
+    take_due: Script,
+}
+
+/// Why the store could not be built (a URL redis-rs can't use). Never echoes the URL: it may
+/// hold a password.
+#[derive(Debug, thiserror::Error)]
+#[error("state.redis_url: {0}")]
+pub struct RedisConfigError(String);
+
+impl RedisState {
+    /// Builds the store (no network call: the connection is made on first use) and starts the
+    /// health probe, which ends on `shutdown` or when the store is dropped. `healthy` is the
+    /// readiness flag it keeps up to date.
+    pub fn start(
+        url: &Secret,
+        prefix: &str,
+        fallback: MemoryState,
+        metrics: Arc<Metrics>,
+        healthy: Arc<AtomicBool>,
+        shutdown: Shutdown,
+    ) -> Result<Arc<RedisState>, RedisConfigError> {
+        let client = redis::Client::open(url.expose())
+            .map_err(|e| RedisConfigError(format!("not a usable Redis URL ({:?})", e.kind())))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT * 4))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| RedisConfigError(format!("cannot set up the connection ({e})")))?;
+        let state = Arc::new(RedisState {
+            conn,
+            prefix: prefix.to_string(),
+            healthy,
+            fallback,
+            metrics,
+            admit: Script::new(ADMIT),
+            pause: Script::new(PAUSE),
+            go_issue: Script::new(GO_ISSUE),
+            go_take: Script::new(GO_TAKE),
+            go_release: Script::new(GO_RELEASE),
+            schedule: Script::new(SCHEDULE),
+            take_due: Script::new(TAKE_DUE),
+        });
+        tokio::spawn(probe(Arc::downgrade(&state), shutdown));
+        Ok(state)
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut k = self.prefix.clone();
+        for p in parts {
+            k.push_str(p);
+        }
+        k
+    }
+
+    fn up(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Runs one Redis call within [`CALL_TIMEOUT`]; a failure marks the store unhealthy.
+    async fn call<T, F>(&self, op: &'static str, f: F) -> Result<T, StateError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.up() {
+            return Err(self.fell_back(op, None));
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.fell_back(op, Some(e.to_string()))),
+            Err(_) => Err(self.fell_back(
+                op,
+                Some(format!("no answer within {}ms", CALL_TIMEOUT.as_millis())),
+            )),
+        }
+    }
+
+    /// Counts a fallback; on the first failure, marks the store down and says so once.
+    fn fell_back(&self, op: &'static str, error: Option<String>) -> StateError {
+        self.metrics.state_fallback(op);
+        if let Some(error) = error {
+            tracing::debug!(op, "a Redis call failed");
+            self.mark(Some(error.clone()));
+            return StateError::Unavailable(error);
+        }
+        StateError::Unavailable("Redis is down".into())
+    }
+
+    /// Records a probe's outcome (`None`: Redis answered), saying so when it changes.
+    fn mark(&self, error: Option<String>) {
+        match error {
+            None => {
+                if !self.healthy.swap(true, Ordering::Relaxed) {
+                    self.metrics.redis_up(true);
+                    tracing::info!("Redis answers: shared state is on");
+                }
+            }
+            Some(error) => {
+                if self.healthy.swap(false, Ordering::Relaxed) {
+                    self.metrics.redis_up(false);
+                    tracing::warn!(%error, "Redis is unavailable: falling back to this process's own state until it answers again");
+                }
+            }
+        }
+    }
+
+    async fn ping_now(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(
+            CALL_TIMEOUT * 2,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {}ms",
+                (CALL_TIMEOUT * 2).as_millis()
+            )),
+        }
+    }
+
+    async fn go_script(&self, id: &str, take: bool) -> Result<GoClaim, GoError> {
+        if !crate::core::onetime::plausible(id) {
+            return Err(GoError::Unknown);
+        }
+        let key = self.key(&["go:", id]);
+        let mut conn = self.conn.clone();
+        let op = if take { "go_take" } else { "go_peek" };
+        let answer: Vec<String> = self
+            .call(op, async {
+                self.go_take
+                    .key(&key)
+                    .arg(if take { "1" } else { "0" })
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await
+            .map_err(|_| GoError::Unavailable)?;
+        match answer.first().map(String::as_str) {
+            Some("ok") => {
+                let stored: Option<StoredClaim> =
+                    answer.get(1).and_then(|c| serde_json::from_str(c).ok());
+                stored
+                    .and_then(|s| {
+                        Some(GoClaim {
+                            end_user: id_of(&s.end_user)?,
+                            asker: s.asker,
+                        })
+                    })
+                    .ok_or(GoError::Unknown)
+            }
+            Some("used") => Err(GoError::Used),
+            Some("expired") => Err(GoError::Expired),
+            _ => Err(GoError::Unknown),
+        }
+    }
+}
+
+/// Marks the store healthy or not, every [`PROBE_EVERY`], until shutdown or the store is gone.
+async fn probe(state: Weak<RedisState>, mut shutdown: Shutdown) {
+    loop {
+        let Some(s) = state.upgrade() else { return };
+        let answer = s.ping_now().await;
+        s.mark(answer.err());
+        drop(s);
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = shutdown.fired() => return,
+        }
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+#[async_trait]
+impl SharedState for RedisState {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn claim_delivery(&self, id: &str, ttl: Duration) -> bool {
+        let key = self.key(&["seen:", id]);
+        let mut conn = self.conn.clone();
+        let set = self
+            .call("dedupe", async {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg("1")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms(ttl))
+                    .query_async::<Option<String>>(&mut conn)
+                    .await
+            })
+            .await;
+        match set {
+            Ok(answer) => answer.is_some(),
+            // Fail open, but still dedupe what this process has seen.
+            Err(_) => self.fallback.claim_sync(id, ttl),
+        }
+    }
+
+    async fn admit(&self, key: &str, per_minute: u32, count: bool) -> Admission {
+        let (bucket, pause) = (self.key(&["rl:", key]), self.key(&["pause:planhat"]));
+        let mut conn = self.conn.clone();
+        let answer: Result<(u64, i64), _> = self
+            .call("rate_limit", async {
+                self.admit
+                    .key(&bucket)
+                    .key(&pause)
+                    .arg(per_minute.max(1))
+                    .arg(if count { "1" } else { "0" })
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await;
+        match answer {
+            Ok((wait, paused)) => Admission {
+                retry_after: (wait > 0).then(|| Duration::from_secs(wait.div_ceil(1000))),
+                planhat_paused: (paused > 0).then(|| Duration::from_millis(paused as u64)),
+            },
+            Err(_) => self.fallback.admit_sync(key, count),
+        }
+    }
+
+    async fn pause_planhat(&self, wait: Duration) {
+        let key = self.key(&["pause:planhat"]);
+        let mut conn = self.conn.clone();
+        let _ = self
+            .call("pause", async {
+                self.pause
+                    .key(&key)
+                    .arg(ms(wait))
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+    }
+
+    async fn issue_go(
+        &self,
+        id: &str,
+        claim: &GoClaim,
+        lifetime: Duration,
+    ) -> Result<(), StateError> {
+        let stored = serde_json::to_string(&StoredClaim {
+            asker: claim.asker.clone(),
+            end_user: claim.end_user.to_string(),
+        })
+        .map_err(|e| StateError::Unavailable(e.to_string()))?;
+        let key = self.key(&["go:", id]);
+        let mut conn = self.conn.clone();
+        self.call("go_issue", async {
+            self.go_issue
+                .key(&key)
+                .arg(&stored)
+                .arg(ms(lifetime))
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn take_go(&self, id: &str) -> Result<GoClaim, GoError> {
+        self.go_script(id, true).await
+    }
+
+    async fn peek_go(&self, id: &str) -> Result<(), GoError> {
+        self.go_script(id, false).await.map(|_| ())
+    }
+
+    async fn release_go(&self, id: &str) {
+        if !crate::core::onetime::plausible(id) {
+            return;
+        }
+        let key = self.key(&["go:", id]);
+        let mut conn = self.conn.clone();
+        let _ = self
+            .call("go_release", async {
+                self.go_release
+                    .key(&key)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+    }
+
+    async fn schedule(&self, key: &str, due: SystemTime, payload: &str) -> Result<(), StateError> {
+        let (zset, data) = (self.key(&["jobs:due"]), self.key(&["jobs:data"]));
+        let ttl = due.duration_since(SystemTime::now()).unwrap_or_default() + JOBS_GRACE;
+        let mut conn = self.conn.clone();
+        let stored = self
+            .call("schedule", async {
+                self.schedule
+                    .key(&zset)
+                    .key(&data)
+                    .arg(key)
+                    .arg(unix_ms(due))
+                    .arg(payload)
+                    .arg(ms(ttl))
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+        match stored {
+            Ok(_) => {
+                // A job of the same key kept here while Redis was down is superseded.
+                self.fallback.cancel_sync(key);
+                Ok(())
+            }
+            // Nothing lost: this process keeps the job and runs it itself.
+            Err(_) => self.fallback.schedule_sync(key, due, payload),
+        }
+    }
+
+    async fn cancel(&self, key: &str) {
+        self.fallback.cancel_sync(key);
+        let (zset, data) = (self.key(&["jobs:due"]), self.key(&["jobs:data"]));
+        let mut conn = self.conn.clone();
+        let _ = self
+            .call("cancel", async {
+                redis::pipe()
+                    .atomic()
+                    .cmd("ZREM")
+                    .arg(&zset)
+                    .arg(key)
+                    .ignore()
+                    .cmd("HDEL")
+                    .arg(&data)
+                    .arg(key)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await;
+    }
+
+    async fn take_due(&self, now: SystemTime, max: usize) -> Vec<Due> {
+        let mut due = self.fallback.take_due_sync(now, max);
+        if due.len() >= max || !self.up() {
+            return due;
+        }
+        let (zset, data) = (self.key(&["jobs:due"]), self.key(&["jobs:data"]));
+        let mut conn = self.conn.clone();
+        let taken: Result<Vec<String>, _> = self
+            .call("take_due", async {
+                self.take_due
+                    .key(&zset)
+                    .key(&data)
+                    .arg(unix_ms(now))
+                    .arg(max - due.len())
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await;
+        if let Ok(flat) = taken {
+            let mut it = flat.into_iter();
+            while let (Some(key), Some(payload)) = (it.next(), it.next()) {
+                due.push(Due { key, payload });
+            }
+        }
+        due
+    }
+
+    async fn next_due(&self) -> Option<SystemTime> {
+        let local = self.fallback.next_due_sync();
+        if !self.up() {
+            return local;
+        }
+        let zset = self.key(&["jobs:due"]);
+        let mut conn = self.conn.clone();
+        let first: Option<(String, u64)> = self
+            .call("next_due", async {
+                redis::cmd("ZRANGE")
+                    .arg(&zset)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async::<Vec<(String, u64)>>(&mut conn)
+                    .await
+            })
+            .await
+            .ok()
+            .and_then(|v| v.into_iter().next());
+        let remote = first.map(|(_, at)| UNIX_EPOCH + Duration::from_millis(at));
+        match (local, remote) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn housekeep(&self) {
+        self.fallback.housekeep();
+    }
+
+    async fn ping(&self) -> Result<(), StateError> {
+        let answer = self.ping_now().await;
+        self.mark(answer.as_ref().err().cloned());
+        answer.map_err(StateError::Unavailable)
+    }
+}
