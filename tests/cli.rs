@@ -276,27 +276,6 @@ async fn serve_stops_gracefully_on_sigterm() {
     );
 }
 
-/// Reads the server's JSON log until it says where it listens; keeps draining it afterwards.
-fn listening_addr(child: &mut std::process::Child) -> String {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["message"] == "portal-bot is listening" {
-                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
-                }
-            }
-        }
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(20))
-        .expect("the server starts and says where it listens")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_lines_survive_a_crash_whole_or_not_at_all() {
     let planhat = MockServer::start().await;

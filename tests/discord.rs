@@ -6,14 +6,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use common::discord::*;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use portal_bot::Running;
@@ -35,164 +31,6 @@ const OTHER_GUILD: u64 = 1300000000000000099;
 
 /// A plausible Planhat end-user id.
 const ENDUSER: &str = "5f2a9c0e1b2c3d4e5f6a7b8c";
-
-/// How long a test waits for something the bot sends on its own (edits, registration).
-const WAIT: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------------------------------------
-// The fake Discord REST API.
-
-/// One request the fake Discord received.
-#[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    path: String,
-    authorization: Option<String>,
-    body: String,
-}
-
-impl Seen {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "{} {} sent non-JSON ({e}): {}",
-                self.method, self.path, self.body
-            )
-        })
-    }
-}
-
-#[derive(Clone)]
-struct FakeState {
-    log: Arc<Mutex<Vec<Seen>>>,
-    gateway_url: String,
-}
-
-/// A recording stand-in for `https://discord.com/api/v10` on 127.0.0.1.
-struct FakeDiscord {
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// A Message object as Discord returns it from an edit (every field serenity requires).
-fn message_json(id: u64, content: &str) -> Value {
-    json!({
-        "id": id.to_string(), "channel_id": CHANNEL.to_string(),
-        "author": {"id": APP_ID.to_string(), "username": "portal-bot", "bot": true},
-        "content": content, "timestamp": "2024-01-01T00:00:00+00:00", "tts": false,
-        "mention_everyone": false, "mentions": [], "mention_roles": [], "attachments": [],
-        "embeds": [], "pinned": false, "type": 0, "flags": 64
-    })
-}
-
-async fn fake_discord_route(
-    State(s): State<FakeState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let path = uri.path().to_string();
-    s.log.lock().unwrap().push(Seen {
-        method: method.to_string(),
-        path: path.clone(),
-        authorization: headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        body: String::from_utf8_lossy(&body).into_owned(),
-    });
-    let json_ok = |v: Value| {
-        (
-            StatusCode::OK,
-            [("content-type", "application/json")],
-            v.to_string(),
-        )
-            .into_response()
-    };
-    match (method.as_str(), path.as_str()) {
-        // Always served: without it serenity would fall back to Discord's real gateway.
-        ("GET", "/api/v10/gateway") | ("GET", "/api/v10/gateway/bot") => {
-            json_ok(json!({"url": s.gateway_url}))
-        }
-        ("PUT", p) if p.ends_with("/commands") => json_ok(json!([])),
-        ("POST", p) if p.starts_with("/api/v10/interactions/") && p.ends_with("/callback") => {
-            StatusCode::NO_CONTENT.into_response()
-        }
-        ("PATCH", p)
-            if p.starts_with("/api/v10/webhooks/") && p.ends_with("/messages/@original") =>
-        {
-            let content = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v["content"].as_str().map(str::to_string))
-                .unwrap_or_default();
-            json_ok(message_json(1800000000000000008, &content))
-        }
-        _ => (
-            StatusCode::NOT_FOUND,
-            [("content-type", "application/json")],
-            r#"{"message":"Unknown","code":0}"#,
-        )
-            .into_response(),
-    }
-}
-
-impl FakeDiscord {
-    /// Starts the fake; `GET /api/v10/gateway` answers `gateway_url`.
-    async fn start(gateway_url: &str) -> FakeDiscord {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let state = FakeState {
-            log: log.clone(),
-            gateway_url: gateway_url.to_string(),
-        };
-        let router = axum::Router::new()
-            .fallback(fake_discord_route)
-            .with_state(state);
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
-        FakeDiscord { addr, log, task }
-    }
-
-    fn api_url(&self) -> String {
-        format!("http://{}/api/v10", self.addr)
-    }
-
-    fn requests(&self) -> Vec<Seen> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// The first recorded request matching `want`, waiting up to `WAIT` for it.
-    async fn wait_for(&self, what: &str, want: impl Fn(&Seen) -> bool) -> Seen {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(found) = self.requests().into_iter().find(|r| want(r)) {
-                return found;
-            }
-            if Instant::now() > deadline {
-                let seen: Vec<String> = self
-                    .requests()
-                    .iter()
-                    .map(|r| format!("{} {} {}", r.method, r.path, r.body))
-                    .collect();
-                panic!(
-                    "the fake Discord never received {what}; it received:\n{}",
-                    seen.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for FakeDiscord {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Driving the app.
@@ -964,75 +802,6 @@ async fn a_fresh_link_is_not_hidden_by_the_expiry_of_the_link_it_replaced() {
 // ---------------------------------------------------------------------------------------------
 // Gateway mode, end to end against a fake gateway.
 
-#[derive(Debug)]
-enum Gw {
-    /// A new WebSocket connection (reported by `scripted_gateway` only).
-    Connected,
-    Identify(Value),
-    /// An op 6 Resume (reported by `scripted_gateway` only).
-    Resume(Value),
-    Closed,
-}
-
-/// A fake Discord gateway: Hello, then on Identify READY and one INTERACTION_CREATE carrying
-/// `interaction`; heartbeats are acknowledged. Reports Identify and the end of each connection.
-async fn fake_gateway(
-    listener: TcpListener,
-    ws_url: String,
-    interaction: Value,
-    events: mpsc::UnboundedSender<Gw>,
-) {
-    let mut interaction = Some(interaction);
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            return;
-        };
-        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-            continue;
-        };
-        let hello = json!({"op": 10, "d": {"heartbeat_interval": 45000}, "s": null, "t": null});
-        if ws.send(WsMessage::text(hello.to_string())).await.is_err() {
-            continue;
-        }
-        let mut seq = 0u64;
-        while let Some(frame) = ws.next().await {
-            let text = match frame {
-                Ok(WsMessage::Text(t)) => t.to_string(),
-                Ok(WsMessage::Binary(b)) => String::from_utf8_lossy(&b).into_owned(),
-                Ok(WsMessage::Close(_)) | Err(_) => break,
-                Ok(_) => continue,
-            };
-            let Ok(payload) = serde_json::from_str::<Value>(&text) else {
-                continue;
-            };
-            match payload["op"].as_u64() {
-                Some(2) => {
-                    let _ = events.send(Gw::Identify(payload));
-                    seq += 1;
-                    let ready = json!({"op": 0, "s": seq, "t": "READY", "d": {
-                        "v": 10, "user": {"id": APP_ID.to_string(), "username": "portal-bot", "bot": true},
-                        "guilds": [], "session_id": "fake-session", "resume_gateway_url": ws_url,
-                        "application": {"id": APP_ID.to_string(), "flags": 0}}});
-                    let _ = ws.send(WsMessage::text(ready.to_string())).await;
-                    if let Some(d) = interaction.take() {
-                        seq += 1;
-                        let dispatch =
-                            json!({"op": 0, "s": seq, "t": "INTERACTION_CREATE", "d": d});
-                        let _ = ws.send(WsMessage::text(dispatch.to_string())).await;
-                    }
-                }
-                Some(1) => {
-                    let _ = ws
-                        .send(WsMessage::text(json!({"op": 11}).to_string()))
-                        .await;
-                }
-                _ => {}
-            }
-        }
-        let _ = events.send(Gw::Closed);
-    }
-}
-
 #[tokio::test]
 async fn gateway_mode_end_to_end() {
     let planhat = MockServer::start().await;
@@ -1046,6 +815,7 @@ async fn gateway_mode_end_to_end() {
         ws_listener,
         ws_url.clone(),
         discord_command(id, ALICE, &[], ENDUSER),
+        false,
         events_tx,
     ));
 

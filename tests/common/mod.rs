@@ -2,6 +2,9 @@
 //! requests signed exactly as Slack and Discord sign them. Every address here is 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod discord;
+pub mod redis;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signer, SigningKey};
@@ -209,4 +212,25 @@ pub async fn mint_calls(server: &MockServer, id: &str) -> usize {
         .iter()
         .filter(|r| r.url.path() == mint)
         .count()
+}
+
+/// Reads the server's JSON log until it says where it listens; keeps draining it afterwards.
+pub fn listening_addr(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["message"] == "portal-bot is listening" {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the server starts and says where it listens")
 }

@@ -1,0 +1,414 @@
+//! Several replicas sharing one real Redis, driven as an operator's deployment and the chat
+//! platforms would drive them: two apps (or an app and a real `portal-bot` process) on
+//! loopback behind no load balancer but the test, which sends each request to whichever
+//! replica it likes. Redis is real (the shared 127.0.0.1:6379 with a key prefix per test, or a
+//! `redis-server` of the test's own when it must be stopped), never a mock.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::discord::*;
+use common::redis::*;
+use common::*;
+use portal_bot::Running;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn slack_toml() -> String {
+    format!(
+        "[slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\n\
+         api_url = \"http://127.0.0.1:9/api\"\n[access]\nslack_users = [\"U1\", \"U2\"]\n"
+    )
+}
+
+/// A replica answering Slack over http, with `[state]` and any further sections in `extra`;
+/// `public`: with `server.public_url` (so links are `/go/` links).
+async fn replica(planhat: &MockServer, extra: &str, public: bool) -> Running {
+    let mut cfg = config(&planhat.uri(), &format!("{}{extra}", slack_toml()));
+    if public {
+        // public_url must name the port before start: pick a free one.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        cfg.server.listen = addr;
+        cfg.server.public_url = Some(url::Url::parse(&format!("http://{addr}")).unwrap());
+    }
+    spawn(cfg).await
+}
+
+/// `/portal <text>` from `user`, signed, to `app`: the answer and how long it took.
+async fn ask(app: &Running, user: &str, text: &str, trigger: &str) -> (Value, Duration) {
+    let started = Instant::now();
+    let body = slash_body(user, "C1", text, "http://127.0.0.1:9/hook", trigger);
+    let response = post_slack(
+        &format!("http://{}", app.addr),
+        "/slack/commands",
+        SIGNING_SECRET,
+        body,
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let answer = response.json().await.unwrap();
+    (answer, started.elapsed())
+}
+
+/// The `/go/` id in a Slack answer, if it carries one.
+fn go_id(answer: &Value) -> Option<String> {
+    let text = answer.to_string();
+    let at = text.find("/go/")? + 4;
+    Some(text.get(at..at + 40)?.to_string())
+}
+
+/// A browser click on `/go/{id}` at `app`: status, `Location`, body.
+async fn click(app: &Running, id: &str) -> (u16, String, String) {
+    let browser = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let r = browser
+        .get(format!("http://{}/go/{id}", app.addr))
+        .header("user-agent", "Mozilla/5.0")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, location, r.text().await.unwrap_or_default())
+}
+
+async fn readyz(app: &Running) -> (u16, String) {
+    let r = client()
+        .get(format!("http://{}/readyz", app.addr))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < until, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_link_issued_on_one_replica_is_used_once_on_any() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "shared-go").await;
+    let (url, prefix) = shared();
+    let state = state_toml(&url, &prefix);
+    let a = replica(&planhat, &state, true).await;
+    let b = replica(&planhat, &state, true).await;
+    for r in [&a, &b] {
+        let (status, body) = readyz(r).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("redis: up"), "{body}");
+    }
+
+    // Issued by A, clicked through the load balancer on B.
+    let (answer, _) = ask(&a, "U1", "e1", "trig-go-1").await;
+    let id = go_id(&answer).unwrap_or_else(|| panic!("a /go/ link: {answer}"));
+    assert_eq!(mint_calls(&planhat, "e1").await, 0, "nothing minted yet");
+    let (status, location, _) = click(&b, &id).await;
+    assert_eq!(status, 302);
+    assert_eq!(location, format!("{PORTAL}/redirect/shared-go"));
+    // Used is used, on every replica.
+    let (status, _, page) = click(&a, &id).await;
+    assert_eq!(status, 410, "{page}");
+    assert!(page.contains("already used"), "{page}");
+
+    // Two clicks at the same moment on the two replicas: exactly one mint, one redirect.
+    for round in 0..5 {
+        let (answer, _) = ask(&a, "U2", "e1", &format!("trig-race-{round}")).await;
+        let id = go_id(&answer).unwrap();
+        let before = mint_calls(&planhat, "e1").await;
+        let (on_a, on_b) = tokio::join!(click(&a, &id), click(&b, &id));
+        let mut statuses = [on_a.0, on_b.0];
+        statuses.sort();
+        assert_eq!(statuses, [302, 410], "round {round}");
+        assert_eq!(
+            mint_calls(&planhat, "e1").await,
+            before + 1,
+            "round {round}"
+        );
+    }
+
+    // A Slack retry of one command that lands on the other replica is answered once.
+    let (first, second) = tokio::join!(
+        ask(&a, "U1", "e1", "trig-retried"),
+        ask(&b, "U1", "e1", "trig-retried")
+    );
+    let links = [&first.0, &second.0]
+        .iter()
+        .filter(|a| go_id(a).is_some())
+        .count();
+    assert_eq!(links, 1, "{} / {}", first.0, second.0);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_and_planhat_pauses_hold_across_replicas() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "rl").await;
+    for p in ["/shareabletokens/access/e9", "/shareabletokens/e9"] {
+        Mock::given(method("GET"))
+            .and(path(p))
+            .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "30"))
+            .mount(&planhat)
+            .await;
+    }
+    let (url, prefix) = shared();
+    let extra = format!(
+        "{}[limits]\nper_user_per_minute = 2\n",
+        state_toml(&url, &prefix)
+    );
+    let a = replica(&planhat, &extra, false).await;
+    let b = replica(&planhat, &extra, false).await;
+
+    // Two a minute for U1, counted across both replicas.
+    let (one, _) = ask(&a, "U1", "e1", "trig-rl-1").await;
+    let (two, _) = ask(&b, "U1", "e1", "trig-rl-2").await;
+    let (three, _) = ask(&a, "U1", "e1", "trig-rl-3").await;
+    assert!(one.to_string().contains("/redirect/rl"), "{one}");
+    assert!(two.to_string().contains("/redirect/rl"), "{two}");
+    assert!(three.to_string().contains("many links"), "{three}");
+    assert!(!three.to_string().contains("/redirect/"), "{three}");
+
+    // Planhat says 429 to A: B holds back too, without calling Planhat.
+    let (busy, _) = ask(&a, "U2", "e9", "trig-429").await;
+    assert!(busy.to_string().contains("Planhat is busy"), "{busy}");
+    tokio::time::sleep(Duration::from_millis(300)).await; // the pause reaches Redis
+    let calls = planhat_calls(&planhat, "/shareabletokens/").await;
+    let (held, _) = ask(&b, "U2", "e1", "trig-held").await;
+    assert!(held.to_string().contains("Planhat is busy"), "{held}");
+    assert_eq!(
+        planhat_calls(&planhat, "/shareabletokens/").await,
+        calls,
+        "B did not call a Planhat that said stop"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interaction_both_gateway_replicas_receive_is_answered_once() {
+    const ALICE: u64 = 1500000000000000005;
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "gw-once").await;
+    let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_url = format!("ws://{}", ws_listener.local_addr().unwrap());
+    let fake = FakeDiscord::start(&ws_url).await;
+    let id = 1100000000000002001;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let gateway = tokio::spawn(fake_gateway(
+        ws_listener,
+        ws_url.clone(),
+        discord_command(id, ALICE, &[], "e1"),
+        true,
+        events_tx,
+    ));
+    let (url, prefix) = shared();
+    let toml = format!(
+        "[discord]\nmode = \"gateway\"\ntoken = \"{DISCORD_TOKEN}\"\napplication_id = {APP_ID}\n\
+         guild_ids = [{GUILD}]\napi_url = \"{}\"\n[access]\ndiscord_users = [{ALICE}]\n{}",
+        fake.api_url(),
+        state_toml(&url, &prefix)
+    );
+    let a = spawn(config(&planhat.uri(), &toml)).await;
+    let b = spawn(config(&planhat.uri(), &toml)).await;
+    let mut identified = 0;
+    while identified < 2 {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(Gw::Identify(_))) => identified += 1,
+            Ok(Some(_)) => {}
+            other => panic!("both replicas identify: {other:?}"),
+        }
+    }
+    let callback = format!("/api/v10/interactions/{id}/itok-{id}/callback");
+    fake.wait_for("the interaction callback", |r| r.path == callback)
+        .await;
+    // Give the slower replica every chance to answer too.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answers = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == callback)
+        .count();
+    assert_eq!(answers, 1, "answered by exactly one replica");
+    assert_eq!(mint_calls(&planhat, "e1").await, 1, "minted once");
+    for r in [&a, &b] {
+        let (status, body) = readyz(r).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("discord_gateway: up"), "{body}");
+    }
+    a.stop().await;
+    b.stop().await;
+    gateway.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_replica_s_expiry_edit_is_made_by_another_on_time() {
+    const ALICE: u64 = 1500000000000000005;
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "killed").await;
+    let fake = FakeDiscord::start("ws://127.0.0.1:9").await;
+    let (url, prefix) = shared();
+    let discord = format!(
+        "[discord]\nmode = \"http\"\ntoken = \"{DISCORD_TOKEN}\"\napplication_id = \"{APP_ID}\"\n\
+         public_key = \"{}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{}\"\n[access]\ndiscord_users = [\"{ALICE}\"]\n{}",
+        discord_public_key_hex(),
+        fake.api_url(),
+        state_toml(&url, &prefix)
+    );
+    // A: a real process, killed without warning below.
+    let dir = std::env::temp_dir().join(format!("pb-replica-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("a.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\n\
+             token = \"{API_TOKEN}\"\nlink_lifetime = \"3s\"\n{discord}",
+            planhat.uri()
+        ),
+    )
+    .unwrap();
+    let mut a = std::process::Command::new(env!("CARGO_BIN_EXE_portal-bot"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let a_base = format!("http://{}", listening_addr(&mut a));
+    // B: the replica that stays.
+    let mut cfg = config(&planhat.uri(), &discord);
+    cfg.planhat.link_lifetime = Duration::from_secs(3);
+    let b = spawn(cfg).await;
+
+    let id = 1100000000000003001;
+    let minted = Instant::now();
+    let response = post_discord(&a_base, discord_command(id, ALICE, &[], "e1").to_string()).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert!(answer.to_string().contains("/redirect/killed"), "{answer}");
+    a.kill().unwrap(); // SIGKILL: A's pending edit is in Redis, not in A
+    a.wait().unwrap();
+
+    let original = format!("/api/v10/webhooks/{APP_ID}/itok-{id}/messages/@original");
+    let until = minted + Duration::from_secs(3) + Duration::from_secs(2);
+    let edit = loop {
+        if let Some(e) = fake
+            .requests()
+            .into_iter()
+            .find(|r| r.method == "PATCH" && r.path == original)
+        {
+            break e;
+        }
+        assert!(
+            Instant::now() < until,
+            "no expiry edit within 2 s of the link's expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let at = minted.elapsed();
+    assert!(
+        at >= Duration::from_millis(2900),
+        "not before expiry: {at:?}"
+    );
+    let body = edit.json().to_string();
+    assert!(body.contains("expired"), "{body}");
+    assert!(!body.contains("/redirect/"), "{body}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let edits = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path == original)
+        .count();
+    assert_eq!(edits, 1, "made exactly once");
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_keeps_answers_clear_and_timely_and_recovery_needs_no_restart() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "outage").await;
+    let mut redis = OwnRedis::start();
+    let extra = format!(
+        "{}[limits]\nper_user_per_minute = 1000\n",
+        state_toml(&redis.url(), "outage:")
+    );
+    let app = replica(&planhat, &extra, true).await;
+    let (answer, _) = ask(&app, "U1", "e1", "trig-out-1").await;
+    let before = go_id(&answer).unwrap_or_else(|| panic!("a /go/ link: {answer}"));
+
+    // Redis hangs: commands still get links (minted directly), inside Slack's 3 s.
+    redis.freeze();
+    for i in 0..3 {
+        let (answer, took) = ask(&app, "U1", "e1", &format!("trig-out-frozen-{i}")).await;
+        assert!(took < Duration::from_secs(2), "answered in {took:?}");
+        assert!(
+            answer.to_string().contains("/redirect/outage"),
+            "a link minted directly: {answer}"
+        );
+        assert!(go_id(&answer).is_none(), "no /go/ link without Redis");
+    }
+    // A /go/ click gets "try again" and keeps its id.
+    let (status, _, page) = click(&app, &before).await;
+    assert_eq!(status, 503, "{page}");
+    assert!(page.contains("Try again in a moment"), "{page}");
+    let (status, body) = readyz(&app).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("redis: down"), "{body}");
+    let metrics = app.app.metrics.render();
+    assert!(metrics.contains("portal_bot_redis_up 0"), "{metrics}");
+    assert!(
+        metrics.contains("portal_bot_state_fallbacks_total{op=\"dedupe\"}"),
+        "{metrics}"
+    );
+
+    // Redis answers again: back on shared state by itself, and the id was not used up.
+    redis.thaw();
+    wait_until("ready again", Duration::from_secs(5), || async {
+        readyz(&app).await.0 == 200
+    })
+    .await;
+    let (status, location, _) = click(&app, &before).await;
+    assert_eq!(status, 302);
+    assert_eq!(location, format!("{PORTAL}/redirect/outage"));
+
+    // Redis restarts empty (a crash): the connection is made again, /go/ links come back.
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (answer, took) = ask(&app, "U1", "e1", "trig-out-dead").await;
+    assert!(took < Duration::from_secs(2), "answered in {took:?}");
+    assert!(answer.to_string().contains("/redirect/outage"), "{answer}");
+    redis.restart();
+    let mut n = 0;
+    wait_until("/go/ links again", Duration::from_secs(8), || {
+        n += 1;
+        let trigger = format!("trig-out-back-{n}");
+        let app = &app;
+        async move { go_id(&ask(app, "U1", "e1", &trigger).await.0).is_some() }
+    })
+    .await;
+    app.stop().await;
+}
