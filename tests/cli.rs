@@ -204,6 +204,48 @@ async fn check_says_what_is_wrong_in_plain_words() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn check_reports_whether_redis_answers_without_printing_its_password() {
+    let planhat = MockServer::start().await;
+    Mock::given(path("/endusers"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("[]"))
+        .mount(&planhat)
+        .await;
+    let cfg = planhat_config("check-redis.toml", &planhat, API_TOKEN);
+    let cfg = cfg.to_str().unwrap();
+    let out = run(
+        &["check", "--config", cfg],
+        &[("PORTAL_BOT_REDIS_URL", "redis://127.0.0.1:6379/0")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("redis: reachable"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let url = format!("redis://:hunter2-redis-pw@127.0.0.1:{port}/0");
+    let out = run(
+        &["check", "--config", cfg],
+        &[("PORTAL_BOT_REDIS_URL", url.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(5));
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("redis:"), "{said}");
+    assert!(!said.contains("hunter2"), "the password stays out: {said}");
+
+    let out = run(
+        &["check", "--config", cfg],
+        &[("PORTAL_BOT_REDIS_URL", "http://:hunter2@example")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("state.redis_url") && !err.contains("hunter2"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn trace_logs_hold_neither_the_url_token_nor_the_api_token() {
     let planhat = MockServer::start().await;
     planhat_link(&planhat, "e1", "trace-secret-url-token").await;

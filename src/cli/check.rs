@@ -53,14 +53,60 @@ pub async fn run(path: &Path) -> u8 {
             return exit::UPSTREAM;
         }
     };
-    match planhat.probe().await {
+    let planhat_ok = match planhat.probe().await {
         Ok(()) => {
             println!("planhat {api}: reachable, API token accepted");
-            exit::OK
+            true
         }
         Err(e) => {
             println!("planhat {api}: {}", explain(&e, &config.planhat.timeout));
-            exit::UPSTREAM
+            false
+        }
+    };
+    let redis_ok = check_redis(&config).await;
+    if planhat_ok && redis_ok {
+        exit::OK
+    } else {
+        exit::UPSTREAM
+    }
+}
+
+/// With `[state] redis_url`: one PING through the same client the bot uses. The URL is never
+/// printed (it may hold a password).
+async fn check_redis(config: &crate::Config) -> bool {
+    let Some(url) = &config.state.redis_url else {
+        println!("shared state: in this process (no [state] redis_url; right for one replica)");
+        return true;
+    };
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let store = match crate::adapters::state::RedisState::start(
+        url,
+        &config.state.key_prefix,
+        crate::adapters::state::MemoryState::new(config.limits.per_user_per_minute),
+        Arc::new(Metrics::new()),
+        Arc::default(),
+        shutdown,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("redis: {e}");
+            return false;
+        }
+    };
+    use crate::core::state::SharedState;
+    let answer = store.ping().await;
+    trigger.fire();
+    match answer {
+        Ok(()) => {
+            println!(
+                "redis: reachable (keys under {:?})",
+                config.state.key_prefix
+            );
+            true
+        }
+        Err(e) => {
+            println!("redis: {e}. Check state.redis_url or PORTAL_BOT_REDIS_URL (host, port, password, TLS with rediss://).");
+            false
         }
     }
 }
