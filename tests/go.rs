@@ -1,5 +1,6 @@
 //! Mint at click: with `server.public_url` set, the button points at `/go/{id}` and the signed
-//! URL is minted only when a browser follows it.
+//! URL is minted only by a deliberate act: the page's POST (Discord), or the asker's own click
+//! in Slack that arms the id. A `GET` alone (a preview, a scanner, a copied link) spends nothing.
 
 mod common;
 
@@ -16,16 +17,21 @@ async fn go_links_mint_once_at_click() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let mut cfg = config(&planhat.uri(), "[access]\nslack_users = [\"U1\"]\n");
+    let mut cfg = config(
+        &planhat.uri(),
+        "[access]\ndiscord_users = [\"1500000000000000005\"]\n",
+    );
     cfg.server.listen = addr;
     cfg.server.public_url = Some(url::Url::parse(&format!("http://{addr}")).unwrap());
     let running = spawn(cfg).await;
 
+    // A Discord asker: Discord's link buttons send no click event, so the page's POST is the
+    // deliberate act.
     let asker = Asker {
-        platform: Platform::Slack,
-        user_id: "U1".into(),
-        team_id: Some("T1".into()),
-        channel_id: Some("C1".into()),
+        platform: Platform::Discord,
+        user_id: "1500000000000000005".into(),
+        team_id: Some(GUILD.to_string()),
+        channel_id: Some(CHANNEL.to_string()),
         groups: Groups::Known(vec![]),
     };
     let reply = running.app.portal.handle(&asker, "e1").await;
@@ -48,23 +54,31 @@ async fn go_links_mint_once_at_click() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    // HEAD and link previews leave the id unused.
+    // HEAD, link previews, scanners, any GET: a page with one button, and the id unused.
     let head = no_redirect.head(&go).send().await.unwrap();
     assert_eq!(head.status(), 200);
-    let preview = no_redirect
-        .get(&go)
-        .header(
-            "user-agent",
-            "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(preview.status(), 200);
-    assert_eq!(mint_calls(&planhat, "e1").await, 0);
+    for agent in [
+        "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+        "Iframely/1.3.1 (+https://iframely.com/docs/about)",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+        "",
+    ] {
+        let page = no_redirect
+            .get(&go)
+            .header("user-agent", agent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200, "{agent}");
+        assert_eq!(page.headers()["cache-control"], "no-store");
+        assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+        let body = page.text().await.unwrap();
+        assert!(body.contains("<form method=\"post\">"), "{body}");
+    }
+    assert_eq!(mint_calls(&planhat, "e1").await, 0, "no GET spends the id");
 
     let click = no_redirect
-        .get(&go)
+        .post(&go)
         .header("user-agent", "Mozilla/5.0")
         .send()
         .await
@@ -78,7 +92,7 @@ async fn go_links_mint_once_at_click() {
     assert_eq!(click.headers()["referrer-policy"], "no-referrer");
     assert_eq!(mint_calls(&planhat, "e1").await, 1, "minted at the click");
 
-    let again = no_redirect.get(&go).send().await.unwrap();
+    let again = no_redirect.post(&go).send().await.unwrap();
     assert_eq!(again.status(), 410);
     let page = again.text().await.unwrap();
     assert!(
@@ -107,10 +121,10 @@ async fn go_links_mint_once_at_click() {
         panic!("no link")
     };
     let go2 = link.url.expose().to_string();
-    let failed = no_redirect.get(&go2).send().await.unwrap();
+    let failed = no_redirect.post(&go2).send().await.unwrap();
     assert_eq!(failed.status(), 502);
     assert!(failed.text().await.unwrap().contains("try again"));
-    let retried = no_redirect.get(&go2).send().await.unwrap();
+    let retried = no_redirect.post(&go2).send().await.unwrap();
     assert_eq!(
         retried.status(),
         302,
@@ -121,4 +135,146 @@ async fn go_links_mint_once_at_click() {
         format!("{PORTAL}/redirect/second-try").as_str()
     );
     running.stop().await;
+}
+
+/// The Open portal button of a Slack answer: its `/go/` URL and its value.
+fn open_button(answer: &serde_json::Value) -> (String, String) {
+    let button = answer["blocks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| b["elements"].as_array().into_iter().flatten())
+        .find(|e| e["action_id"] == "open_portal")
+        .unwrap_or_else(|| panic!("no Open portal button: {answer}"))
+        .clone();
+    (
+        button["url"].as_str().unwrap().to_string(),
+        button["value"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Slack `/go/` ids open only for their asker: armed by the asker's own click in Slack (the
+/// `block_actions` event), never by a copied link, a GET alone, a POST alone, or someone
+/// else's click; a browser that arrives before the click event waits for it. Failed attempts
+/// are audited without the id.
+#[tokio::test(flavor = "multi_thread")]
+async fn slack_go_links_open_only_after_their_asker_clicked_in_slack() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "armed-token").await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let dir = std::env::temp_dir().join(format!("pb-go-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("armed.jsonl");
+    let _ = std::fs::remove_file(&audit);
+    let mut cfg = config(
+        &planhat.uri(),
+        &format!(
+            "[slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\n\
+             api_url = \"http://127.0.0.1:9/api\"\n[access]\nslack_users = [\"U1\", \"U2\"]\n\
+             [audit]\npath = \"{}\"\n",
+            audit.display()
+        ),
+    );
+    cfg.server.listen = addr;
+    cfg.server.public_url = Some(url::Url::parse(&format!("http://{addr}")).unwrap());
+    let app = spawn(cfg).await;
+    let base = format!("http://{addr}");
+    let browser = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let ask = |trigger: &'static str| {
+        let base = base.clone();
+        async move {
+            let body = slash_body("U1", "C1", "e1", "http://127.0.0.1:9/hook", trigger);
+            let r = post_slack(&base, "/slack/commands", SIGNING_SECRET, body).await;
+            open_button(&r.json().await.unwrap())
+        }
+    };
+    let slack_click = |user: &'static str, value: String| {
+        let base = base.clone();
+        async move {
+            let body = block_actions(user, "open_portal", &value, "http://127.0.0.1:9/click");
+            let r = post_slack(&base, "/slack/interactions", SIGNING_SECRET, body).await;
+            assert_eq!(r.status(), 200);
+        }
+    };
+
+    // A copied link: neither GET (after waiting for a click that never comes) nor POST mints.
+    let (go, value) = ask("trig-armed-1").await;
+    assert!(value.ends_with(go.rsplit('/').next().unwrap()), "{value}");
+    let started = std::time::Instant::now();
+    let (get, post) = tokio::join!(browser.get(&go).send(), browser.post(&go).send());
+    let (get, post) = (get.unwrap(), post.unwrap());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(2900));
+    assert_eq!(get.status(), 403);
+    assert!(get
+        .text()
+        .await
+        .unwrap()
+        .contains("only from the Slack message"));
+    assert_eq!(post.status(), 403);
+    // Someone else's click doesn't arm it either.
+    slack_click("U2", value.clone()).await;
+    assert_eq!(browser.post(&go).send().await.unwrap().status(), 403);
+    assert_eq!(
+        mint_calls(&planhat, "e1").await,
+        0,
+        "nothing minted, the id unused"
+    );
+
+    // The asker's own click arms it: the GET (the browser the click opened) redirects.
+    slack_click("U1", value).await;
+    let opened = browser.get(&go).send().await.unwrap();
+    assert_eq!(opened.status(), 302);
+    assert_eq!(
+        opened.headers()["location"],
+        format!("{PORTAL}/redirect/armed-token").as_str()
+    );
+    assert_eq!(browser.get(&go).send().await.unwrap().status(), 410);
+
+    // The browser often arrives before Slack's click event: it waits for it.
+    let (go, value) = ask("trig-armed-2").await;
+    let early = tokio::spawn({
+        let (browser, go) = (browser.clone(), go.clone());
+        async move { browser.get(&go).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    slack_click("U1", value).await;
+    assert_eq!(early.await.unwrap(), 302);
+    assert_eq!(mint_calls(&planhat, "e1").await, 2);
+
+    // Every failed attempt is in the audit trail, with the browser but never the id.
+    let unknown = format!("{base}/go/{}", "ab".repeat(20));
+    browser
+        .get(&unknown)
+        .header("user-agent", "curl/8")
+        .send()
+        .await
+        .unwrap();
+    app.stop().await;
+    let trail = std::fs::read_to_string(&audit).unwrap();
+    let failed: Vec<serde_json::Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["action"] == "go" && e["outcome"] != "ok")
+        .collect();
+    let outcomes: Vec<&str> = failed
+        .iter()
+        .filter_map(|e| e["outcome"].as_str())
+        .collect();
+    assert!(outcomes.contains(&"not_armed"), "{outcomes:?}");
+    assert!(outcomes.contains(&"used"), "{outcomes:?}");
+    assert!(outcomes.contains(&"unknown"), "{outcomes:?}");
+    let curl = failed.iter().find(|e| e["outcome"] == "unknown").unwrap();
+    assert_eq!(curl["client"], "127.0.0.1", "{curl}");
+    assert_eq!(curl["user_agent"], "curl/8", "{curl}");
+    assert!(
+        !trail.contains(&"ab".repeat(20)),
+        "no id in the audit trail"
+    );
+    assert!(!trail.contains("armed-token"));
 }

@@ -63,8 +63,42 @@ fn go_id(answer: &Value) -> Option<String> {
     Some(text.get(at..at + 40)?.to_string())
 }
 
-/// A browser click on `/go/{id}` at `app`: status, `Location`, body.
+/// The asker `user` clicks Open portal on `answer` in Slack; Slack tells `app` (any replica):
+/// that arms the `/go/` id for the browser.
+async fn slack_click(app: &Running, user: &str, answer: &Value) {
+    let value = answer["blocks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| b["elements"].as_array().into_iter().flatten())
+        .find(|e| e["action_id"] == "open_portal")
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("no Open portal button: {answer}"))
+        .to_string();
+    let body = block_actions(user, "open_portal", &value, "http://127.0.0.1:9/click");
+    let r = post_slack(
+        &format!("http://{}", app.addr),
+        "/slack/interactions",
+        SIGNING_SECRET,
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // The click is handled off the request: let it land.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// A browser opening `/go/{id}` at `app`: status, `Location`, body.
 async fn click(app: &Running, id: &str) -> (u16, String, String) {
+    go_request(app, id, reqwest::Method::GET).await
+}
+
+/// The page's button: `POST /go/{id}`.
+async fn post_go(app: &Running, id: &str) -> (u16, String, String) {
+    go_request(app, id, reqwest::Method::POST).await
+}
+
+async fn go_request(app: &Running, id: &str, method: reqwest::Method) -> (u16, String, String) {
     let browser = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -72,7 +106,7 @@ async fn click(app: &Running, id: &str) -> (u16, String, String) {
         .build()
         .unwrap();
     let r = browser
-        .get(format!("http://{}/go/{id}", app.addr))
+        .request(method, format!("http://{}/go/{id}", app.addr))
         .header("user-agent", "Mozilla/5.0")
         .send()
         .await
@@ -122,10 +156,16 @@ async fn a_go_link_issued_on_one_replica_is_used_once_on_any() {
         assert!(body.contains("redis: up"), "{body}");
     }
 
-    // Issued by A, clicked through the load balancer on B.
+    // Issued by A, armed by the asker's click (Slack tells B), opened through the load
+    // balancer on B.
     let (answer, _) = ask(&a, "U1", "e1", "trig-go-1").await;
     let id = go_id(&answer).unwrap_or_else(|| panic!("a /go/ link: {answer}"));
     assert_eq!(mint_calls(&planhat, "e1").await, 0, "nothing minted yet");
+    // Someone else's click arms nothing (checked in Redis's own script).
+    slack_click(&b, "U2", &answer).await;
+    let (status, _, page) = post_go(&a, &id).await;
+    assert_eq!(status, 403, "{page}");
+    slack_click(&b, "U1", &answer).await;
     let (status, location, _) = click(&b, &id).await;
     assert_eq!(status, 302);
     assert_eq!(location, format!("{PORTAL}/redirect/shared-go"));
@@ -138,6 +178,7 @@ async fn a_go_link_issued_on_one_replica_is_used_once_on_any() {
     for round in 0..5 {
         let (answer, _) = ask(&a, "U2", "e1", &format!("trig-race-{round}")).await;
         let id = go_id(&answer).unwrap();
+        slack_click(&a, "U2", &answer).await;
         let before = mint_calls(&planhat, "e1").await;
         let (on_a, on_b) = tokio::join!(click(&a, &id), click(&b, &id));
         let mut statuses = [on_a.0, on_b.0];
@@ -359,6 +400,7 @@ async fn redis_down_keeps_answers_clear_and_timely_and_recovery_needs_no_restart
     let app = replica(&planhat, &extra, true).await;
     let (answer, _) = ask(&app, "U1", "e1", "trig-out-1").await;
     let before = go_id(&answer).unwrap_or_else(|| panic!("a /go/ link: {answer}"));
+    let before_answer = answer;
 
     // Redis hangs: commands still get links (minted directly), inside Slack's 3 s.
     redis.freeze();
@@ -391,6 +433,7 @@ async fn redis_down_keeps_answers_clear_and_timely_and_recovery_needs_no_restart
         readyz(&app).await.0 == 200
     })
     .await;
+    slack_click(&app, "U1", &before_answer).await;
     let (status, location, _) = click(&app, &before).await;
     assert_eq!(status, 302);
     assert_eq!(location, format!("{PORTAL}/redirect/outage"));

@@ -1,53 +1,32 @@
-//! `GET /go/{id}`: the one-time link in the chat button, minted when the person clicks.
+//! `/go/{id}`: the one-time link in the chat button, minted when the person clicks.
 //!
-//! A browser gets a 302 to the freshly signed URL (`Cache-Control: no-store`,
-//! `Referrer-Policy: no-referrer`), so all 30 seconds are theirs. `HEAD` requests and the
-//! link-preview fetchers of chat apps (Slackbot, Discordbot, …) get a neutral page and leave the
-//! id unused. Used, unknown or expired ids get a small page saying what happened and how to ask
-//! again. The id is never logged.
+//! A `GET` has no side effect: link previews, URL scanners and prefetchers (whatever their
+//! User-Agent) see a one-button page, and the id stays unused. The button POSTs, and that
+//! deliberate act mints and answers 302 to the freshly signed URL (`Cache-Control: no-store`,
+//! `Referrer-Policy: no-referrer`), so all 30 seconds are the browser's. A Slack id is armed by
+//! its asker's own click in Slack (the `block_actions` event): then the `GET` itself redirects,
+//! and until then neither `GET` nor `POST` mints, so a copied link opens for no one. Used,
+//! unknown or expired ids get a small page saying what happened and how to ask again, and the
+//! attempt is audited. The id is never logged.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
 use crate::core::onetime::GoError;
-use crate::core::portal::{Refusal, Reply};
+use crate::core::portal::{GoClient, GoView, Refusal, Reply};
 use crate::App;
 
 /// The route (mounted only when `server.public_url` is set).
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/go/{id}", get(go).head(head))
+        .route("/go/{id}", get(go_get).post(go_post).head(head))
         .with_state(app)
-}
-
-/// User agents of link-preview fetchers: they must not use a one-time id up.
-const PREVIEWERS: &[&str] = &[
-    "slackbot",
-    "slack-imgproxy",
-    "discordbot",
-    "facebookexternalhit",
-    "twitterbot",
-    "linkedinbot",
-    "whatsapp",
-    "telegrambot",
-    "skypeuripreview",
-    "microsoftpreview",
-    "googlebot",
-    "bingbot",
-];
-
-fn is_preview(headers: &HeaderMap) -> bool {
-    let agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    PREVIEWERS.iter().any(|p| agent.contains(p))
 }
 
 fn private(mut response: Response) -> Response {
@@ -61,14 +40,20 @@ fn private(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // The pages are static text: nothing may run, load or frame them.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
     response
 }
 
-fn page(status: StatusCode, title: &str, text: &str) -> Response {
+fn html(status: StatusCode, title: &str, inner: &str) -> Response {
     let body = format!(
-        "<!doctype html><meta charset=\"utf-8\"><meta name=\"robots\" content=\"noindex\"><title>{title}</title>\
+        "<!doctype html><meta charset=\"utf-8\"><meta name=\"robots\" content=\"noindex\">\
+         <meta name=\"referrer\" content=\"no-referrer\"><title>{title}</title>\
          <body style=\"font-family:sans-serif;max-width:36em;margin:4em auto;line-height:1.5\">\
-         <h1>{title}</h1><p>{text}</p><p>In Slack or Discord: <code>/portal &lt;end user&gt;</code>, or press <b>New link</b> on the bot's message.</p></body>"
+         <h1>{title}</h1>{inner}</body>"
     );
     private(
         (
@@ -80,27 +65,65 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
     )
 }
 
+fn page(status: StatusCode, title: &str, text: &str) -> Response {
+    html(
+        status,
+        title,
+        &format!(
+            "<p>{text}</p><p>In Slack or Discord: <code>/portal &lt;end user&gt;</code>, or press <b>New link</b> on the bot's message.</p>"
+        ),
+    )
+}
+
+/// The one-button page: the POST (to this same URL) is what uses the id.
+fn confirm() -> Response {
+    html(
+        StatusCode::OK,
+        "Customer portal",
+        "<p>This link signs you in to the customer's portal as their end user. It works once.</p>\
+         <form method=\"post\"><button type=\"submit\" style=\"font-size:1.2em;padding:.5em 1.5em\">Open the portal</button></form>",
+    )
+}
+
 fn go_error(e: GoError) -> Response {
     let status = match e {
         GoError::Unknown => StatusCode::NOT_FOUND,
         GoError::Used | GoError::Expired => StatusCode::GONE,
-        // The shared state can't answer: the id stays usable; a reload in a moment works.
+        // The id stays usable: from Slack (NotArmed), or in a moment (Unavailable).
+        GoError::NotArmed => StatusCode::FORBIDDEN,
         GoError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     };
-    page(status, "This portal link can't be used", &e.to_string())
+    page(
+        status,
+        "This portal link can't be used here",
+        &e.to_string(),
+    )
 }
 
-async fn go(State(app): State<Arc<App>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if is_preview(&headers) {
-        return page(
-            StatusCode::OK,
-            "Customer portal link",
-            "Open this link in your browser to sign in.",
-        );
+/// Who is asking, for the audit of failed attempts: the first `X-Forwarded-For` hop when a
+/// proxy put one there, else the peer; and the User-Agent (both as the client said them,
+/// shortened).
+fn client(peer: SocketAddr, headers: &HeaderMap) -> GoClient {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(200).collect::<String>())
+    };
+    let forwarded = text("x-forwarded-for")
+        .and_then(|v| v.split(',').next().map(|s| s.trim().to_string()))
+        .filter(|s| !s.is_empty());
+    GoClient {
+        address: Some(forwarded.unwrap_or_else(|| peer.ip().to_string())),
+        user_agent: text("user-agent"),
     }
-    match app.portal.go(&id).await {
-        Err(e) => go_error(e),
-        Ok(Reply::Link(link)) => match HeaderValue::from_str(link.url.expose()) {
+}
+
+fn view(v: GoView) -> Response {
+    match v {
+        GoView::Confirm => confirm(),
+        GoView::Refused(e) => go_error(e),
+        GoView::Done(Reply::Link(link)) => match HeaderValue::from_str(link.url.expose()) {
             Ok(location) => {
                 let mut response = StatusCode::FOUND.into_response();
                 response.headers_mut().insert(header::LOCATION, location);
@@ -112,7 +135,7 @@ async fn go(State(app): State<Arc<App>>, Path(id): Path<String>, headers: Header
                 &Refusal::Unusable.to_string(),
             ),
         },
-        Ok(Reply::Refused(r)) => {
+        GoView::Done(Reply::Refused(r)) => {
             let status = match r {
                 Refusal::NotAllowed(_) | Refusal::NoAccess => StatusCode::FORBIDDEN,
                 Refusal::RateLimited(_) | Refusal::UpstreamRateLimited(_) => {
@@ -123,12 +146,30 @@ async fn go(State(app): State<Arc<App>>, Path(id): Path<String>, headers: Header
             };
             page(status, "No portal link this time", &r.to_string())
         }
-        Ok(_) => page(
+        GoView::Done(_) => page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
             "Ask the bot for a new link.",
         ),
     }
+}
+
+async fn go_get(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    view(app.portal.go_get(&id, &client(peer, &headers)).await)
+}
+
+async fn go_post(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    view(app.portal.go_post(&id, &client(peer, &headers)).await)
 }
 
 async fn head(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {

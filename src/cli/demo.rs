@@ -262,21 +262,32 @@ async fn go_leg(
     let reply = slack.command("jane", 50).await?;
     show_slack(&reply);
     took(t);
-    let go = reply["blocks"]
+    let open = reply["blocks"]
         .as_array()
         .and_then(|blocks| {
             blocks.iter().find_map(|b| {
                 b["elements"]
                     .as_array()?
                     .iter()
-                    .find_map(|e| e["url"].as_str())
+                    .find(|e| e["action_id"] == "open_portal")
+                    .cloned()
             })
         })
-        .ok_or("no /go/ button")?
-        .to_string();
+        .ok_or("no /go/ button")?;
+    let go = open["url"].as_str().ok_or("no /go/ URL")?.to_string();
+    let value = open["value"].as_str().unwrap_or_default().to_string();
 
-    step("The asker clicks it: the bot checks access, mints now, and redirects");
+    step("The same link copied elsewhere (a paste, a screenshot): it opens for no one, stays usable");
     let t = Instant::now();
+    let copied = http.post(&go).send().await.map_err(|e| e.to_string())?;
+    let status = copied.status().as_u16();
+    let page = copied.text().await.map_err(|e| e.to_string())?;
+    println!("  HTTP {status}: {}", between(&page, "<p>", "</p>"));
+    took(t);
+
+    step("The asker clicks it in Slack: Slack tells the bot, which checks access, mints now, and redirects");
+    let t = Instant::now();
+    slack.click("open_portal", &value).await?;
     let click = http.get(&go).send().await.map_err(|e| e.to_string())?;
     let location = click
         .headers()

@@ -33,6 +33,12 @@ pub struct AuditEvent {
     /// `ok`, `no_access`, `not_found`, `denied`, `rate_limited`, `upstream_*`, …
     pub outcome: &'static str,
     pub latency_ms: u64,
+    /// For a `/go/` click: the browser's address (the first `X-Forwarded-For` hop behind a
+    /// proxy, else the peer) and User-Agent, as the client said them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 impl AuditEvent {
@@ -226,6 +232,8 @@ mod tests {
             end_user: Some("e1".into()),
             outcome,
             latency_ms: 3,
+            client: None,
+            user_agent: None,
         }
     }
 

@@ -13,6 +13,13 @@ use rand::RngExt;
 /// How long an id can be used.
 pub const LIFETIME: Duration = Duration::from_secs(600);
 
+/// A Slack id opens for a browser only this long after its asker clicked its button in Slack
+/// (the click event "arms" it).
+pub const ARM_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a browser that arrives before Slack's click event waits for it.
+pub const ARM_WAIT: Duration = Duration::from_secs(3);
+
 /// Why an id can't be used. `Display` is what the page says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum GoError {
@@ -26,6 +33,21 @@ pub enum GoError {
         "The bot can't check this link right now. Try again in a moment: the link still works."
     )]
     Unavailable,
+    #[error("This link opens only from the Slack message it came in: click Open portal there. Opened anywhere else it signs no one in, and it stays usable.")]
+    NotArmed,
+}
+
+impl GoError {
+    /// Stable outcome name for the audit trail and metrics.
+    pub fn kind(self) -> &'static str {
+        match self {
+            GoError::Used => "used",
+            GoError::Expired => "expired",
+            GoError::Unknown => "unknown",
+            GoError::Unavailable => "unavailable",
+            GoError::NotArmed => "not_armed",
+        }
+    }
 }
 
 /// A fresh id: 160 bits from the OS's CSPRNG, as 40 hex characters.

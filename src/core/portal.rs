@@ -10,15 +10,34 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::access::{AccessPolicy, Denied};
 use super::asker::Asker;
+use super::asker::Platform;
 use super::audit::{Audit, AuditEvent};
 use super::command::{parse_command, Command};
 use super::enduser::{BadEndUser, EndUserId, Target};
 use super::metrics::Metrics;
 use super::names::NameCache;
-use super::onetime::{new_id, GoError, LIFETIME as GO_LIFETIME};
+use super::onetime::{new_id, GoError, ARM_WAIT, ARM_WINDOW, LIFETIME as GO_LIFETIME};
 use super::planhat::{EndUserSummary, Planhat, PlanhatError};
 use super::secret::Secret;
 use super::state::{GoClaim, SharedState};
+
+/// What a `/go/` request should get.
+#[derive(Debug)]
+pub enum GoView {
+    /// The click minted (or was refused for a reason of the use case): redirect or say why.
+    Done(Reply),
+    /// Show the one-button page; its POST is the deliberate act that uses the id.
+    Confirm,
+    /// The id can't be used (used, unknown, expired, not armed, store unavailable).
+    Refused(GoError),
+}
+
+/// The browser behind a `/go/` request, for the audit trail of failed attempts.
+#[derive(Debug, Clone, Default)]
+pub struct GoClient {
+    pub address: Option<String>,
+    pub user_agent: Option<String>,
+}
 
 /// At most this many matches of an email are offered as buttons (a screenful).
 pub const MAX_CHOICES: usize = 5;
@@ -269,10 +288,33 @@ impl PortalService {
         self.names.sweep();
     }
 
-    /// `GET /go/{id}`: uses the id up, then runs the whole flow for its asker and end user
-    /// (re-authorised, rate limited, access re-checked, minted now, audited).
-    pub async fn go(&self, id: &str) -> Result<Reply, GoError> {
-        let claim = self.state.take_go(id).await?;
+    /// `GET /go/{id}`: no side effect, except where the id's own asker has armed it with their
+    /// click in Slack (that click is the deliberate act): then it mints and redirects. A Slack
+    /// id whose click event hasn't arrived yet waits for it up to [`ARM_WAIT`]. Anything else
+    /// gets the one-button page (or says why the id can't be used).
+    pub async fn go_get(&self, id: &str, client: &GoClient) -> GoView {
+        let started = Instant::now();
+        loop {
+            match self.state.peek_go(id).await {
+                Err(e) => return self.go_refused(e, client).await,
+                Ok(p) if !p.needs_arming => return GoView::Confirm,
+                Ok(p) if p.armed => return self.go_post(id, client).await,
+                Ok(_) if started.elapsed() >= ARM_WAIT => {
+                    return self.go_refused(GoError::NotArmed, client).await
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// `POST /go/{id}` (the page's button) or an armed `GET`: uses the id up, then runs the
+    /// whole flow for its asker and end user (re-authorised, access re-checked, minted now,
+    /// audited). A click refused for a passing reason leaves the id usable.
+    pub async fn go_post(&self, id: &str, client: &GoClient) -> GoView {
+        let claim = match self.state.take_go(id).await {
+            Ok(claim) => claim,
+            Err(e) => return self.go_refused(e, client).await,
+        };
         let reply = self
             .link_for(&claim.asker, claim.end_user, Action::Go)
             .await;
@@ -281,12 +323,45 @@ impl PortalService {
                 self.state.release_go(id).await;
             }
         }
-        Ok(reply)
+        GoView::Done(reply)
     }
 
-    /// Whether a `/go/` id could be used, without using it.
+    /// Whether a `/go/` id could be used, without using it (`HEAD`).
     pub async fn peek_go(&self, id: &str) -> Result<(), GoError> {
-        self.state.peek_go(id).await
+        self.state.peek_go(id).await.map(|_| ())
+    }
+
+    /// Slack told the bot that `user_id` clicked the button of `/go/` id `id`: if it is theirs,
+    /// a browser may now open it (for [`ARM_WINDOW`]).
+    pub async fn arm_go(&self, id: &str, user_id: &str) -> bool {
+        self.state.arm_go(id, user_id, ARM_WINDOW).await
+    }
+
+    /// A `/go/` attempt that could not use its id: audited (never the id), counted, logged.
+    async fn go_refused(&self, e: GoError, client: &GoClient) -> GoView {
+        let event = AuditEvent {
+            time: AuditEvent::now(),
+            platform: "web",
+            team: None,
+            channel: None,
+            asker: "-".into(),
+            action: Action::Go.name(),
+            end_user: None,
+            outcome: e.kind(),
+            latency_ms: 0,
+            client: client.address.clone(),
+            user_agent: client.user_agent.clone(),
+        };
+        if let Err(err) = self.audit.record(event).await {
+            tracing::error!(error = %err, "audit event lost");
+        }
+        self.metrics.request("web", e.kind(), Duration::ZERO);
+        tracing::info!(
+            outcome = e.kind(),
+            client = client.address.as_deref(),
+            "a /go/ link could not be used"
+        );
+        GoView::Refused(e)
     }
 
     /// `/portal <text>` from `asker`.
@@ -354,6 +429,8 @@ impl PortalService {
             end_user,
             outcome,
             latency_ms: 0,
+            client: None,
+            user_agent: None,
         };
         if let Err(e) = self.audit.record(event).await {
             tracing::error!(error = %e, "audit event lost");
@@ -507,6 +584,8 @@ impl PortalService {
         let claim = GoClaim {
             asker: asker.clone(),
             end_user: id.clone(),
+            // Slack tells the bot about its asker's own click; Discord's link buttons don't.
+            needs_arming: asker.platform == Platform::Slack,
         };
         if let Err(e) = self.state.issue_go(&go, &claim, GO_LIFETIME).await {
             tracing::warn!(error = %e, "no /go/ link this time; the link is minted directly");
@@ -550,6 +629,8 @@ impl PortalService {
             end_user,
             outcome,
             latency_ms: took.as_millis() as u64,
+            client: None,
+            user_agent: None,
         };
         let reply = match self.audit.record(event).await {
             Ok(()) => reply,

@@ -25,6 +25,17 @@ use super::onetime::GoError;
 pub struct GoClaim {
     pub asker: Asker,
     pub end_user: EndUserId,
+    /// True for Slack: the id mints only after its asker's own click on the button reached
+    /// the bot ([`SharedState::arm_go`]), so a copied link opens for no one.
+    pub needs_arming: bool,
+}
+
+/// What a look at a `/go/` id found (it is usable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoPeek {
+    pub needs_arming: bool,
+    /// Its asker's click arrived within the arming window.
+    pub armed: bool,
 }
 
 /// The store can't answer right now (unreachable, too slow, or full). The caller falls back.
@@ -82,11 +93,16 @@ pub trait SharedState: Send + Sync {
     ) -> Result<(), StateError>;
 
     /// Uses `id` up, atomically (exactly one of two simultaneous takes on two replicas wins),
-    /// and returns what it stands for. [`GoError::Unavailable`] leaves the id unused.
+    /// and returns what it stands for. An id that needs arming and isn't armed is refused
+    /// ([`GoError::NotArmed`]) and, like [`GoError::Unavailable`], left unused.
     async fn take_go(&self, id: &str) -> Result<GoClaim, GoError>;
 
     /// Whether `id` could be used, without using it.
-    async fn peek_go(&self, id: &str) -> Result<(), GoError>;
+    async fn peek_go(&self, id: &str) -> Result<GoPeek, GoError>;
+
+    /// The Slack user `user_id` clicked the button of `id`: if that user is its asker, the id
+    /// may mint for a browser within `window`. False when it is not theirs, or not usable.
+    async fn arm_go(&self, id: &str, user_id: &str, window: Duration) -> bool;
 
     /// Makes a taken id usable again (its click failed for a passing reason).
     async fn release_go(&self, id: &str);

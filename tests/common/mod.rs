@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ed25519_dalek::{Signer, SigningKey};
 use hmac::{KeyInit, Mac};
 use portal_bot::{Config, Running};
+use serde_json::{json, Value};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -233,4 +234,37 @@ pub fn listening_addr(child: &mut std::process::Child) -> String {
     });
     rx.recv_timeout(std::time::Duration::from_secs(20))
         .expect("the server starts and says where it listens")
+}
+
+/// A `block_actions` interaction form body, as Slack sends it for a click.
+pub fn block_actions(user: &str, action_id: &str, value: &str, response_url: &str) -> String {
+    let payload = block_actions_payload(user, action_id, value, response_url);
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &payload.to_string())
+        .finish()
+}
+
+/// The JSON of a `block_actions` click (the form's `payload`, or a Socket Mode envelope's).
+pub fn block_actions_payload(
+    user: &str,
+    action_id: &str,
+    value: &str,
+    response_url: &str,
+) -> Value {
+    json!({
+        "type": "block_actions",
+        "token": "deprecated",
+        "team": {"id": "T0001", "domain": "acme"},
+        "user": {"id": user, "username": "csm", "name": "csm", "team_id": "T0001"},
+        "api_app_id": "A0001",
+        "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": "C1", "is_ephemeral": true},
+        "trigger_id": format!("trig-{action_id}-{user}-{value}"),
+        "channel": {"id": "C1", "name": "cs"},
+        "response_url": response_url,
+        "actions": [{
+            "type": "button", "action_id": action_id, "block_id": "b1",
+            "text": {"type": "plain_text", "text": "button"},
+            "value": value, "action_ts": "1700000001.000200"
+        }]
+    })
 }

@@ -184,11 +184,22 @@ impl SlackState {
     }
 
     async fn button(&self, asker: Asker, action_id: &str, value: &str, response_url: url::Url) {
-        // Button values are `{asker}:{end user}`: only the person who asked may press them.
+        // Button values are `{asker}:{end user}` (Open portal on a `/go/` link: `|{id}` after
+        // it): only the person who asked may press them.
+        let (value, go) = match value.rsplit_once('|') {
+            Some((v, id)) => (v, Some(id)),
+            None => (value, None),
+        };
         let Some((owner, end_user)) = value.split_once(':') else {
             return;
         };
         if action_id == render::OPEN_PORTAL {
+            // The asker's own click arms the one-time id: the browser it opened may now mint.
+            if let Some(id) = go {
+                if !self.app.portal.arm_go(id, &asker.user_id).await {
+                    tracing::info!("an Open portal click did not arm its link (not the asker's, or no longer usable)");
+                }
+            }
             let when = render::clock(std::time::SystemTime::now());
             let content = render::used(owner, end_user, &format!("was opened at {when}"));
             self.deliver(&response_url, content, true).await;

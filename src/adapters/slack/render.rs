@@ -93,7 +93,7 @@ pub fn link(link: &PortalLink, asker: &str, button_url: &url::Url) -> SlackMessa
             SlackBlockButtonElement::new(pt!("Open portal"))
                 .with_action_id(OPEN_PORTAL.into())
                 .with_url(button_url.clone())
-                .with_value(format!("{asker}:{}", link.end_user))
+                .with_value(open_value(asker, link, button_url))
                 .with_style(SlackBlockButtonStyle::Primary)
                 .into(),
             new_link_button(asker, link.end_user.as_str()).into(),
@@ -115,6 +115,20 @@ pub fn link(link: &PortalLink, asker: &str, button_url: &url::Url) -> SlackMessa
     SlackMessageContent::new()
         .with_text(fallback)
         .with_blocks(blocks)
+}
+
+/// The Open portal button's value: `{asker}:{end user}`, and for a `/go/` link `|{id}`, so that
+/// the asker's click (Slack's `block_actions`) can arm exactly that id. (`|` never occurs in an
+/// end-user id.)
+fn open_value(asker: &str, link: &PortalLink, button_url: &url::Url) -> String {
+    let go = link
+        .at_click
+        .then(|| button_url.path_segments().and_then(|mut s| s.next_back()))
+        .flatten();
+    match go {
+        Some(id) => format!("{asker}:{}|{id}", link.end_user),
+        None => format!("{asker}:{}", link.end_user),
+    }
 }
 
 /// Button values carry `{asker}:{end user}`, so a click can be checked against the asker.

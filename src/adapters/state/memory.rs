@@ -12,9 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
+use crate::core::asker::Platform;
 use crate::core::onetime::GoError;
 use crate::core::ratelimit::RateLimiter;
-use crate::core::state::{Admission, Due, GoClaim, SharedState, StateError};
+use crate::core::state::{Admission, Due, GoClaim, GoPeek, SharedState, StateError};
 
 /// Delivery ids remembered at once; when full, the oldest is forgotten first (a redelivery
 /// that old has long been answered).
@@ -82,6 +83,17 @@ struct GoEntry {
     claim: GoClaim,
     expires: Instant,
     used: bool,
+    /// Until when its asker's click lets it mint (Slack ids).
+    armed_until: Option<Instant>,
+}
+
+impl GoEntry {
+    fn peek(&self, now: Instant) -> GoPeek {
+        GoPeek {
+            needs_arming: self.claim.needs_arming,
+            armed: self.armed_until.is_some_and(|t| t > now),
+        }
+    }
 }
 
 /// Jobs by due time (ties broken by a sequence number) and by key.
@@ -149,6 +161,7 @@ impl MemoryState {
             claim: claim.clone(),
             expires: now + lifetime,
             used: false,
+            armed_until: None,
         };
         go.insert(id.to_string(), now + lifetime * 2, entry);
         Ok(())
@@ -157,7 +170,7 @@ impl MemoryState {
     fn go_entry<T>(
         &self,
         id: &str,
-        f: impl FnOnce(&mut GoEntry) -> Result<T, GoError>,
+        f: impl FnOnce(&mut GoEntry, Instant) -> Result<T, GoError>,
     ) -> Result<T, GoError> {
         let now = Instant::now();
         let mut go = lock(&self.go);
@@ -173,7 +186,7 @@ impl MemoryState {
         if entry.expires <= now {
             return Err(GoError::Expired);
         }
-        f(entry)
+        f(entry, now)
     }
 
     /// The rate limit this store was built with (the Redis store's fallback shares it).
@@ -268,14 +281,31 @@ impl SharedState for MemoryState {
     }
 
     async fn take_go(&self, id: &str) -> Result<GoClaim, GoError> {
-        self.go_entry(id, |e| {
+        self.go_entry(id, |e, now| {
+            let peek = e.peek(now);
+            if peek.needs_arming && !peek.armed {
+                return Err(GoError::NotArmed);
+            }
             e.used = true;
             Ok(e.claim.clone())
         })
     }
 
-    async fn peek_go(&self, id: &str) -> Result<(), GoError> {
-        self.go_entry(id, |_| Ok(()))
+    async fn peek_go(&self, id: &str) -> Result<GoPeek, GoError> {
+        self.go_entry(id, |e, now| Ok(e.peek(now)))
+    }
+
+    async fn arm_go(&self, id: &str, user_id: &str, window: Duration) -> bool {
+        self.go_entry(id, |e, now| {
+            let asker = &e.claim.asker;
+            if asker.platform == Platform::Slack && asker.user_id == user_id {
+                e.armed_until = Some(now + window);
+                Ok(())
+            } else {
+                Err(GoError::NotArmed)
+            }
+        })
+        .is_ok()
     }
 
     async fn release_go(&self, id: &str) {
@@ -322,6 +352,7 @@ mod tests {
         GoClaim {
             asker: Asker::local_user(),
             end_user: id_of(end_user).unwrap(),
+            needs_arming: false,
         }
     }
 
@@ -330,7 +361,13 @@ mod tests {
         let s = MemoryState::new(10);
         let life = Duration::from_secs(60);
         s.issue_go("a", &claim("e1"), life).await.unwrap();
-        assert!(s.peek_go("a").await.is_ok());
+        assert_eq!(
+            s.peek_go("a").await,
+            Ok(GoPeek {
+                needs_arming: false,
+                armed: false
+            })
+        );
         assert_eq!(s.take_go("a").await.unwrap().end_user.as_str(), "e1");
         assert_eq!(s.take_go("a").await.unwrap_err(), GoError::Used);
         s.release_go("a").await;
@@ -341,6 +378,26 @@ mod tests {
             .unwrap();
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(s.take_go("b").await.unwrap_err(), GoError::Expired);
+    }
+
+    #[tokio::test]
+    async fn slack_ids_mint_only_once_armed_by_their_own_asker() {
+        let s = MemoryState::new(10);
+        let mut c = claim("e1");
+        c.asker.platform = Platform::Slack;
+        c.asker.user_id = "U1".into();
+        c.needs_arming = true;
+        s.issue_go("a", &c, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(s.take_go("a").await.unwrap_err(), GoError::NotArmed);
+        assert!(
+            !s.arm_go("a", "U2", Duration::from_secs(60)).await,
+            "not theirs"
+        );
+        assert_eq!(s.take_go("a").await.unwrap_err(), GoError::NotArmed);
+        assert!(s.arm_go("a", "U1", Duration::from_secs(60)).await);
+        assert!(s.peek_go("a").await.unwrap().armed);
+        assert!(s.take_go("a").await.is_ok());
+        assert!(!s.arm_go("a", "U1", Duration::from_secs(60)).await, "used");
     }
 
     #[tokio::test]

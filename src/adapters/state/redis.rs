@@ -40,13 +40,14 @@ use crate::core::metrics::Metrics;
 use crate::core::onetime::GoError;
 use crate::core::portal::id_of;
 use crate::core::secret::Secret;
-use crate::core::state::{Admission, Due, GoClaim, SharedState, StateError};
+use crate::core::state::{Admission, Due, GoClaim, GoPeek, SharedState, StateError};
 use crate::shutdown::Shutdown;
 
 /// How long one Redis call may take before the store counts as unavailable. Loopback or a
-/// nearby Redis answers in well under a millisecond; the chat's 3 seconds must survive a dead
-/// one.
-pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// nearby Redis answers in well under a millisecond, a busy one in a few; the chat's
+/// 3 seconds must survive a dead one (only the first call waits this long: after it the store
+/// counts as down until the probe hears from it).
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the health probe PINGs.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Jobs' keys outlive the last job by this much (a Discord interaction token's life).
@@ -77,24 +78,47 @@ end
 return 1
 ";
 
+/// Fields: `c` the claim (JSON), `exp` when it stops working, `used`, `na` needs arming,
+/// `arm` until when its asker's click lets it mint (all times Redis's own, in ms).
 const GO_ISSUE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'c', ARGV[1], 'exp', now + tonumber(ARGV[2]), 'used', '0')
+redis.call('HSET', KEYS[1], 'c', ARGV[1], 'exp', now + tonumber(ARGV[2]), 'used', '0', 'na', ARGV[3], 'arm', '0')
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
 return 1
 ";
 
-/// ARGV[1] = '1' to use the id up, '0' to only look.
+/// ARGV[1] = '1' to use the id up, '0' to only look. Answers {state, claim, needs arming,
+/// armed}.
 const GO_TAKE: &str = r"
-local h = redis.call('HMGET', KEYS[1], 'c', 'exp', 'used')
+local h = redis.call('HMGET', KEYS[1], 'c', 'exp', 'used', 'na', 'arm')
 if not h[1] then return {'unknown'} end
 if h[3] == '1' then return {'used'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now >= tonumber(h[2]) then return {'expired'} end
-if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'used', '1') end
-return {'ok', h[1]}
+local armed = '0'
+if tonumber(h[5] or '0') > now then armed = '1' end
+if ARGV[1] == '1' then
+  if h[4] == '1' and armed == '0' then return {'not_armed'} end
+  redis.call('HSET', KEYS[1], 'used', '1')
+end
+return {'ok', h[1], h[4] or '0', armed}
+";
+
+/// ARGV[1] = the clicking Slack user, ARGV[2] = the window (ms). Arms only the asker's own,
+/// usable id.
+const GO_ARM: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'c', 'exp', 'used')
+if not h[1] or h[3] == '1' then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now >= tonumber(h[2]) then return 0 end
+local ok, claim = pcall(cjson.decode, h[1])
+if not ok or type(claim) ~= 'table' or type(claim.asker) ~= 'table' then return 0 end
+if claim.asker.platform ~= 'slack' or claim.asker.user_id ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'arm', now + tonumber(ARGV[2]))
+return 1
 ";
 
 const GO_RELEASE: &str = r"
@@ -142,6 +166,7 @@ pub struct RedisState {
     pause: Script,
     go_issue: Script,
     go_take: Script,
+    go_arm: Script,
     go_release: Script,
     schedule: Script,
     take_due: Script,
@@ -184,6 +209,7 @@ impl RedisState {
             pause: Script::new(PAUSE),
             go_issue: Script::new(GO_ISSUE),
             go_take: Script::new(GO_TAKE),
+            go_arm: Script::new(GO_ARM),
             go_release: Script::new(GO_RELEASE),
             schedule: Script::new(SCHEDULE),
             take_due: Script::new(TAKE_DUE),
@@ -233,6 +259,28 @@ impl RedisState {
         StateError::Unavailable("Redis is down".into())
     }
 
+    /// Loads every script into Redis (after a connect or a Redis restart), so that no request
+    /// pays the extra round trips of a script Redis doesn't know yet.
+    async fn load_scripts(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        for script in [
+            &self.admit,
+            &self.pause,
+            &self.go_issue,
+            &self.go_take,
+            &self.go_arm,
+            &self.go_release,
+            &self.schedule,
+            &self.take_due,
+        ] {
+            tokio::time::timeout(CALL_TIMEOUT, script.prepare_invoke().load_async(&mut conn))
+                .await
+                .map_err(|_| "loading scripts timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Records a probe's outcome (`None`: Redis answered), saying so when it changes.
     fn mark(&self, error: Option<String>) {
         match error {
@@ -268,7 +316,7 @@ impl RedisState {
         }
     }
 
-    async fn go_script(&self, id: &str, take: bool) -> Result<GoClaim, GoError> {
+    async fn go_script(&self, id: &str, take: bool) -> Result<(GoClaim, GoPeek), GoError> {
         if !crate::core::onetime::plausible(id) {
             return Err(GoError::Unknown);
         }
@@ -289,17 +337,24 @@ impl RedisState {
             Some("ok") => {
                 let stored: Option<StoredClaim> =
                     answer.get(1).and_then(|c| serde_json::from_str(c).ok());
+                let peek = GoPeek {
+                    needs_arming: answer.get(2).is_some_and(|v| v == "1"),
+                    armed: answer.get(3).is_some_and(|v| v == "1"),
+                };
                 stored
                     .and_then(|s| {
                         Some(GoClaim {
                             end_user: id_of(&s.end_user)?,
                             asker: s.asker,
+                            needs_arming: peek.needs_arming,
                         })
                     })
+                    .map(|claim| (claim, peek))
                     .ok_or(GoError::Unknown)
             }
             Some("used") => Err(GoError::Used),
             Some("expired") => Err(GoError::Expired),
+            Some("not_armed") => Err(GoError::NotArmed),
             _ => Err(GoError::Unknown),
         }
     }
@@ -309,7 +364,11 @@ impl RedisState {
 async fn probe(state: Weak<RedisState>, mut shutdown: Shutdown) {
     loop {
         let Some(s) = state.upgrade() else { return };
-        let answer = s.ping_now().await;
+        let mut answer = s.ping_now().await;
+        if answer.is_ok() && !s.up() {
+            // Coming (back) up: Redis may have restarted empty of scripts.
+            answer = s.load_scripts().await;
+        }
         s.mark(answer.err());
         drop(s);
         tokio::select! {
@@ -412,6 +471,7 @@ impl SharedState for RedisState {
                 .key(&key)
                 .arg(&stored)
                 .arg(ms(lifetime))
+                .arg(if claim.needs_arming { "1" } else { "0" })
                 .invoke_async::<i64>(&mut conn)
                 .await
         })
@@ -420,11 +480,29 @@ impl SharedState for RedisState {
     }
 
     async fn take_go(&self, id: &str) -> Result<GoClaim, GoError> {
-        self.go_script(id, true).await
+        self.go_script(id, true).await.map(|(claim, _)| claim)
     }
 
-    async fn peek_go(&self, id: &str) -> Result<(), GoError> {
-        self.go_script(id, false).await.map(|_| ())
+    async fn peek_go(&self, id: &str) -> Result<GoPeek, GoError> {
+        self.go_script(id, false).await.map(|(_, peek)| peek)
+    }
+
+    async fn arm_go(&self, id: &str, user_id: &str, window: Duration) -> bool {
+        if !crate::core::onetime::plausible(id) {
+            return false;
+        }
+        let key = self.key(&["go:", id]);
+        let mut conn = self.conn.clone();
+        self.call("go_arm", async {
+            self.go_arm
+                .key(&key)
+                .arg(user_id)
+                .arg(ms(window))
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .is_ok_and(|armed| armed == 1)
     }
 
     async fn release_go(&self, id: &str) {
@@ -552,7 +630,10 @@ impl SharedState for RedisState {
     }
 
     async fn ping(&self) -> Result<(), StateError> {
-        let answer = self.ping_now().await;
+        let mut answer = self.ping_now().await;
+        if answer.is_ok() && !self.up() {
+            answer = self.load_scripts().await;
+        }
         self.mark(answer.as_ref().err().cloned());
         answer.map_err(StateError::Unavailable)
     }
