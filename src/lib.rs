@@ -95,6 +95,7 @@ impl App {
             metrics.clone(),
             config.planhat.link_lifetime,
             config.server.public_url.as_ref(),
+            config.server.go_lifetime,
         ));
         Ok(Arc::new(App {
             config,

@@ -277,7 +277,9 @@ async fn go_leg(
     let go = open["url"].as_str().ok_or("no /go/ URL")?.to_string();
     let value = open["value"].as_str().unwrap_or_default().to_string();
 
-    step("The same link copied elsewhere (a paste, a screenshot): it opens for no one, stays usable");
+    step(
+        "The same link copied elsewhere (a paste, a screenshot): it opens for no one, stays usable",
+    );
     let t = Instant::now();
     let copied = http.post(&go).send().await.map_err(|e| e.to_string())?;
     let status = copied.status().as_u16();

@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub reply_budget: Duration,
     /// How long one incoming request may take, body upload included (slow-loris guard).
     pub request_timeout: Duration,
+    /// How long a `/go/` id lives (30 s to 10 min).
+    pub go_lifetime: Duration,
 }
 
 /// `[planhat]`: where Planhat is and how to talk to it.
@@ -255,6 +257,8 @@ struct RawServer {
     reply_budget: HumanDuration,
     #[serde(default = "default_request_timeout")]
     request_timeout: HumanDuration,
+    #[serde(default = "default_go_lifetime")]
+    go_lifetime: HumanDuration,
 }
 
 impl Default for RawServer {
@@ -264,6 +268,7 @@ impl Default for RawServer {
             public_url: None,
             reply_budget: default_reply_budget(),
             request_timeout: default_request_timeout(),
+            go_lifetime: default_go_lifetime(),
         }
     }
 }
@@ -273,6 +278,9 @@ fn default_listen() -> String {
 }
 fn default_reply_budget() -> HumanDuration {
     HumanDuration(Duration::from_millis(2500))
+}
+fn default_go_lifetime() -> HumanDuration {
+    HumanDuration(crate::core::onetime::LIFETIME)
 }
 fn default_request_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
@@ -586,6 +594,14 @@ impl RawConfig {
             ));
         }
 
+        let go_lifetime = self.server.go_lifetime.0;
+        if go_lifetime < Duration::from_secs(30) || go_lifetime > crate::core::onetime::LIFETIME {
+            return Err(ConfigError::at(
+                "server.go_lifetime",
+                "must be between 30s and 10m",
+            ));
+        }
+
         let (cluster_api, cluster_portal) = cluster_urls(&self.planhat.cluster)?;
         let api_url = match self.planhat.api_url.as_deref() {
             Some(u) => base_url("planhat.api_url", u)?,
@@ -730,6 +746,7 @@ impl RawConfig {
                 public_url,
                 reply_budget,
                 request_timeout,
+                go_lifetime,
             },
             planhat,
             slack,
@@ -890,6 +907,10 @@ mod tests {
             ("[planhat]\nlink_lifetime = \"1h\"\n", "planhat.link_lifetime"),
             ("[planhat]\ntoken = \"abc def\"\n", "planhat.token"),
             ("[server]\nrequest_timeout = \"2s\"\n", "server.request_timeout"),
+            ("[server]\ngo_lifetime = \"10s\"\n", "server.go_lifetime"),
+            ("[server]\ngo_lifetime = \"1h\"\n", "server.go_lifetime"),
+            ("[state]\nredis_url = \"http://x\"\n", "state.redis_url"),
+            ("[slack]\nsocket_connections = 11\n", "slack.socket_connections"),
             ("[slack]\nmode = \"socket\"\nbot_token = \"x\"\napp_token = \"y\"\nusergroup_ttl = \"0s\"\n", "slack.usergroup_ttl"),
         ];
         for (text, key) in cases {

@@ -25,7 +25,7 @@ pub const ARM_WAIT: Duration = Duration::from_secs(3);
 pub enum GoError {
     #[error("This link was already used. Links open the portal once; ask the bot for a new one.")]
     Used,
-    #[error("This link has expired (they last ten minutes). Ask the bot for a new one.")]
+    #[error("This link has expired. Ask the bot for a new one.")]
     Expired,
     #[error("This link is not known here (it may be mistyped, or it is too old). Ask the bot for a new one.")]
     Unknown,

@@ -16,7 +16,7 @@ use super::command::{parse_command, Command};
 use super::enduser::{BadEndUser, EndUserId, Target};
 use super::metrics::Metrics;
 use super::names::NameCache;
-use super::onetime::{new_id, GoError, ARM_WAIT, ARM_WINDOW, LIFETIME as GO_LIFETIME};
+use super::onetime::{new_id, GoError, ARM_WAIT, ARM_WINDOW};
 use super::planhat::{EndUserSummary, Planhat, PlanhatError};
 use super::secret::Secret;
 use super::state::{GoClaim, SharedState};
@@ -237,6 +237,8 @@ pub struct PortalService {
     link_lifetime: Duration,
     /// Set: links are `/go/` links under this base, minted at click time.
     public_url: Option<String>,
+    /// How long a `/go/` id lives.
+    go_lifetime: Duration,
     names: Arc<NameCache>,
 }
 
@@ -252,6 +254,7 @@ impl PortalService {
         metrics: Arc<Metrics>,
         link_lifetime: Duration,
         public_url: Option<&url::Url>,
+        go_lifetime: Duration,
     ) -> Self {
         planhat.share_pauses(state.clone());
         PortalService {
@@ -263,6 +266,7 @@ impl PortalService {
             metrics,
             link_lifetime,
             public_url: public_url.map(|u| u.as_str().trim_end_matches('/').to_string()),
+            go_lifetime,
             names: Arc::new(NameCache::new(10_000, Duration::from_secs(3600))),
         }
     }
@@ -587,7 +591,7 @@ impl PortalService {
             // Slack tells the bot about its asker's own click; Discord's link buttons don't.
             needs_arming: asker.platform == Platform::Slack,
         };
-        if let Err(e) = self.state.issue_go(&go, &claim, GO_LIFETIME).await {
+        if let Err(e) = self.state.issue_go(&go, &claim, self.go_lifetime).await {
             tracing::warn!(error = %e, "no /go/ link this time; the link is minted directly");
             return None;
         }
@@ -595,7 +599,7 @@ impl PortalService {
             url: Secret::new(format!("{base}/go/{go}")),
             end_user: id,
             who,
-            expires_at: SystemTime::now() + GO_LIFETIME,
+            expires_at: SystemTime::now() + self.go_lifetime,
             at_click: true,
         }))
     }
