@@ -145,6 +145,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
 
     let mut background = vec![tokio::spawn(housekeeping(app.clone(), app.shutdown()))];
+    if app.config.access.scope == crate::core::config::Scope::Owned {
+        background.push(tokio::spawn(refresh_owners(app.clone(), app.shutdown())));
+    }
     // Warm the pool so the first asker after a deploy doesn't pay DNS + TCP + TLS.
     let planhat = app.portal.planhat().clone();
     background.push(tokio::spawn(async move {
@@ -232,6 +235,18 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(8192)
+}
+
+/// `scope = "owned"`: keeps Planhat's user list (owner ids → emails) fresh in the background,
+/// so a link's path never waits for it.
+async fn refresh_owners(app: Arc<App>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(crate::core::ownership::USERS_REFRESH);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => app.portal.ownership().refresh_users().await,
+            _ = shutdown.fired() => return,
+        }
+    }
 }
 
 /// Periodic clean-up so nothing grows without bound.

@@ -72,6 +72,8 @@ fn report(reply: Reply) -> u8 {
             end_user,
             who,
             has_access,
+            // The terminal is an admin: no scope applies.
+            scope: _,
         } => {
             if let Some(who) = &who {
                 eprintln!("{}", who_line(who.name.as_deref(), who.company.as_deref()));

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use super::asker::{Asker, Groups, Platform};
-use super::config::AccessConfig;
+use super::config::{AccessConfig, Scope};
 
 /// Why an asker was refused. `Display` is the line the asker sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +34,11 @@ pub struct AccessPolicy {
     discord_users: HashSet<String>,
     discord_roles: HashSet<String>,
     discord_guilds: HashSet<String>,
+    scope: Scope,
+    admin_slack_users: HashSet<String>,
+    admin_slack_usergroups: Vec<String>,
+    admin_discord_users: HashSet<String>,
+    admin_discord_roles: HashSet<String>,
 }
 
 fn strings(ids: &[u64]) -> HashSet<String> {
@@ -50,21 +55,84 @@ impl AccessPolicy {
             discord_users: strings(&config.discord_users),
             discord_roles: strings(&config.discord_roles),
             discord_guilds: strings(&config.discord_guilds),
+            scope: config.scope,
+            admin_slack_users: config.admin_slack_users.iter().cloned().collect(),
+            admin_slack_usergroups: config.admin_slack_usergroups.clone(),
+            admin_discord_users: strings(&config.admin_discord_users),
+            admin_discord_roles: strings(&config.admin_discord_roles),
         }
     }
 
-    /// The Slack user groups whose members may ask (the Slack adapter keeps them fetched).
-    pub fn slack_usergroups(&self) -> &[String] {
-        &self.slack_usergroups
+    /// The Slack user groups the policy asks about (members may ask, or are admins); the
+    /// Slack adapter keeps them fetched.
+    pub fn slack_usergroups(&self) -> Vec<String> {
+        let mut all = self.slack_usergroups.clone();
+        all.extend(self.admin_slack_usergroups.iter().cloned());
+        all.sort();
+        all.dedup();
+        all
     }
 
     /// True when listing the user directly is enough (no group lookup needed).
     pub fn is_listed_user(&self, asker: &Asker) -> bool {
         match asker.platform {
-            Platform::Slack => self.slack_users.contains(&asker.user_id),
-            Platform::Discord => self.discord_users.contains(&asker.user_id),
+            Platform::Slack => {
+                self.slack_users.contains(&asker.user_id)
+                    || self.admin_slack_users.contains(&asker.user_id)
+            }
+            Platform::Discord => {
+                self.discord_users.contains(&asker.user_id)
+                    || self.admin_discord_users.contains(&asker.user_id)
+            }
             Platform::Cli => true,
         }
+    }
+
+    /// True when Slack user groups matter to this policy (some group or admin group is listed).
+    pub fn uses_groups(&self) -> bool {
+        self.uses_groups_on(Platform::Slack)
+    }
+
+    /// True when groups (Slack user groups, Discord roles) matter to this policy on `platform`.
+    pub fn uses_groups_on(&self, platform: Platform) -> bool {
+        match platform {
+            Platform::Slack => {
+                !self.slack_usergroups.is_empty() || !self.admin_slack_usergroups.is_empty()
+            }
+            Platform::Discord => {
+                !self.discord_roles.is_empty() || !self.admin_discord_roles.is_empty()
+            }
+            Platform::Cli => false,
+        }
+    }
+
+    /// An admin: listed in an `admin_*` list (directly or by group/role). Admins bypass the
+    /// scope; the terminal counts as one (it holds the Planhat token anyway).
+    pub fn is_admin(&self, asker: &Asker) -> bool {
+        let (users, groups): (&HashSet<String>, Vec<&str>) = match asker.platform {
+            Platform::Cli => return true,
+            Platform::Slack => (
+                &self.admin_slack_users,
+                self.admin_slack_usergroups
+                    .iter()
+                    .map(String::as_str)
+                    .collect(),
+            ),
+            Platform::Discord => (
+                &self.admin_discord_users,
+                self.admin_discord_roles
+                    .iter()
+                    .map(String::as_str)
+                    .collect(),
+            ),
+        };
+        users.contains(&asker.user_id)
+            || matches!(&asker.groups, Groups::Known(mine) if mine.iter().any(|g| groups.contains(&g.as_str())))
+    }
+
+    /// True when this asker may open only their own companies' portals.
+    pub fn scoped(&self, asker: &Asker) -> bool {
+        self.scope == Scope::Owned && !self.is_admin(asker)
     }
 
     /// May this asker mint a link here?
@@ -75,12 +143,20 @@ impl AccessPolicy {
                 Platform::Slack => (
                     &self.slack_channels,
                     Denied::Channel,
-                    self.slack_usergroups.iter().map(String::as_str).collect(),
+                    self.slack_usergroups
+                        .iter()
+                        .chain(&self.admin_slack_usergroups)
+                        .map(String::as_str)
+                        .collect(),
                 ),
                 Platform::Discord => (
                     &self.discord_guilds,
                     Denied::Guild,
-                    self.discord_roles.iter().map(String::as_str).collect(),
+                    self.discord_roles
+                        .iter()
+                        .chain(&self.admin_discord_roles)
+                        .map(String::as_str)
+                        .collect(),
                 ),
             };
         let place = match asker.platform {
@@ -126,7 +202,32 @@ mod tests {
             discord_users: vec![10],
             discord_roles: vec![20],
             discord_guilds: vec![30],
+            admin_slack_users: vec!["UADMIN".into()],
+            admin_discord_roles: vec![40],
+            scope: Scope::Owned,
+            ..Default::default()
         })
+    }
+
+    #[test]
+    fn admins_may_ask_and_bypass_the_scope() {
+        let p = policy();
+        let admin = asker(Platform::Slack, "UADMIN", None, Groups::Known(vec![]));
+        assert!(p.authorize(&admin).is_ok());
+        assert!(p.is_admin(&admin) && !p.scoped(&admin));
+        let csm = asker(Platform::Slack, "U1", None, Groups::Known(vec![]));
+        assert!(p.authorize(&csm).is_ok());
+        assert!(!p.is_admin(&csm) && p.scoped(&csm));
+        let on_call = asker(
+            Platform::Discord,
+            "99",
+            Some("30"),
+            Groups::Known(vec!["40".into()]),
+        );
+        assert!(p.authorize(&on_call).is_ok());
+        assert!(!p.scoped(&on_call), "an admin role bypasses the scope");
+        let cli = Asker::local_user();
+        assert!(!p.scoped(&cli), "the terminal is trusted");
     }
 
     #[test]

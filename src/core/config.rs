@@ -146,6 +146,26 @@ pub struct AccessConfig {
     pub discord_users: Vec<u64>,
     pub discord_roles: Vec<u64>,
     pub discord_guilds: Vec<u64>,
+    /// Whose portals a listed asker may open.
+    pub scope: Scope,
+    /// Admins bypass `scope` (on-call); they may ask like listed users.
+    pub admin_slack_users: Vec<String>,
+    pub admin_slack_usergroups: Vec<String>,
+    pub admin_discord_users: Vec<u64>,
+    pub admin_discord_roles: Vec<u64>,
+    /// Discord gives bots no emails: Discord user id → email, for `scope = "owned"`.
+    pub discord_emails: HashMap<u64, String>,
+}
+
+/// `[access] scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Any end user (the default).
+    #[default]
+    Any,
+    /// Only end users of companies the asker owns or co-owns in Planhat.
+    Owned,
 }
 
 /// `[limits]`.
@@ -380,6 +400,18 @@ fn default_discord_mode() -> DiscordMode {
 #[serde(deny_unknown_fields)]
 struct RawAccess {
     #[serde(default)]
+    scope: Scope,
+    #[serde(default)]
+    admin_slack_users: Vec<String>,
+    #[serde(default)]
+    admin_slack_usergroups: Vec<String>,
+    #[serde(default)]
+    admin_discord_users: Vec<DiscordId>,
+    #[serde(default)]
+    admin_discord_roles: Vec<DiscordId>,
+    #[serde(default)]
+    discord_emails: HashMap<String, String>,
+    #[serde(default)]
     slack_users: Vec<String>,
     #[serde(default)]
     slack_usergroups: Vec<String>,
@@ -461,6 +493,29 @@ impl<'de> Deserialize<'de> for DiscordId {
             },
         }
     }
+}
+
+/// `access.discord_emails`: keys are Discord user ids, values look like emails.
+fn discord_emails(raw: HashMap<String, String>) -> Result<HashMap<u64, String>, ConfigError> {
+    let key = "access.discord_emails";
+    raw.into_iter()
+        .map(|(id, email)| {
+            let id = id
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ConfigError::at(key, format!("{id:?} is not a Discord user id")))?;
+            let email = email.trim().to_ascii_lowercase();
+            if !email.contains('@') || email.chars().any(char::is_whitespace) {
+                return Err(ConfigError::at(
+                    key,
+                    format!("{email:?} (for {id}) is not an email address"),
+                ));
+            }
+            Ok((id, email))
+        })
+        .collect()
 }
 
 fn ids(list: Vec<DiscordId>) -> Vec<u64> {
@@ -726,6 +781,12 @@ impl RawConfig {
             discord_users: ids(self.access.discord_users),
             discord_roles: ids(self.access.discord_roles),
             discord_guilds: ids(self.access.discord_guilds),
+            scope: self.access.scope,
+            admin_slack_users: trimmed(self.access.admin_slack_users),
+            admin_slack_usergroups: trimmed(self.access.admin_slack_usergroups),
+            admin_discord_users: ids(self.access.admin_discord_users),
+            admin_discord_roles: ids(self.access.admin_discord_roles),
+            discord_emails: discord_emails(self.access.discord_emails)?,
         };
         let limits = LimitsConfig {
             per_user_per_minute: positive(

@@ -91,6 +91,7 @@ mod tests {
                 id: "e1".into(),
                 name: Some("Jane".into()),
                 company: None,
+                company_id: None,
             }),
         );
         assert_eq!(cache.get(&id).unwrap().name.as_deref(), Some("Jane"));

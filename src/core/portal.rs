@@ -10,13 +10,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::access::{AccessPolicy, Denied};
 use super::asker::Asker;
-use super::asker::Platform;
+use super::asker::{Groups, Platform};
 use super::audit::{Audit, AuditEvent};
 use super::command::{parse_command, Command};
+use super::directory::Directory;
 use super::enduser::{BadEndUser, EndUserId, Target};
 use super::metrics::Metrics;
 use super::names::NameCache;
 use super::onetime::{new_id, GoError, ARM_WAIT, ARM_WINDOW};
+use super::ownership::{Ownership, OwnershipError, ScopeDenied};
 use super::planhat::{EndUserSummary, Planhat, PlanhatError};
 use super::secret::Secret;
 use super::state::{GoClaim, SharedState};
@@ -101,6 +103,8 @@ pub enum Reply {
         end_user: EndUserId,
         who: Option<EndUserSummary>,
         has_access: bool,
+        /// Set: this asker may not open that portal (`scope = "owned"`), and why.
+        scope: Option<ScopeDenied>,
     },
     /// An email matched several end users: let the asker pick.
     Choose {
@@ -143,6 +147,8 @@ pub enum Refusal {
     AuditUnavailable,
     #[error("Something went wrong inside the bot, so no link was made; try again, and tell its admins if it keeps happening.")]
     Internal,
+    #[error("{0}")]
+    OutOfScope(ScopeDenied),
 }
 
 impl Refusal {
@@ -162,15 +168,24 @@ impl Refusal {
             Refusal::Unusable => "upstream_unusable",
             Refusal::AuditUnavailable => "audit_failed",
             Refusal::Internal => "internal_error",
+            Refusal::OutOfScope(_) => "out_of_scope",
         }
     }
 }
 
 /// The answer to `check`, worded once for every platform; the caller passes the end user and
-/// their name already escaped for its markup.
-pub fn access_line(end_user: &str, who: &str, has_access: bool) -> String {
+/// their name already escaped for its markup. `scope`: why this asker may not open it.
+pub fn access_line(
+    end_user: &str,
+    who: &str,
+    has_access: bool,
+    scope: Option<&ScopeDenied>,
+) -> String {
     let has = if has_access { "has" } else { "has no" };
-    format!("{end_user}{who} {has} portal access.")
+    match scope {
+        None => format!("{end_user}{who} {has} portal access."),
+        Some(why) => format!("{end_user}{who} {has} portal access, but you may not open it: {why}"),
+    }
 }
 
 /// The heading above an email's matches, worded once for every platform (`email` escaped).
@@ -190,6 +205,8 @@ impl Refusal {
                 | Refusal::UpstreamUnreachable
                 | Refusal::UpstreamFailed
                 | Refusal::AuditUnavailable
+                | Refusal::OutOfScope(ScopeDenied::LookupFailed)
+                | Refusal::NotAllowed(Denied::MembershipUnknown)
         )
     }
 }
@@ -240,6 +257,10 @@ pub struct PortalService {
     /// How long a `/go/` id lives.
     go_lifetime: Duration,
     names: Arc<NameCache>,
+    /// `scope = "owned"`: who owns which company.
+    ownership: Ownership,
+    /// Each chat platform's directory (emails, current groups), registered at start-up.
+    directories: std::sync::RwLock<std::collections::HashMap<Platform, Arc<dyn Directory>>>,
 }
 
 impl PortalService {
@@ -257,6 +278,8 @@ impl PortalService {
         go_lifetime: Duration,
     ) -> Self {
         planhat.share_pauses(state.clone());
+        let names = Arc::new(NameCache::new(10_000, Duration::from_secs(3600)));
+        let ownership = Ownership::new(planhat.clone(), names.clone());
         PortalService {
             planhat,
             policy,
@@ -267,8 +290,31 @@ impl PortalService {
             link_lifetime,
             public_url: public_url.map(|u| u.as_str().trim_end_matches('/').to_string()),
             go_lifetime,
-            names: Arc::new(NameCache::new(10_000, Duration::from_secs(3600))),
+            ownership,
+            names,
+            directories: Default::default(),
         }
+    }
+
+    fn directory(&self, platform: Platform) -> Option<Arc<dyn Directory>> {
+        self.directories
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&platform)
+            .cloned()
+    }
+
+    /// A chat adapter registers its platform's directory (emails, current groups).
+    pub fn register_directory(&self, platform: Platform, directory: Arc<dyn Directory>) {
+        self.directories
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(platform, directory);
+    }
+
+    /// The ownership lookups (the app refreshes Planhat's user list in the background).
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
     }
 
     /// The access policy (adapters ask it which groups to keep fetched).
@@ -319,9 +365,16 @@ impl PortalService {
             Ok(claim) => claim,
             Err(e) => return self.go_refused(e, client).await,
         };
-        let reply = self
-            .link_for(&claim.asker, claim.end_user, Action::Go)
-            .await;
+        // Membership as it is now, not as it was when the link was issued: someone removed
+        // from the group or role since gets no portal.
+        let mut asker = claim.asker;
+        if self.policy.uses_groups_on(asker.platform) {
+            asker.groups = match self.directory(asker.platform) {
+                Some(d) => d.groups_now(&asker).await,
+                None => Groups::Unknown,
+            };
+        }
+        let reply = self.link_for(&asker, claim.end_user, Action::Go).await;
         if let Reply::Refused(r) = &reply {
             if r.is_passing() {
                 self.state.release_go(id).await;
@@ -502,33 +555,88 @@ impl PortalService {
         action: Action,
     ) -> Reply {
         if action.mints() && action != Action::Go && self.public_url.is_some() {
-            let who_lookup = self.lookup_who(&id, who);
-            let access = self.planhat.check_access(&id).await;
-            let who = who_lookup.now().await;
-            return match access {
-                Ok(true) => match self.at_click(asker, id.clone(), who.clone()).await {
+            let (access, scope) = self
+                .beside_scope(asker, &id, who, self.planhat.check_access(&id))
+                .await;
+            return match (access, scope) {
+                (Err(e), _) => self.upstream(e),
+                (_, Err(refusal)) => Reply::Refused(refusal),
+                (Ok(false), _) => Reply::Refused(Refusal::NoAccess),
+                (Ok(true), Ok(who)) => match self.at_click(asker, id.clone(), who.clone()).await {
                     Some(reply) => reply,
-                    // The store is full or unreachable: fall back to a link minted now.
-                    None => self.mint_now(id, who).await,
+                    // The store is full or unreachable: fall back to a link minted now (the
+                    // scope was checked a moment ago).
+                    None => self.mint_now(asker, id, who, false).await,
                 },
-                Ok(false) => Reply::Refused(Refusal::NoAccess),
-                Err(e) => self.upstream(e),
             };
         }
         if !action.mints() {
-            let who_lookup = self.lookup_who(&id, who);
-            let access = self.planhat.check_access(&id).await;
-            let who = who_lookup.now().await;
+            let (access, scope) = self
+                .beside_scope(asker, &id, who, self.planhat.check_access(&id))
+                .await;
+            let (who, scope) = match scope {
+                Ok(who) => (who, None),
+                Err(Refusal::NotFound) => return Reply::Refused(Refusal::NotFound),
+                Err(Refusal::OutOfScope(d)) => (None, Some(d)),
+                Err(_) => (None, Some(ScopeDenied::LookupFailed)),
+            };
             return match access {
                 Ok(has_access) => Reply::Access {
                     end_user: id,
                     who,
                     has_access,
+                    scope,
                 },
                 Err(e) => self.upstream(e),
             };
         }
-        self.mint_now(id, who).await
+        self.mint_now(asker, id, who, true).await
+    }
+
+    /// Runs `work` (the Planhat round) beside the scope check when the asker is scoped, else
+    /// beside the name lookup; never one after the other. The second value is the end user's
+    /// name (when known), or the scope's refusal.
+    async fn beside_scope<T>(
+        &self,
+        asker: &Asker,
+        id: &EndUserId,
+        who: Option<EndUserSummary>,
+        work: impl std::future::Future<Output = T>,
+    ) -> (T, Result<Option<EndUserSummary>, Refusal>) {
+        if !self.policy.scoped(asker) {
+            let lookup = self.lookup_who(id, who);
+            let out = work.await;
+            return (out, Ok(lookup.now().await));
+        }
+        tokio::join!(work, self.scope_check(asker, id, who))
+    }
+
+    /// `scope = "owned"`: the asker's email (from their chat platform) against the owners of
+    /// the end user's company. Fails closed with the reason.
+    async fn scope_check(
+        &self,
+        asker: &Asker,
+        id: &EndUserId,
+        who: Option<EndUserSummary>,
+    ) -> Result<Option<EndUserSummary>, Refusal> {
+        let email = match self.directory(asker.platform) {
+            None => None,
+            Some(d) => match d.email(asker).await {
+                Ok(email) => email,
+                Err(why) => {
+                    tracing::warn!(platform = asker.platform.name(), error = %why, "the asker's email could not be looked up");
+                    return Err(Refusal::OutOfScope(ScopeDenied::LookupFailed));
+                }
+            },
+        };
+        let Some(email) = email else {
+            return Err(Refusal::OutOfScope(ScopeDenied::no_email(asker.platform)));
+        };
+        match self.ownership.check(&email, id, who.as_ref()).await {
+            Ok(summary) => Ok(Some(summary)),
+            Err(OwnershipError::NotFound) => Err(Refusal::NotFound),
+            Err(OwnershipError::Denied(d)) => Err(Refusal::OutOfScope(d)),
+        }
     }
 
     /// Looks the end user's name up beside the other calls; never waits for it afterwards.
@@ -554,16 +662,30 @@ impl PortalService {
         }))
     }
 
-    async fn mint_now(&self, id: EndUserId, who: Option<EndUserSummary>) -> Reply {
+    /// Access check and mint at once (and the scope check beside them when `check_scope` and
+    /// the asker is scoped); a URL is kept only when every answer is yes.
+    async fn mint_now(
+        &self,
+        asker: &Asker,
+        id: EndUserId,
+        who: Option<EndUserSummary>,
+        check_scope: bool,
+    ) -> Reply {
         let before_mint = SystemTime::now();
-        let who_lookup = self.lookup_who(&id, who);
-        let (access, minted) = tokio::join!(self.planhat.check_access(&id), self.planhat.mint(&id));
-        let who = who_lookup.now().await;
-        match access {
-            Err(e) => self.upstream(e),
-            // A URL minted for someone without access is dropped here, unseen and unlogged.
-            Ok(false) => Reply::Refused(Refusal::NoAccess),
-            Ok(true) => match minted {
+        let round = async { tokio::join!(self.planhat.check_access(&id), self.planhat.mint(&id)) };
+        let ((access, minted), scope) = if check_scope {
+            self.beside_scope(asker, &id, who, round).await
+        } else {
+            let lookup = self.lookup_who(&id, who);
+            let out = round.await;
+            (out, Ok(lookup.now().await))
+        };
+        // A URL that is not shown below is dropped here, unseen and unlogged.
+        match (access, scope) {
+            (Err(e), _) => self.upstream(e),
+            (_, Err(refusal)) => Reply::Refused(refusal),
+            (Ok(false), _) => Reply::Refused(Refusal::NoAccess),
+            (Ok(true), Ok(who)) => match minted {
                 Ok(url) => Reply::Link(PortalLink {
                     url,
                     end_user: id,

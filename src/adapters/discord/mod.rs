@@ -4,6 +4,7 @@
 //! interaction (roles come with it: no extra API call), hands the text to the core and renders
 //! the [`Reply`]. Both transports call [`DiscordState::interaction`], so they behave the same.
 
+mod directory;
 mod expiry;
 mod gateway;
 mod http;
@@ -53,6 +54,13 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         http: http.clone(),
         expiries: Arc::new(tokio::sync::Notify::new()),
     });
+    app.portal.register_directory(
+        Platform::Discord,
+        Arc::new(directory::DiscordDirectory::new(
+            app.config.access.discord_emails.clone(),
+            http.clone(),
+        )),
+    );
     let mut tasks = vec![
         tokio::spawn(register::register(http, config.guild_ids.clone())),
         tokio::spawn(expiry::run(state.clone(), app.shutdown())),

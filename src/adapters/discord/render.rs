@@ -109,10 +109,12 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
             end_user,
             who: w,
             has_access,
+            scope,
         } => text(access_line(
             &code(end_user.as_str()),
             &who(w.as_ref()),
             *has_access,
+            scope.as_ref(),
         )),
         Reply::Choose {
             email,

@@ -72,6 +72,22 @@ impl SlackApi {
         }
     }
 
+    /// A user's email (`users.info`, scope `users:read.email`); `Ok(None)` when Slack shows none.
+    pub async fn user_email(&self, user: &str) -> Result<Option<String>, String> {
+        let session = self.client.open_session(&self.bot_token);
+        let request = SlackApiUsersInfoRequest::new(user.to_string().into());
+        match tokio::time::timeout(CALL_TIMEOUT, session.users_info(&request)).await {
+            Ok(Ok(r)) => Ok(r
+                .user
+                .profile
+                .and_then(|p| p.email)
+                .map(|e| e.0.trim().to_ascii_lowercase())
+                .filter(|e| !e.is_empty())),
+            Ok(Err(e)) => Err(format!("users.info failed: {e}")),
+            Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
+        }
+    }
+
     /// Posts an ephemeral message to a `response_url` (a late answer, or a replacement after a
     /// button click when `replace_original`).
     pub async fn post_response(

@@ -5,6 +5,7 @@
 //! [`SlackState::command`] and [`SlackState::interaction`], so they behave identically.
 
 mod client;
+mod directory;
 mod groups;
 mod http;
 pub mod render;
@@ -62,6 +63,10 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         socket: socket::SocketStats::default(),
         socket_up,
     });
+    app.portal.register_directory(
+        Platform::Slack,
+        Arc::new(directory::SlackDirectory::new(api.clone(), groups.clone())),
+    );
     let mut tasks = vec![tokio::spawn(groups.run(api, app.shutdown()))];
     let router = match config.mode {
         SlackMode::Http => http::router(
@@ -107,7 +112,8 @@ impl SlackState {
             channel_id: channel.map(str::to_string),
             groups: Groups::Known(Vec::new()),
         };
-        if !self.app.portal.policy().is_listed_user(&asker) {
+        // Groups decide who may ask and who is an admin (who bypasses the scope).
+        if self.app.portal.policy().uses_groups() {
             asker.groups = self.groups.groups_of(user);
         }
         asker

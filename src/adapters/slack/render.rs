@@ -169,10 +169,12 @@ pub fn reply(reply: &Reply, asker: &str, button_url: Option<&url::Url>) -> Slack
             end_user,
             who: w,
             has_access,
+            scope,
         } => line(&access_line(
             &code(end_user.as_str()),
             &who(w.as_ref()),
             *has_access,
+            scope.as_ref(),
         )),
         Reply::Choose {
             email,

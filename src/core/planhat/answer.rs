@@ -66,6 +66,8 @@ pub struct EndUserSummary {
     pub id: String,
     pub name: Option<String>,
     pub company: Option<String>,
+    /// The company's Planhat id (`companyId`): the first link of the ownership chain.
+    pub company_id: Option<String>,
 }
 
 impl EndUserSummary {
@@ -105,11 +107,65 @@ fn summary(item: &Value) -> Option<EndUserSummary> {
         .get("companyName")
         .and_then(Value::as_str)
         .map(str::to_string);
+    let company_id = item
+        .get("companyId")
+        .and_then(Value::as_str)
+        .filter(|c| !c.trim().is_empty())
+        .map(str::to_string);
     Some(EndUserSummary {
         id: id.to_string(),
         name,
         company,
+        company_id,
     })
+}
+
+/// A company's name and owners (`GET /companies/{id}`): `owner` and `coOwner`, each a Planhat
+/// user id, or a list of them, or an object with `_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompanyOwners {
+    pub name: Option<String>,
+    pub owners: Vec<String>,
+}
+
+/// `GET /companies/{id}`. `None`: not a company object.
+pub fn parse_company(body: &[u8]) -> Option<CompanyOwners> {
+    let item: Value = serde_json::from_slice(body).ok()?;
+    let map = item.as_object()?;
+    let mut owners = Vec::new();
+    for key in ["owner", "coOwner", "coOwners"] {
+        collect_ids(map.get(key), &mut owners);
+    }
+    owners.dedup();
+    Some(CompanyOwners {
+        name: map.get("name").and_then(Value::as_str).map(str::to_string),
+        owners,
+    })
+}
+
+fn collect_ids(value: Option<&Value>, into: &mut Vec<String>) {
+    match value {
+        Some(Value::String(s)) if !s.trim().is_empty() => into.push(s.trim().to_string()),
+        Some(Value::Array(items)) => items.iter().for_each(|v| collect_ids(Some(v), into)),
+        Some(Value::Object(o)) => collect_ids(o.get("_id").or_else(|| o.get("id")), into),
+        _ => {}
+    }
+}
+
+/// `GET /users`: Planhat users (`_id`, `email`) → (id, lower-cased email), skipping users
+/// without both. `None`: not a list.
+pub fn parse_users(body: &[u8]) -> Option<Vec<(String, String)>> {
+    let items: Vec<Value> = serde_json::from_slice(body).ok()?;
+    Some(
+        items
+            .iter()
+            .filter_map(|u| {
+                let id = u.get("_id").or_else(|| u.get("id"))?.as_str()?;
+                let email = u.get("email")?.as_str()?.trim().to_ascii_lowercase();
+                (!email.is_empty()).then(|| (id.to_string(), email))
+            })
+            .collect(),
+    )
 }
 
 /// `GET /endusers?email=…`: an array of end users (`_id`, `name` or first/last, `companyName`).
@@ -125,6 +181,33 @@ mod tests {
     use proptest::prelude::*;
 
     const P: &str = "https://share.planhat.com/redirect/";
+
+    #[test]
+    fn company_and_users_shapes() {
+        let c = parse_company(
+            br#"{"_id":"c1","name":"Acme","owner":"u1","coOwner":["u2",{"_id":"u3"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.name.as_deref(), Some("Acme"));
+        assert_eq!(c.owners, vec!["u1", "u2", "u3"]);
+        assert_eq!(
+            parse_company(br#"{"name":"Nobody"}"#).unwrap().owners,
+            Vec::<String>::new()
+        );
+        assert!(parse_company(b"[]").is_none());
+        let users = parse_users(
+            br#"[{"_id":"u1","email":"Casey@Acme.com "},{"_id":"u2"},{"email":"x@y"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            users,
+            vec![("u1".to_string(), "casey@acme.com".to_string())]
+        );
+        let e =
+            parse_enduser(br#"{"_id":"e1","name":"Jane","companyId":"c1","companyName":"Acme"}"#)
+                .unwrap();
+        assert_eq!(e.company_id.as_deref(), Some("c1"));
+    }
 
     #[test]
     fn access_shapes() {
@@ -194,6 +277,8 @@ mod tests {
             let _ = parse_access(&bytes);
             let _ = parse_endusers(&bytes);
             let _ = parse_enduser(&bytes);
+            let _ = parse_company(&bytes);
+            let _ = parse_users(&bytes);
             if let Some(url) = parse_signed_url(&bytes, P) {
                 prop_assert!(url.starts_with(P) && url.len() > P.len());
             }

@@ -15,7 +15,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
 use tokio::sync::Semaphore;
 
-pub use answer::EndUserSummary;
+pub use answer::{CompanyOwners, EndUserSummary};
 
 use super::config::PlanhatConfig;
 use super::enduser::EndUserId;
@@ -193,6 +193,42 @@ impl Planhat {
         answer::parse_enduser(&body).ok_or_else(|| {
             PlanhatError::Unusable(format!(
                 "the end-user answer ({} bytes) is not an end user",
+                body.len()
+            ))
+        })
+    }
+
+    /// A company's name and owners (`GET /companies/{id}`), for `scope = "owned"`.
+    pub async fn find_company(&self, id: &str) -> Result<CompanyOwners, PlanhatError> {
+        // One path segment: everything but RFC 3986's unreserved characters is escaped.
+        const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'~');
+        if id.is_empty() || id.chars().all(|c| c == '.') {
+            return Err(PlanhatError::Unusable(
+                "the company id is not usable".into(),
+            ));
+        }
+        let segment: String = percent_encoding::utf8_percent_encode(id, SEGMENT).collect();
+        let url = format!("{}/companies/{segment}", self.inner.api_base);
+        let body = self.get(Call::Lookup, &url).await?;
+        answer::parse_company(&body).ok_or_else(|| {
+            PlanhatError::Unusable(format!(
+                "the company answer ({} bytes) is not a company",
+                body.len()
+            ))
+        })
+    }
+
+    /// Planhat's users and their emails (`GET /users`), for `scope = "owned"`.
+    pub async fn list_users(&self) -> Result<Vec<(String, String)>, PlanhatError> {
+        let url = format!("{}/users?limit=10000", self.inner.api_base);
+        let body = self.get(Call::Lookup, &url).await?;
+        answer::parse_users(&body).ok_or_else(|| {
+            PlanhatError::Unusable(format!(
+                "the users answer ({} bytes) is not a list",
                 body.len()
             ))
         })

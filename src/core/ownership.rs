@@ -1,0 +1,244 @@
+//! Book-of-business scope (`[access] scope = "owned"`): a CSM may open portals only for end
+//! users of companies they own or co-own in Planhat.
+//!
+//! The chain, each link looked up once and cached: end user → `companyId` (the end-user
+//! lookup the bot already makes for names) → the company's `owner`/`coOwner` (Planhat user
+//! ids) → those users' emails (`GET /users`, one list refreshed in the background) → compared
+//! with the asker's email (from the chat platform, through a [`Directory`]). Where a link of
+//! the chain can't be established the answer is a refusal that says why and who can help:
+//! this check fails closed, never into a link.
+//!
+//! [`Directory`]: super::directory::Directory
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, RwLock};
+
+use super::asker::Platform;
+use super::enduser::EndUserId;
+use super::names::NameCache;
+use super::planhat::{CompanyOwners, EndUserSummary, Planhat, PlanhatError};
+
+/// How long a company's owners are trusted.
+const COMPANY_TTL: Duration = Duration::from_secs(600);
+/// Companies cached at once (O(1) eviction when full: the least useful goes).
+const MAX_COMPANIES: usize = 10_000;
+/// How often Planhat's user list is refreshed in the background.
+pub const USERS_REFRESH: Duration = Duration::from_secs(600);
+/// An owner missing from the user list triggers a refresh at most this often.
+const USERS_MIN_AGE: Duration = Duration::from_secs(60);
+
+/// Why a scoped asker may not open this portal. `Display` is the line they see: why, and who
+/// can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeDenied {
+    #[error("You may open portals only for companies you own or co-own in Planhat, and {0} is not one of yours. Ask its owner, or an admin (on-call) if it's urgent.")]
+    NotYours(String),
+    #[error("The bot can't read your email from Slack, so it can't tell which companies are yours. Please tell the bot's admins (it needs the users:read.email scope).")]
+    NoSlackEmail,
+    #[error("The bot has no email for your Discord account, so it can't tell which companies are yours. Ask the bot's admins to add you to access.discord_emails.")]
+    NoDiscordEmail,
+    #[error("Planhat names no company for this end user, so the bot can't tell whether it is one of yours. Ask an admin (on-call) to open it.")]
+    NoCompany,
+    #[error("{0} has no owner or co-owner in Planhat, so the bot can't tell whether it is yours. Ask an admin (on-call), or set an owner in Planhat.")]
+    NoOwner(String),
+    #[error("The owners of {0} have no email in Planhat that the bot can see, so it can't tell whether it is yours. Ask an admin (on-call).")]
+    NoOwnerEmail(String),
+    #[error("The bot could not check who owns this end user's company right now, so no link was made; try again in a moment.")]
+    LookupFailed,
+}
+
+impl ScopeDenied {
+    /// The refusal for an asker of `platform` with no known email.
+    pub fn no_email(platform: Platform) -> Self {
+        match platform {
+            Platform::Discord => ScopeDenied::NoDiscordEmail,
+            _ => ScopeDenied::NoSlackEmail,
+        }
+    }
+}
+
+/// Why the chain stopped: a scope refusal, or Planhat saying the end user doesn't exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnershipError {
+    Denied(ScopeDenied),
+    NotFound,
+}
+
+impl From<ScopeDenied> for OwnershipError {
+    fn from(d: ScopeDenied) -> Self {
+        OwnershipError::Denied(d)
+    }
+}
+
+/// Planhat user id → email, and when it was fetched.
+struct Users {
+    emails: HashMap<String, String>,
+    fetched: Option<Instant>,
+    /// The last fetch failed (then an empty list means "unknown", not "no emails").
+    failed: bool,
+}
+
+/// The ownership lookups and their caches. One per process.
+pub struct Ownership {
+    planhat: Planhat,
+    names: Arc<NameCache>,
+    companies: quick_cache::sync::Cache<String, (Arc<CompanyOwners>, Instant)>,
+    users: RwLock<Users>,
+    /// One refresh of the user list at a time.
+    refreshing: Mutex<()>,
+}
+
+impl Ownership {
+    /// The lookups, sharing the end-user names cache (the same `GET /endusers/{id}` answer).
+    pub fn new(planhat: Planhat, names: Arc<NameCache>) -> Self {
+        Ownership {
+            planhat,
+            names,
+            companies: quick_cache::sync::Cache::new(MAX_COMPANIES),
+            users: RwLock::new(Users {
+                emails: HashMap::new(),
+                fetched: None,
+                failed: false,
+            }),
+            refreshing: Mutex::new(()),
+        }
+    }
+
+    /// Does `email` own or co-own the company of `end_user`? `known`: the end user as an email
+    /// lookup already found them (saves a call).
+    pub async fn check(
+        &self,
+        email: &str,
+        end_user: &EndUserId,
+        known: Option<&EndUserSummary>,
+    ) -> Result<EndUserSummary, OwnershipError> {
+        let summary = self.end_user(end_user, known).await?;
+        let company_id = summary
+            .company_id
+            .clone()
+            .ok_or(OwnershipError::Denied(ScopeDenied::NoCompany))?;
+        let company = self.owners(&company_id).await?;
+        let label = company
+            .name
+            .clone()
+            .unwrap_or_else(|| "this company".into());
+        if company.owners.is_empty() {
+            return Err(ScopeDenied::NoOwner(label).into());
+        }
+        let email = email.trim().to_ascii_lowercase();
+        let mut emails = self.owner_emails(&company.owners).await;
+        if emails.len() < company.owners.len() && self.users_older_than(USERS_MIN_AGE).await {
+            // An owner the list doesn't know yet (a new colleague): refresh once, then decide.
+            self.refresh_users().await;
+            emails = self.owner_emails(&company.owners).await;
+        }
+        if emails.contains(&email) {
+            Ok(summary)
+        } else if emails.is_empty() && self.users.read().await.failed {
+            Err(ScopeDenied::LookupFailed.into())
+        } else if emails.is_empty() {
+            Err(ScopeDenied::NoOwnerEmail(label).into())
+        } else {
+            Err(ScopeDenied::NotYours(label).into())
+        }
+    }
+
+    async fn end_user(
+        &self,
+        end_user: &EndUserId,
+        known: Option<&EndUserSummary>,
+    ) -> Result<EndUserSummary, OwnershipError> {
+        let cached = known
+            .filter(|k| k.company_id.is_some())
+            .cloned()
+            .or_else(|| self.names.get(end_user).filter(|n| n.company_id.is_some()));
+        let summary = match cached {
+            Some(s) => s,
+            None => match self.planhat.find_by_id(end_user).await {
+                Ok(s) => {
+                    self.names.put(end_user.clone(), Some(s.clone()));
+                    s
+                }
+                Err(PlanhatError::NotFound) => return Err(OwnershipError::NotFound),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ownership: the end-user lookup failed");
+                    return Err(ScopeDenied::LookupFailed.into());
+                }
+            },
+        };
+        Ok(summary)
+    }
+
+    async fn owners(&self, company_id: &str) -> Result<Arc<CompanyOwners>, OwnershipError> {
+        if let Some((owners, at)) = self.companies.get(company_id) {
+            if at.elapsed() < COMPANY_TTL {
+                return Ok(owners);
+            }
+        }
+        match self.planhat.find_company(company_id).await {
+            Ok(c) => {
+                let c = Arc::new(c);
+                self.companies
+                    .insert(company_id.to_string(), (c.clone(), Instant::now()));
+                Ok(c)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ownership: the company lookup failed");
+                Err(ScopeDenied::LookupFailed.into())
+            }
+        }
+    }
+
+    async fn owner_emails(&self, owners: &[String]) -> Vec<String> {
+        if self.users.read().await.fetched.is_none() {
+            self.refresh_users().await;
+        }
+        let users = self.users.read().await;
+        owners
+            .iter()
+            .filter_map(|id| users.emails.get(id).cloned())
+            .collect()
+    }
+
+    async fn users_older_than(&self, age: Duration) -> bool {
+        self.users
+            .read()
+            .await
+            .fetched
+            .is_none_or(|at| at.elapsed() >= age)
+    }
+
+    /// Fetches Planhat's user list (one at a time; a caller that waited for another's refresh
+    /// uses its result).
+    pub async fn refresh_users(&self) {
+        let started = Instant::now();
+        let _one = self.refreshing.lock().await;
+        if self
+            .users
+            .read()
+            .await
+            .fetched
+            .is_some_and(|at| at >= started)
+        {
+            return;
+        }
+        match self.planhat.list_users().await {
+            Ok(list) => {
+                let mut users = self.users.write().await;
+                users.emails = list.into_iter().collect();
+                users.fetched = Some(Instant::now());
+                users.failed = false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ownership: Planhat's user list could not be fetched");
+                // Don't retry on every request: wait for the next refresh or the minimum age.
+                let mut users = self.users.write().await;
+                users.fetched.get_or_insert(Instant::now());
+                users.failed = true;
+            }
+        }
+    }
+}
