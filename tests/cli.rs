@@ -242,7 +242,10 @@ async fn check_reports_whether_redis_answers_without_printing_its_password() {
     );
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("state.redis_url") && !err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("state.redis_url") && !err.contains("hunter2"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

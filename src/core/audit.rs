@@ -33,6 +33,9 @@ pub struct AuditEvent {
     /// `ok`, `no_access`, `not_found`, `denied`, `rate_limited`, `upstream_*`, …
     pub outcome: &'static str,
     pub latency_ms: u64,
+    /// The end user's company name, when the bot knows it (Planhat gave it for the reply), so
+    /// the trail answers "who opened Acme's portals". A name, never a URL or a token.
+    pub company: Option<String>,
 }
 
 impl AuditEvent {
@@ -193,6 +196,7 @@ fn log_event(event: &AuditEvent) {
         end_user = event.end_user.as_deref(),
         outcome = event.outcome,
         latency_ms = event.latency_ms,
+        company = event.company.as_deref(),
         "audit"
     );
 }
@@ -226,6 +230,7 @@ mod tests {
             end_user: Some("e1".into()),
             outcome,
             latency_ms: 3,
+            company: Some("Acme".into()),
         }
     }
 

@@ -204,6 +204,15 @@ impl Reply {
             Reply::Refused(r) => r.kind(),
         }
     }
+
+    /// The end user's company for the audit trail, when the reply names the end user.
+    fn company(&self) -> Option<String> {
+        match self {
+            Reply::Link(link) => link.who.as_ref()?.company.clone(),
+            Reply::Access { who, .. } => who.as_ref()?.company.clone(),
+            _ => None,
+        }
+    }
 }
 
 /// The use case and everything it needs. One per process, shared by every adapter.
@@ -354,6 +363,7 @@ impl PortalService {
             end_user,
             outcome,
             latency_ms: 0,
+            company: None,
         };
         if let Err(e) = self.audit.record(event).await {
             tracing::error!(error = %e, "audit event lost");
@@ -550,6 +560,7 @@ impl PortalService {
             end_user,
             outcome,
             latency_ms: took.as_millis() as u64,
+            company: reply.company(),
         };
         let reply = match self.audit.record(event).await {
             Ok(()) => reply,
