@@ -8,9 +8,11 @@
 //! token: [`AuditEvent`] has no field that could carry one.
 //!
 //! With `[audit] rotate` the writer also moves on to a new file now and then ([`rotate`]),
-//! between batches; [`files`] names the rotated files.
+//! between batches; [`files`] names the rotated files and [`query`] reads the whole trail back
+//! for `portal-bot audit`.
 
 pub mod files;
+pub mod query;
 mod rotate;
 
 use std::path::Path;
