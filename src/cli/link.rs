@@ -23,6 +23,9 @@ pub async fn run(path: &Path, check: bool, enduser: &str) -> u8 {
     // process's memory and be dead by the time a browser asked the server for it.
     let mut config = config;
     config.server.public_url = None;
+    // Appends its one line to the trail but leaves rotating it to the server: two processes
+    // renaming and deleting the same files could drop lines the other still writes.
+    config.audit.rotate = None;
     let app = match App::build(config) {
         Ok(app) => app,
         Err(e) => {

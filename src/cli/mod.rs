@@ -1,6 +1,7 @@
-//! The command line: `serve`, `demo`, `link`, `check`. Parses arguments, sets up logging, and
-//! maps every result to the spec's exit codes; the work itself lives in the library.
+//! The command line: `serve`, `demo`, `link`, `check`, `audit`. Parses arguments, sets up
+//! logging, and maps every result to the spec's exit codes; the work itself lives in the library.
 
+mod audit;
 mod check;
 mod demo;
 mod link;
@@ -79,6 +80,33 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Read the audit trail (rotated files too): who opened what, when.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only events this recent ("7d", "12h") or since a UTC day or time ("2026-11-25",
+        /// "2026-11-25T09:00:00Z"). Default: the whole trail.
+        #[arg(long, value_parser = crate::core::audit::query::Since::parse)]
+        since: Option<crate::core::audit::query::Since>,
+        /// Only this asker (Slack or Discord user id, or the local user for `link`), exactly.
+        #[arg(long)]
+        asker: Option<String>,
+        /// Only this end user: the id exactly, or an email in any case.
+        #[arg(long)]
+        enduser: Option<String>,
+        /// Only companies whose name contains this, in any case.
+        #[arg(long)]
+        company: Option<String>,
+        /// Only this outcome, exactly: ok, denied, no_access, not_found, rate_limited, …
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Counts per asker, company and outcome instead of one row per event.
+        #[arg(long)]
+        summary: bool,
+        /// The matching events as JSON lines, exactly as stored (with --summary: one JSON object).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command line and returns the process exit status.
@@ -101,6 +129,29 @@ pub fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log_format, default_level);
+    // Reading the trail is plain file work: no runtime needed.
+    if let Command::Audit {
+        config,
+        since,
+        asker,
+        enduser,
+        company,
+        outcome,
+        summary,
+        json,
+    } = cli.command
+    {
+        let options = audit::Options {
+            since,
+            asker,
+            enduser,
+            company,
+            outcome,
+            summary,
+            json,
+        };
+        return ExitCode::from(audit::run(&config.config, options));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -125,6 +176,7 @@ pub fn main() -> ExitCode {
                 enduser,
             } => link::run(&config.config, check, &enduser).await,
             Command::Check { config } => check::run(&config.config).await,
+            Command::Audit { .. } => exit::OK, // answered above, without a runtime
         }
     });
     ExitCode::from(code)

@@ -6,15 +6,24 @@
 //! for append, so a crash leaves every line complete or absent. With `required = true` the
 //! request waits for the write and refuses the link when it fails. Events never hold a URL or a
 //! token: [`AuditEvent`] has no field that could carry one.
+//!
+//! With `[audit] rotate` the writer also moves on to a new file now and then ([`rotate`]),
+//! between batches; [`files`] names the rotated files and [`query`] reads the whole trail back
+//! for `portal-bot audit`.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+pub mod files;
+pub mod query;
+mod rotate;
+
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
+
+use self::rotate::{Rotation, TrailFile};
+use super::config::AuditConfig;
 
 /// One request, as the audit trail records it.
 #[derive(Debug, Clone, Serialize)]
@@ -33,6 +42,9 @@ pub struct AuditEvent {
     /// `ok`, `no_access`, `not_found`, `denied`, `rate_limited`, `upstream_*`, …
     pub outcome: &'static str,
     pub latency_ms: u64,
+    /// The end user's company name, when the bot knows it (Planhat gave it for the reply), so
+    /// the trail answers "who opened Acme's portals". A name, never a URL or a token.
+    pub company: Option<String>,
     /// For a `/go/` click: the browser's address (the first `X-Forwarded-For` hop behind a
     /// proxy, else the peer) and User-Agent, as the client said them.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,17 +80,34 @@ pub struct Audit {
 const QUEUE: usize = 4096;
 
 impl Audit {
-    /// Opens the trail at `path` (created if missing), or the log when `path` is `None`.
+    /// Opens the trail `[audit]` describes, rotating as it says.
+    pub fn from_config(config: &AuditConfig) -> Result<Audit, AuditError> {
+        let rotation = config.rotate.map(|when| Rotation {
+            when,
+            keep: config.keep,
+        });
+        Audit::start(config.path.as_deref(), config.required, rotation)
+    }
+
+    /// Opens the trail at `path` (created if missing), never rotated, or the log when `path`
+    /// is `None`.
     pub fn open(path: Option<&Path>, required: bool) -> Result<Audit, AuditError> {
-        let file = match path {
-            Some(p) => Some(open_append(p)?),
+        Audit::start(path, required, None)
+    }
+
+    fn start(
+        path: Option<&Path>,
+        required: bool,
+        rotation: Option<Rotation>,
+    ) -> Result<Audit, AuditError> {
+        let trail = match path {
+            Some(p) => Some(TrailFile::open(p, rotation, Box::new(SystemTime::now))?),
             None => None,
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        let path = path.map(Path::to_path_buf);
         let writer = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_loop(rx, file, path))
+            .spawn(move || write_loop(rx, trail))
             .map_err(|e| AuditError(format!("cannot start the writer: {e}")))?;
         Ok(Audit {
             sender: Mutex::new(Some(tx)),
@@ -137,15 +166,7 @@ impl Audit {
     }
 }
 
-fn open_append(path: &Path) -> Result<File, AuditError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| AuditError(format!("cannot open {}: {e}", path.display())))
-}
-
-fn write_loop(mut rx: mpsc::Receiver<Message>, mut file: Option<File>, path: Option<PathBuf>) {
+fn write_loop(mut rx: mpsc::Receiver<Message>, mut trail: Option<TrailFile>) {
     let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         // Take whatever else is queued too: one write for many lines under load.
@@ -157,12 +178,12 @@ fn write_loop(mut rx: mpsc::Receiver<Message>, mut file: Option<File>, path: Opt
             }
         }
         let events: Vec<&AuditEvent> = batch.iter().map(|Message::Event(e, _)| e).collect();
-        let result = match (&mut file, &path) {
-            (Some(f), Some(p)) => write_lines(f, &events).map_err(|e| {
-                tracing::error!(path = %p.display(), error = %e, "audit write failed");
+        let result = match &mut trail {
+            Some(t) => write_lines(t, &events).map_err(|e| {
+                tracing::error!(path = %t.path().display(), error = %e, "audit write failed");
                 e
             }),
-            _ => {
+            None => {
                 for event in &events {
                     log_event(event);
                 }
@@ -177,13 +198,12 @@ fn write_loop(mut rx: mpsc::Receiver<Message>, mut file: Option<File>, path: Opt
         }
         // When nobody waits for the write, let a few events gather before waking again: fewer
         // wake-ups and writes under load, at most a few milliseconds of delay.
-        if lazy && file.is_some() {
+        if lazy && trail.is_some() {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
-    if let Some(f) = &mut file {
-        let _ = f.flush();
-        let _ = f.sync_data();
+    if let Some(t) = &mut trail {
+        t.sync();
     }
 }
 
@@ -199,22 +219,20 @@ fn log_event(event: &AuditEvent) {
         end_user = event.end_user.as_deref(),
         outcome = event.outcome,
         latency_ms = event.latency_ms,
+        company = event.company.as_deref(),
         "audit"
     );
 }
 
-/// Whole lines in one `write` call: with O_APPEND a crash leaves each line complete or absent.
-fn write_lines(file: &mut File, events: &[&AuditEvent]) -> Result<(), String> {
+/// Whole lines in one `write` call: with O_APPEND a crash leaves each line complete or absent,
+/// and a rotation (due before the write) never splits the batch.
+fn write_lines(trail: &mut TrailFile, events: &[&AuditEvent]) -> Result<(), String> {
     let mut buf = Vec::with_capacity(events.len() * 256);
     for event in events {
         serde_json::to_writer(&mut buf, event).map_err(|e| e.to_string())?;
         buf.push(b'\n');
     }
-    match file.write(&buf) {
-        Ok(n) if n == buf.len() => Ok(()),
-        Ok(n) => Err(format!("short write ({n} of {} bytes)", buf.len())),
-        Err(e) => Err(e.to_string()),
-    }
+    trail.append(&buf)
 }
 
 #[cfg(test)]
@@ -232,6 +250,7 @@ mod tests {
             end_user: Some("e1".into()),
             outcome,
             latency_ms: 3,
+            company: Some("Acme".into()),
             client: None,
             user_agent: None,
         }
@@ -255,6 +274,89 @@ mod tests {
             assert_eq!(v["outcome"], "ok");
             assert_eq!(v["latency_ms"], 3);
         }
+    }
+
+    /// Writes 8 × 250 events from concurrent tasks into a trail rotated every 1 KB; returns
+    /// the end users of every line found, file by file, oldest first.
+    async fn write_rotating(name: &str, keep: usize, required: bool) -> Vec<Vec<String>> {
+        let dir = std::env::temp_dir().join(format!("pb-audit-rot-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let config = AuditConfig {
+            path: Some(path.clone()),
+            required,
+            rotate: Some(crate::core::config::Rotate::Size(1_000)),
+            keep,
+        };
+        let audit = std::sync::Arc::new(Audit::from_config(&config).unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let audit = audit.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..250 {
+                    let mut e = event("ok");
+                    e.end_user = Some(format!("{t}-{i}"));
+                    audit.record(e).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        audit.close().await;
+        files::trail(&path)
+            .unwrap()
+            .iter()
+            .map(|file| {
+                let text = std::fs::read_to_string(file).unwrap();
+                assert!(text.ends_with('\n'), "{} ends mid-line", file.display());
+                text.lines()
+                    .map(|l| {
+                        let v: serde_json::Value = serde_json::from_str(l)
+                            .unwrap_or_else(|e| panic!("split line {l:?}: {e}"));
+                        v["end_user"].as_str().unwrap().to_string()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// For each writing task, the numbers of its events in the order found.
+    fn per_task(found: &[Vec<String>]) -> Vec<Vec<u32>> {
+        let mut tasks = vec![Vec::new(); 8];
+        for id in found.iter().flatten() {
+            let (t, i) = id.split_once('-').unwrap();
+            tasks[t.parse::<usize>().unwrap()].push(i.parse().unwrap());
+        }
+        tasks
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn rotation_under_load_loses_splits_and_repeats_no_line() {
+        let found = write_rotating("all", 10_000, true).await;
+        assert!(
+            found.len() > 50,
+            "rotated many times: {} files",
+            found.len()
+        );
+        // Every event once, each task's in the order it recorded them.
+        for numbers in per_task(&found) {
+            assert_eq!(numbers, (0..250).collect::<Vec<u32>>());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn rotation_keeps_only_the_newest_files() {
+        let found = write_rotating("keep", 3, false).await;
+        assert_eq!(found.len(), 4, "3 rotated files and the current one");
+        // What is left is the newest stretch of the trail: for each task, the end of its run.
+        for numbers in per_task(&found) {
+            if let Some(&first) = numbers.first() {
+                assert_eq!(numbers, (first..250).collect::<Vec<u32>>());
+            }
+        }
+        assert!(found.iter().flatten().any(|id| id.ends_with("-249")));
     }
 
     #[tokio::test]

@@ -181,6 +181,44 @@ pub struct AuditConfig {
     pub path: Option<PathBuf>,
     /// True: no link is handed out unless its audit event was written.
     pub required: bool,
+    /// When the trail moves on to a new file; unset: one file that only grows.
+    pub rotate: Option<Rotate>,
+    /// How many rotated files are kept; the oldest beyond that are deleted.
+    pub keep: usize,
+}
+
+/// When the audit writer closes its file and starts a new one (`[audit] rotate`). Rotated
+/// files keep their lines for `portal-bot audit`; see `core::audit::files` for their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotate {
+    /// `"daily"`: at the first write of each UTC day.
+    Daily,
+    /// A size such as `"100MB"`: before a write that would take the file past this many bytes.
+    Size(u64),
+}
+
+impl AuditConfig {
+    /// Reads only the `[audit]` section of the file at `path`: `portal-bot audit` reads the
+    /// trail on machines where the chat and Planhat secrets are not in the environment, so the
+    /// rest of the file is neither required nor checked (a TOML syntax error still is).
+    pub fn load(path: &Path) -> Result<AuditConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        let mut table = toml_table(&text)?;
+        let audit = table
+            .remove("audit")
+            .unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+        let raw: RawAudit = serde_path_to_error::deserialize(audit).map_err(|e| {
+            let path = e.path().to_string();
+            let message = one_line(e.inner().message());
+            if path == "." || path.is_empty() {
+                ConfigError::at("audit", message)
+            } else {
+                ConfigError::at(&format!("audit.{path}"), message)
+            }
+        })?;
+        raw.validate()
+    }
 }
 
 impl Config {
@@ -194,16 +232,7 @@ impl Config {
 
     /// Parses and validates TOML text; `env` looks up environment variables (tests pass a map).
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-                .unwrap_or(1);
-            ConfigError(format!(
-                "config file, line {line}: {}",
-                one_line(e.message())
-            ))
-        })?;
+        let table = toml_table(text)?;
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let path = e.path().to_string();
@@ -223,6 +252,20 @@ impl Config {
         self.planhat.portal_url = base.clone();
         self.planhat.token = token;
     }
+}
+
+/// The file as a TOML table; a syntax error names its line.
+fn toml_table(text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| text.get(..s.start).unwrap_or(text).lines().count().max(1))
+            .unwrap_or(1);
+        ConfigError(format!(
+            "config file, line {line}: {}",
+            one_line(e.message())
+        ))
+    })
 }
 
 // ---- raw, as written in the file -------------------------------------------------------------
@@ -444,12 +487,96 @@ fn default_per_user() -> i64 {
     10
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     path: Option<PathBuf>,
     #[serde(default)]
     required: bool,
+    rotate: Option<String>,
+    #[serde(default = "default_keep")]
+    keep: i64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            path: None,
+            required: false,
+            rotate: None,
+            keep: default_keep(),
+        }
+    }
+}
+
+fn default_keep() -> i64 {
+    30
+}
+
+impl RawAudit {
+    fn validate(self) -> Result<AuditConfig, ConfigError> {
+        let path = self.path.filter(|p| !p.as_os_str().is_empty());
+        let rotate = self
+            .rotate
+            .as_deref()
+            .map(|text| parse_rotate(text).map_err(|e| ConfigError::at("audit.rotate", e)))
+            .transpose()?;
+        if rotate.is_some() && path.is_none() {
+            return Err(ConfigError::at(
+                "audit.rotate",
+                "needs audit.path (without it audit events go to the log, which has no files to rotate)",
+            ));
+        }
+        if let Some(p) = &path {
+            if p.file_name().is_none() {
+                return Err(ConfigError::at(
+                    "audit.path",
+                    format!("{:?} must name a file", p.display().to_string()),
+                ));
+            }
+        }
+        Ok(AuditConfig {
+            path,
+            required: self.required,
+            rotate,
+            keep: positive("audit.keep", self.keep, 100_000)? as usize,
+        })
+    }
+}
+
+/// `[audit] rotate`: `"daily"`, or a size: a whole number and a unit, `B`, `KB`, `MB`, `GB`
+/// (powers of 1000) or `KiB`, `MiB`, `GiB` (powers of 1024), any case, a space allowed between.
+/// The error is the problem alone; the caller names the key.
+pub fn parse_rotate(text: &str) -> Result<Rotate, String> {
+    let t = text.trim();
+    let bad = || format!("{text:?} is not \"daily\" or a size like \"100MB\"");
+    if t.eq_ignore_ascii_case("daily") {
+        return Ok(Rotate::Daily);
+    }
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    if number.is_empty() {
+        return Err(bad());
+    }
+    let scale: u64 = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is too large a size"))?;
+    if bytes == 0 {
+        return Err(format!("{text:?} must be more than 0 bytes"));
+    }
+    Ok(Rotate::Size(bytes))
 }
 
 /// A duration written as a human string: `"5s"`, `"250ms"`, `"1m 30s"`.
@@ -795,10 +922,7 @@ impl RawConfig {
                 10_000,
             )? as u32,
         };
-        let audit = AuditConfig {
-            path: self.audit.path.filter(|p| !p.as_os_str().is_empty()),
-            required: self.audit.required,
-        };
+        let audit = self.audit.validate()?;
         let state = self.state.validate(env)?;
         Ok(Config {
             state,
@@ -973,6 +1097,12 @@ mod tests {
             ("[state]\nredis_url = \"http://x\"\n", "state.redis_url"),
             ("[slack]\nsocket_connections = 11\n", "slack.socket_connections"),
             ("[slack]\nmode = \"socket\"\nbot_token = \"x\"\napp_token = \"y\"\nusergroup_ttl = \"0s\"\n", "slack.usergroup_ttl"),
+            ("[audit]\npath = \"a.jsonl\"\nrotate = \"weekly\"\n", "audit.rotate"),
+            ("[audit]\npath = \"a.jsonl\"\nrotate = 100\n", "audit.rotate"),
+            ("[audit]\nrotate = \"daily\"\n", "audit.rotate"),
+            ("[audit]\npath = \"a.jsonl\"\nkeep = 0\n", "audit.keep"),
+            ("[audit]\npath = \"/\"\n", "audit.path"),
+            ("[audit]\nrotat = \"daily\"\n", "rotat"),
         ];
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -1026,6 +1156,12 @@ mod tests {
         };
         let c = Config::parse(text, &env).expect("config.example.toml must stay valid");
         assert!(c.slack.is_some() && c.discord.is_some());
+        // The commented-out audit rotation, switched on, is valid too.
+        let on = text
+            .replace("# rotate = ", "rotate = ")
+            .replace("# keep = ", "keep = ");
+        let c = Config::parse(&on, &env).expect("the example's rotation must be valid");
+        assert_eq!((c.audit.rotate, c.audit.keep), (Some(Rotate::Daily), 30));
     }
 
     #[test]
@@ -1041,7 +1177,75 @@ mod tests {
         }
     }
 
+    #[test]
+    fn audit_rotation_is_daily_or_a_size() {
+        let c = parse("[audit]\npath = \"a.jsonl\"\n").unwrap();
+        assert_eq!((c.audit.rotate, c.audit.keep), (None, 30));
+        let c = parse("[audit]\npath = \"a.jsonl\"\nrotate = \"daily\"\nkeep = 7\n").unwrap();
+        assert_eq!((c.audit.rotate, c.audit.keep), (Some(Rotate::Daily), 7));
+        for (text, bytes) in [
+            ("100MB", 100_000_000),
+            ("1KB", 1_000),
+            ("1 kib", 1_024),
+            ("2GiB", 2 << 30),
+            (" 512B ", 512),
+            ("3mib", 3 << 20),
+        ] {
+            assert_eq!(parse_rotate(text), Ok(Rotate::Size(bytes)), "{text}");
+        }
+        for text in [
+            "weekly",
+            "",
+            "MB",
+            "100",
+            "1.5GB",
+            "-1MB",
+            "0MB",
+            "99999999999999999999GB",
+            "1TB",
+        ] {
+            assert!(parse_rotate(text).is_err(), "{text}");
+        }
+        let err = parse("[audit]\npath = \"a.jsonl\"\nrotate = \"weekly\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "audit.rotate: \"weekly\" is not \"daily\" or a size like \"100MB\""
+        );
+    }
+
+    #[test]
+    fn the_audit_command_reads_only_the_audit_section() {
+        let dir = std::env::temp_dir().join(format!("pb-config-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        // Slack on without its secrets: serve would refuse this file, the audit reader needn't.
+        std::fs::write(
+            &file,
+            "[slack]\nmode = \"http\"\n[audit]\npath = \"t.jsonl\"\nrotate = \"1KB\"\n",
+        )
+        .unwrap();
+        let audit = AuditConfig::load(&file).unwrap();
+        assert_eq!(audit.path.as_deref(), Some(Path::new("t.jsonl")));
+        assert_eq!(audit.rotate, Some(Rotate::Size(1_000)));
+        std::fs::write(&file, "[audit]\nkeep = \"many\"\n").unwrap();
+        let err = AuditConfig::load(&file).unwrap_err().to_string();
+        assert!(err.starts_with("audit.keep:"), "{err}");
+        std::fs::write(&file, "[audit\n").unwrap();
+        let err = AuditConfig::load(&file).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        std::fs::write(&file, "").unwrap();
+        assert!(AuditConfig::load(&file).unwrap().path.is_none());
+    }
+
     proptest! {
+        #[test]
+        fn no_rotate_value_panics(text in "\\PC{0,30}", digits in "[0-9]{1,25}", unit in "[ kKmMgGiIbB]{0,4}") {
+            let _ = parse_rotate(&text);
+            let _ = parse_rotate(&format!("{digits}{unit}"));
+        }
+
         #[test]
         fn no_input_makes_the_parser_panic(text in ".{0,400}") {
             let _ = parse(&text);

@@ -240,6 +240,15 @@ impl Reply {
             Reply::Refused(r) => r.kind(),
         }
     }
+
+    /// The end user's company for the audit trail, when the reply names the end user.
+    fn company(&self) -> Option<String> {
+        match self {
+            Reply::Link(link) => link.who.as_ref()?.company.clone(),
+            Reply::Access { who, .. } => who.as_ref()?.company.clone(),
+            _ => None,
+        }
+    }
 }
 
 /// The use case and everything it needs. One per process, shared by every adapter.
@@ -406,6 +415,7 @@ impl PortalService {
             end_user: None,
             outcome: e.kind(),
             latency_ms: 0,
+            company: None,
             client: client.address.clone(),
             user_agent: client.user_agent.clone(),
         };
@@ -486,6 +496,7 @@ impl PortalService {
             end_user,
             outcome,
             latency_ms: 0,
+            company: None,
             client: None,
             user_agent: None,
         };
@@ -755,6 +766,7 @@ impl PortalService {
             end_user,
             outcome,
             latency_ms: took.as_millis() as u64,
+            company: reply.company(),
             client: None,
             user_agent: None,
         };
