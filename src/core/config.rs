@@ -248,7 +248,7 @@ struct RawPlanhat {
     api_url: Option<String>,
     portal_url: Option<String>,
     #[serde(default)]
-    token: String,
+    token: SecretText,
     #[serde(default = "default_timeout")]
     timeout: HumanDuration,
     #[serde(default = "default_max_in_flight")]
@@ -263,7 +263,7 @@ impl Default for RawPlanhat {
             cluster: String::new(),
             api_url: None,
             portal_url: None,
-            token: String::new(),
+            token: SecretText::default(),
             timeout: default_timeout(),
             max_in_flight: default_max_in_flight(),
             link_lifetime: default_link_lifetime(),
@@ -287,11 +287,11 @@ struct RawSlack {
     #[serde(default = "default_slack_mode")]
     mode: SlackMode,
     #[serde(default)]
-    signing_secret: String,
+    signing_secret: SecretText,
     #[serde(default)]
-    bot_token: String,
+    bot_token: SecretText,
     #[serde(default)]
-    app_token: String,
+    app_token: SecretText,
     api_url: Option<String>,
     #[serde(default = "default_usergroup_ttl")]
     usergroup_ttl: HumanDuration,
@@ -310,11 +310,11 @@ struct RawDiscord {
     #[serde(default = "default_discord_mode")]
     mode: DiscordMode,
     #[serde(default)]
-    token: String,
+    token: SecretText,
     #[serde(default)]
     application_id: Option<DiscordId>,
     #[serde(default)]
-    public_key: String,
+    public_key: SecretText,
     #[serde(default)]
     guild_ids: Vec<DiscordId>,
     api_url: Option<String>,
@@ -385,6 +385,31 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A secret as written in the file. Only a quoted string is accepted, and anything else is
+/// refused *without* its value: serde's own message ("invalid type: integer `9876…`") would put
+/// a token that someone forgot to quote into the operator's terminal and logs.
+#[derive(Default)]
+struct SecretText(String);
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Text(String),
+            Other(serde::de::IgnoredAny),
+        }
+        match Either::deserialize(d) {
+            Ok(Either::Text(text)) => Ok(SecretText(text)),
+            // `IgnoredAny` takes any value, so an error here is the deserializer's own (no value
+            // of ours in it); still, say the same thing.
+            Ok(Either::Other(_)) | Err(_) => {
+                Err(serde::de::Error::custom("must be a quoted string"))
+            }
+        }
+    }
+}
+
 /// A Discord snowflake, accepted as a string or an integer.
 #[derive(Clone, Copy)]
 struct DiscordId(u64);
@@ -436,14 +461,14 @@ fn base_url(key: &str, text: &str) -> Result<Url, ConfigError> {
 }
 
 /// The value of a secret: the environment variable when set and non-empty, else the file's.
-fn secret(key: &str, file_value: String, env: &dyn Fn(&str) -> Option<String>) -> Secret {
+fn secret(key: &str, file_value: SecretText, env: &dyn Fn(&str) -> Option<String>) -> Secret {
     let var = ENV_OVERRIDES
         .iter()
         .find(|(k, _)| *k == key)
         .map(|(_, v)| *v);
     match var.and_then(env).filter(|v| !v.trim().is_empty()) {
         Some(v) => Secret::new(v.trim()),
-        None => Secret::new(file_value.trim()),
+        None => Secret::new(file_value.0.trim()),
     }
 }
 
@@ -871,10 +896,57 @@ mod tests {
         }
     }
 
+    /// The keys whose values are credentials (their error messages must never show them).
+    const SECRET_KEYS: [(&str, &str); 6] = [
+        ("planhat", "token"),
+        ("slack", "signing_secret"),
+        ("slack", "bot_token"),
+        ("slack", "app_token"),
+        ("discord", "token"),
+        ("discord", "public_key"),
+    ];
+
+    #[test]
+    fn a_secret_written_unquoted_is_not_echoed() {
+        for (section, key) in SECRET_KEYS {
+            for value in [
+                "9876543210123",
+                "98765.4321",
+                "true",
+                "[98765]",
+                "{ a = 98765 }",
+            ] {
+                let text = format!("[{section}]\n{key} = {value}\n");
+                let err = parse(&text).expect_err(&text).to_string();
+                assert_eq!(
+                    err,
+                    format!("{section}.{key}: must be a quoted string"),
+                    "{text:?}"
+                );
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn no_input_makes_the_parser_panic(text in ".{0,400}") {
             let _ = parse(&text);
+        }
+
+        #[test]
+        fn an_unquoted_secret_never_reaches_the_error(
+            which in 0usize..6,
+            value in prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:?}")),
+            ],
+        ) {
+            let (section, key) = SECRET_KEYS[which];
+            let text = format!("[{section}]\n{key} = {value}\n");
+            if let Err(e) = parse(&text) {
+                let err = e.to_string();
+                prop_assert!(!err.chars().any(|c| c.is_ascii_digit()), "{text:?} gave {err:?}");
+            }
         }
 
         #[test]
