@@ -164,6 +164,25 @@ fn load(path: &std::path::Path) -> Result<Config, u8> {
     })
 }
 
+/// Says on stderr which file was read and which Planhat host gets the API token, so an on-call
+/// engineer notices a `config.toml` picked up from the wrong directory before trusting it.
+fn say_where(path: &std::path::Path, config: &Config) {
+    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let host = match (
+        config.planhat.api_url.host_str(),
+        config.planhat.api_url.port(),
+    ) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        (None, _) => "(no host)".to_string(),
+    };
+    eprintln!(
+        "portal-bot: config {}; Planhat {}://{host}",
+        file.display(),
+        config.planhat.api_url.scheme()
+    );
+}
+
 fn need_token(config: &Config) -> Result<(), u8> {
     require_planhat_token(config).map_err(|e: ConfigError| {
         eprintln!("portal-bot: {e}");

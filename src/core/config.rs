@@ -457,7 +457,28 @@ fn base_url(key: &str, text: &str) -> Result<Url, ConfigError> {
             format!("{text:?} must not have a query or fragment"),
         ));
     }
+    // Every one of these URLs is sent a credential (the Planhat or a chat token) or hands out
+    // signed URLs; over plain http anyone on the path reads it. Loopback stays allowed for tests,
+    // the sandbox and a local TLS-terminating proxy.
+    if url.scheme() == "http" && !is_loopback(&url) {
+        return Err(ConfigError::at(
+            key,
+            format!(
+                "{text:?} must be https (plain http is allowed only for 127.0.0.1, ::1 or localhost)"
+            ),
+        ));
+    }
     Ok(url)
+}
+
+/// True for 127.0.0.0/8, ::1 and `localhost`.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 /// The value of a secret: the environment variable when set and non-empty, else the file's.
@@ -893,6 +914,44 @@ mod tests {
         let shown = format!("{c:?}");
         for s in ["ph-secret-123", "sig-secret-456", "xoxb-789"] {
             assert!(!shown.contains(s), "{s} leaked in Debug");
+        }
+    }
+
+    #[test]
+    fn plain_http_is_refused_unless_the_host_is_loopback() {
+        let keys = [
+            ("planhat", "api_url", ""),
+            ("planhat", "portal_url", ""),
+            ("server", "public_url", ""),
+            (
+                "slack",
+                "api_url",
+                "mode = \"socket\"\nbot_token = \"b\"\napp_token = \"a\"\n",
+            ),
+            ("discord", "api_url", "token = \"t\"\napplication_id = 1\n"),
+        ];
+        for (section, key, rest) in keys {
+            for url in [
+                "http://attacker.example",
+                "http://10.0.0.1:8080/x",
+                "http://127.0.0.1.example",
+            ] {
+                let text = format!("[{section}]\n{rest}{key} = \"{url}\"\n");
+                let err = parse(&text).expect_err(&text).to_string();
+                assert!(err.starts_with(&format!("{section}.{key}: ")), "{err}");
+                assert!(err.contains("https"), "{err}");
+                assert!(!err.contains('\n'), "{err}");
+            }
+            for url in [
+                "http://127.0.0.1:9",
+                "http://127.3.4.5",
+                "http://[::1]:8080/api",
+                "http://localhost:3000",
+                "https://attacker.example",
+            ] {
+                let text = format!("[{section}]\n{rest}{key} = \"{url}\"\n");
+                assert!(parse(&text).is_ok(), "{text:?}: {:?}", parse(&text).err());
+            }
         }
     }
 
