@@ -408,6 +408,7 @@ async fn audit_has_one_line_per_request_and_never_the_url() {
             "channel",
             "asker",
             "end_user",
+            "email",
             "outcome",
             "latency_ms",
         ] {
