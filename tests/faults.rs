@@ -285,6 +285,58 @@ async fn a_failing_response_url_is_retried_and_shutdown_waits_for_pending_delive
         .is_err());
 }
 
+/// A response_url that answers 429 is not posted to again: the late answer is given up rather
+/// than risk the asker seeing it twice or hammering Slack (issue 14, item 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_delivery_answered_429_is_not_retried() {
+    let posts = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let seen = posts.clone();
+    let app = axum::Router::new().route(
+        "/response",
+        post(move || {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(Instant::now());
+                (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "1")],
+                    axum::Json(json!({"ok": false, "error": "rate_limited"})),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let response_url = format!("http://{}/response", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let planhat = MockServer::start().await;
+    Mock::given(path_regex("^/shareabletokens/(access/)?slow$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("true")
+                .set_delay(Duration::from_millis(700)),
+        )
+        .mount(&planhat)
+        .await;
+    let running = spawn(slack_config(&planhat.uri())).await;
+    let base = format!("http://{}", running.addr);
+    let body = slash_body("U1", "C1", "check slow", &response_url, "late-429");
+    let r = post_slack(&base, "/slack/commands", SIGNING_SECRET, body).await;
+    assert!(r.text().await.unwrap().contains("taking a moment"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while posts.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the late answer was never posted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Retry-After is 1 s; a retry, honoured or not, would have come by now.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(posts.lock().unwrap().len(), 1, "posted once, not retried");
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_transport_is_cut_off_and_changes_nothing() {
     let planhat = MockServer::start().await;
