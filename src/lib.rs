@@ -94,11 +94,14 @@ impl App {
     }
 }
 
-/// A running server: its address, and the handle to stop it.
+/// A running server: its addresses, and the handle to stop it.
 pub struct Running {
+    /// The public listener: webhooks, `/go/`, `/healthz`.
     pub addr: SocketAddr,
+    /// The operator's listener: `/metrics` only.
+    pub metrics_addr: SocketAddr,
     pub app: Arc<App>,
-    server: tokio::task::JoinHandle<()>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -107,11 +110,8 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Starts everything the config turns on: the HTTP server, Slack, Discord, housekeeping.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let addr = config.server.listen;
-    let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?;
+    let (listener, addr) = bind(config.server.listen)?;
+    let (metrics_listener, metrics_addr) = bind(config.server.metrics_listen)?;
     let app = App::build(config)?;
 
     let mut background = vec![tokio::spawn(housekeeping(app.clone(), app.shutdown()))];
@@ -135,25 +135,46 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         router = router.merge(discord.router);
         background.extend(discord.tasks);
     }
-    let router = adapters::http::with_limits(router, app.config.server.request_timeout);
-    let mut stop = app.shutdown();
-    let server = tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.fired().await })
-        .await;
+    let timeout = app.config.server.request_timeout;
+    let router = adapters::http::with_limits(router, timeout);
+    let metrics_router =
+        adapters::http::with_limits(adapters::http::metrics_router(app.clone()), timeout);
+    let servers = vec![
+        serve(listener, router, app.shutdown()),
+        serve(metrics_listener, metrics_router, app.shutdown()),
+    ];
+    tracing::info!(%addr, %metrics_addr, "portal-bot is listening");
+    Ok(Running {
+        addr,
+        metrics_addr,
+        app,
+        servers,
+        background,
+    })
+}
+
+/// Binds `addr` (see [`listen`]); the address actually bound (port 0 picks one).
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Serves `router` on `listener` until shutdown; in-flight requests finish first.
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.fired().await })
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }
-    });
-    tracing::info!(%addr, "portal-bot is listening");
-    Ok(Running {
-        addr,
-        app,
-        server,
-        background,
     })
 }
 
@@ -163,7 +184,9 @@ impl Running {
     pub async fn stop(mut self) {
         self.app.shutdown.fire();
         let finish = async {
-            let _ = self.server.await;
+            for server in self.servers.drain(..) {
+                let _ = server.await;
+            }
             self.app.tasks.close();
             self.app.tasks.wait().await;
         };

@@ -302,7 +302,7 @@ async fn serve_stops_gracefully_on_sigterm() {
     let cfg = write_config(
         "serve.toml",
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\ntoken = \"t\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\ntoken = \"t\"\n",
             planhat.uri()
         ),
     );
@@ -358,7 +358,7 @@ async fn audit_lines_survive_a_crash_whole_or_not_at_all() {
     let cfg = write_config(
         "crash.toml",
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\n\
              [slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"http://127.0.0.1:9/api\"\n\
              [access]\nslack_users = [\"U1\"]\n[limits]\nper_user_per_minute = 10000\n[audit]\npath = \"{}\"\n",
             planhat.uri(),

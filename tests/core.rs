@@ -497,8 +497,15 @@ async fn healthz_and_metrics_are_served() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let metrics = client()
+    // /metrics is not on the public listener (issue 14, item 10).
+    let public = client()
         .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
+    let metrics = client()
+        .get(format!("http://{}/metrics", running.metrics_addr))
         .send()
         .await
         .unwrap()

@@ -1260,7 +1260,7 @@ async fn next_gw(events: &mut mpsc::UnboundedReceiver<Gw>, within: Duration, wha
 /// `portal_bot_reconnects_total{connection="discord_gateway"}` from `/metrics` (0 if absent).
 async fn gateway_reconnects(app: &Running) -> u64 {
     let metrics = client()
-        .get(format!("http://{}/metrics", app.addr))
+        .get(format!("http://{}/metrics", app.metrics_addr))
         .send()
         .await
         .unwrap()

@@ -216,7 +216,7 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
     // Let late deliveries and expiry edits happen, then read everything.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let metrics = http
-        .get(format!("{base}/metrics"))
+        .get(format!("http://{}/metrics", running.metrics_addr))
         .send()
         .await
         .unwrap()

@@ -878,7 +878,7 @@ async fn socket_mode_end_to_end_with_redelivery_and_reconnect() {
     assert_link(&ack["payload"], &format!("{PORTAL}/redirect/tok-socket"));
     // The reconnect is visible to operators in /metrics.
     let metrics = client()
-        .get(format!("http://{}/metrics", app.addr))
+        .get(format!("http://{}/metrics", app.metrics_addr))
         .send()
         .await
         .unwrap()

@@ -53,6 +53,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served: its own listener, loopback by default, never the public one.
+    pub metrics_listen: SocketAddr,
     /// Set: link buttons point at `{public_url}/go/{id}` and mint at click time.
     pub public_url: Option<Url>,
     /// How long a chat request waits for its link before it is acknowledged and the answer is
@@ -212,6 +214,8 @@ struct RawConfig {
 struct RawServer {
     #[serde(default = "default_listen")]
     listen: String,
+    #[serde(default = "default_metrics_listen")]
+    metrics_listen: String,
     public_url: Option<String>,
     #[serde(default = "default_reply_budget")]
     reply_budget: HumanDuration,
@@ -223,6 +227,7 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             listen: default_listen(),
+            metrics_listen: default_metrics_listen(),
             public_url: None,
             reply_budget: default_reply_budget(),
             request_timeout: default_request_timeout(),
@@ -232,6 +237,9 @@ impl Default for RawServer {
 
 fn default_listen() -> String {
     "0.0.0.0:3000".into()
+}
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9090".into()
 }
 fn default_reply_budget() -> HumanDuration {
     HumanDuration(Duration::from_millis(2500))
@@ -559,6 +567,26 @@ impl RawConfig {
                     ),
                 )
             })?;
+        let metrics_listen = self
+            .server
+            .metrics_listen
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                ConfigError::at(
+                    "server.metrics_listen",
+                    format!(
+                        "{:?} is not an address like \"127.0.0.1:9090\"",
+                        self.server.metrics_listen
+                    ),
+                )
+            })?;
+        if metrics_listen == listen && listen.port() != 0 {
+            return Err(ConfigError::at(
+                "server.metrics_listen",
+                "must differ from server.listen: /metrics is kept off the public listener",
+            ));
+        }
         let public_url = self
             .server
             .public_url
@@ -722,6 +750,7 @@ impl RawConfig {
         Ok(Config {
             server: ServerConfig {
                 listen,
+                metrics_listen,
                 public_url,
                 reply_budget,
                 request_timeout,
@@ -823,6 +852,11 @@ mod tests {
             ("[planhat]\napi_url = \"not a url\"\n", "planhat.api_url"),
             ("[planhat]\nmax_in_flight = 0\n", "planhat.max_in_flight"),
             ("[server]\nlisten = \"here\"\n", "server.listen"),
+            ("[server]\nmetrics_listen = \"9090\"\n", "server.metrics_listen"),
+            (
+                "[server]\nlisten = \"127.0.0.1:9090\"\n",
+                "server.metrics_listen",
+            ),
             (
                 "[limits]\nper_user_per_minute = -1\n",
                 "limits.per_user_per_minute",
