@@ -139,9 +139,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let router = adapters::http::with_limits(router, timeout);
     let metrics_router =
         adapters::http::with_limits(adapters::http::metrics_router(app.clone()), timeout);
+    // One set of connection limits for both listeners.
+    let limits = adapters::serve::Connections::new(&app.config.server, app.metrics.clone());
     let servers = vec![
-        serve(listener, router, app.shutdown()),
-        serve(metrics_listener, metrics_router, app.shutdown()),
+        tokio::spawn(adapters::serve::serve(
+            listener,
+            router,
+            limits.clone(),
+            app.shutdown(),
+        )),
+        tokio::spawn(adapters::serve::serve(
+            metrics_listener,
+            metrics_router,
+            limits,
+            app.shutdown(),
+        )),
     ];
     tracing::info!(%addr, %metrics_addr, "portal-bot is listening");
     Ok(Running {
@@ -160,22 +172,6 @@ fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
         .local_addr()
         .map_err(|source| StartError::Listen { addr, source })?;
     Ok((listener, bound))
-}
-
-/// Serves `router` on `listener` until shutdown; in-flight requests finish first.
-fn serve(
-    listener: TcpListener,
-    router: axum::Router,
-    mut stop: Shutdown,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.fired().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    })
 }
 
 impl Running {

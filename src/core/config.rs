@@ -62,6 +62,14 @@ pub struct ServerConfig {
     pub reply_budget: Duration,
     /// How long one incoming request may take, body upload included (slow-loris guard).
     pub request_timeout: Duration,
+    /// How long a connection may take to send a request's head; hyper starts the clock when it
+    /// starts waiting for one, so this is also how long a keep-alive connection may sit idle.
+    pub header_read_timeout: Duration,
+    /// Connections open at once, on all listeners together; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Connections open at once from one peer address (an IPv6 /64 counts as one); more are
+    /// closed at once.
+    pub max_connections_per_peer: usize,
 }
 
 /// `[planhat]`: where Planhat is and how to talk to it.
@@ -221,6 +229,12 @@ struct RawServer {
     reply_budget: HumanDuration,
     #[serde(default = "default_request_timeout")]
     request_timeout: HumanDuration,
+    #[serde(default = "default_header_read_timeout")]
+    header_read_timeout: HumanDuration,
+    #[serde(default = "default_max_connections")]
+    max_connections: i64,
+    #[serde(default = "default_max_connections_per_peer")]
+    max_connections_per_peer: i64,
 }
 
 impl Default for RawServer {
@@ -231,6 +245,9 @@ impl Default for RawServer {
             public_url: None,
             reply_budget: default_reply_budget(),
             request_timeout: default_request_timeout(),
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_peer: default_max_connections_per_peer(),
         }
     }
 }
@@ -246,6 +263,15 @@ fn default_reply_budget() -> HumanDuration {
 }
 fn default_request_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+fn default_header_read_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_max_connections() -> i64 {
+    1024
+}
+fn default_max_connections_per_peer() -> i64 {
+    64
 }
 
 #[derive(Deserialize)]
@@ -616,6 +642,26 @@ impl RawConfig {
             ));
         }
 
+        let header_read_timeout = self.server.header_read_timeout.0;
+        if header_read_timeout < Duration::from_secs(1)
+            || header_read_timeout > Duration::from_secs(120)
+        {
+            return Err(ConfigError::at(
+                "server.header_read_timeout",
+                "must be between 1s and 120s",
+            ));
+        }
+        let max_connections = positive(
+            "server.max_connections",
+            self.server.max_connections,
+            1_000_000,
+        )?;
+        let max_connections_per_peer = positive(
+            "server.max_connections_per_peer",
+            self.server.max_connections_per_peer,
+            max_connections,
+        )?;
+
         let (cluster_api, cluster_portal) = cluster_urls(&self.planhat.cluster)?;
         let api_url = match self.planhat.api_url.as_deref() {
             Some(u) => base_url("planhat.api_url", u)?,
@@ -754,6 +800,9 @@ impl RawConfig {
                 public_url,
                 reply_budget,
                 request_timeout,
+                header_read_timeout,
+                max_connections: max_connections as usize,
+                max_connections_per_peer: max_connections_per_peer as usize,
             },
             planhat,
             slack,
@@ -883,6 +932,12 @@ mod tests {
             ("[planhat]\nlink_lifetime = \"1h\"\n", "planhat.link_lifetime"),
             ("[planhat]\ntoken = \"abc def\"\n", "planhat.token"),
             ("[server]\nrequest_timeout = \"2s\"\n", "server.request_timeout"),
+            ("[server]\nheader_read_timeout = \"0s\"\n", "server.header_read_timeout"),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[server]\nmax_connections = 10\nmax_connections_per_peer = 11\n",
+                "server.max_connections_per_peer",
+            ),
             ("[slack]\nmode = \"socket\"\nbot_token = \"x\"\napp_token = \"y\"\nusergroup_ttl = \"0s\"\n", "slack.usergroup_ttl"),
         ];
         for (text, key) in cases {

@@ -44,6 +44,13 @@ pub struct Metrics {
     reconnects: Family<ConnectionLabels, Counter>,
     deliveries_failed: Family<PlatformLabels, Counter>,
     in_flight: Gauge,
+    connections_open: Gauge,
+    connections_refused: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -103,8 +110,22 @@ impl Metrics {
             "Planhat calls in flight",
             in_flight.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "HTTP connections open, all listeners",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "HTTP connections closed unserved, by reason (per_peer: over server.max_connections_per_peer)",
+            connections_refused.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            connections_open,
+            connections_refused,
             requests,
             latency,
             planhat,
@@ -147,6 +168,18 @@ impl Metrics {
     pub fn delivery_failed(&self, platform: &'static str) {
         self.deliveries_failed
             .get_or_create(&PlatformLabels { platform })
+            .inc();
+    }
+
+    /// Tracks open HTTP connections (+1 / -1).
+    pub fn connections_open(&self, delta: i64) {
+        self.connections_open.inc_by(delta);
+    }
+
+    /// Counts a connection closed without being served.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
