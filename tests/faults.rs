@@ -662,3 +662,68 @@ async fn at_the_connection_cap_new_connections_wait_their_turn() {
     );
     running.stop().await;
 }
+
+/// Forged requests are counted exactly in /metrics but logged sparingly: a flood of them must
+/// not fill the disk (issue 14, item 9).
+#[tokio::test]
+async fn unsigned_floods_are_counted_exactly_and_logged_sparingly() {
+    // Current-thread runtime: the app's tasks run on this thread, under this subscriber.
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+    let planhat = MockServer::start().await;
+    let cfg = config(
+        &planhat.uri(),
+        &format!(
+            "[slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"http://127.0.0.1:9/api\"\n\
+             [discord]\nmode = \"http\"\ntoken = \"{DISCORD_TOKEN}\"\napplication_id = \"{APP_ID}\"\npublic_key = \"{}\"\napi_url = \"http://127.0.0.1:9/api/v10\"\n\
+             [access]\nslack_users = [\"U1\"]\n",
+            discord_public_key_hex()
+        ),
+    );
+    let running = spawn(cfg).await;
+    let base = format!("http://{}", running.addr);
+    const FORGED: usize = 200;
+    for i in 0..FORGED {
+        let body = slash_body("U1", "C1", "e1", "http://127.0.0.1:9/r", &format!("f{i}"));
+        let r = post_slack(&base, "/slack/commands", "not-the-secret", body).await;
+        assert_eq!(r.status(), 401);
+        let r = client()
+            .post(format!("{base}/discord/interactions"))
+            .header("x-signature-ed25519", "00".repeat(64))
+            .header("x-signature-timestamp", now().to_string())
+            .body("{\"type\":1}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let metrics = client()
+        .get(format!("http://{}/metrics", running.metrics_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    running.stop().await;
+    for platform in ["slack", "discord"] {
+        let line =
+            format!("portal_bot_unsigned_requests_total{{platform=\"{platform}\"}} {FORGED}");
+        assert!(metrics.contains(&line), "{line} missing from {metrics}");
+    }
+    let logs = capture.text();
+    let refusal_lines = logs
+        .lines()
+        .filter(|l| l.contains("Slack request") || l.contains("Discord request"))
+        .count();
+    assert!(
+        (2..=4).contains(&refusal_lines),
+        "{refusal_lines} log lines for {} refusals:\n{logs}",
+        2 * FORGED
+    );
+    assert_eq!(planhat_calls(&planhat, "/shareabletokens").await, 0);
+}

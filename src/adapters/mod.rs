@@ -8,6 +8,7 @@ pub mod http;
 pub mod serve;
 pub mod slack;
 pub mod throttle;
+pub mod unsigned;
 
 /// What a chat adapter adds to the running app: routes for the HTTP server and background
 /// tasks (Socket Mode, gateway, refreshers), all of which stop on shutdown.

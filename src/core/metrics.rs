@@ -46,6 +46,7 @@ pub struct Metrics {
     in_flight: Gauge,
     connections_open: Gauge,
     connections_refused: Family<ReasonLabels, Counter>,
+    unsigned: Family<PlatformLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,8 +123,15 @@ impl Metrics {
             "HTTP connections closed unserved, by reason (per_peer: over server.max_connections_per_peer)",
             connections_refused.clone(),
         );
+        let unsigned = Family::<PlatformLabels, Counter>::default();
+        registry.register(
+            "unsigned_requests",
+            "Webhook requests refused (401) for a missing, wrong or stale signature",
+            unsigned.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            unsigned,
             connections_open,
             connections_refused,
             requests,
@@ -180,6 +188,13 @@ impl Metrics {
     pub fn connection_refused(&self, reason: &'static str) {
         self.connections_refused
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a webhook request refused for its signature.
+    pub fn unsigned_request(&self, platform: &'static str) {
+        self.unsigned
+            .get_or_create(&PlatformLabels { platform })
             .inc();
     }
 
