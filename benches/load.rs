@@ -104,7 +104,9 @@ async fn start(latency: Duration, discord_key: &SigningKey, response_url_base: &
         .map(|i| format!("\"{}\"", 1500000000000000000u64 + i as u64))
         .collect();
     let config = format!(
-        "[server]\nlisten = \"{addr}\"\n\
+        // Every request comes from one loopback address, up to 2,000 at once (the burst): the
+        // per-peer cap (meant for the internet) would close most of them.
+        "[server]\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:0\"\nmax_connections = 4096\nmax_connections_per_peer = 4096\n\
          [planhat]\napi_url = \"{base}\"\nportal_url = \"{base}\"\ntoken = \"sandbox-token\"\ntimeout = \"5s\"\nmax_in_flight = 32\n\
          [slack]\nmode = \"http\"\nsigning_secret = \"{SECRET}\"\nbot_token = \"xoxb-bench\"\napi_url = \"{response_url_base}/api\"\n\
          [discord]\nmode = \"http\"\ntoken = \"bench\"\napplication_id = \"{APP_ID}\"\npublic_key = \"{key}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{response_url_base}/api/v10\"\n\

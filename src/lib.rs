@@ -112,11 +112,14 @@ impl App {
     }
 }
 
-/// A running server: its address, and the handle to stop it.
+/// A running server: its addresses, and the handle to stop it.
 pub struct Running {
+    /// The public listener: webhooks, `/go/`, `/healthz`.
     pub addr: SocketAddr,
+    /// The operator's listener: `/metrics` only.
+    pub metrics_addr: SocketAddr,
     pub app: Arc<App>,
-    server: tokio::task::JoinHandle<()>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -125,11 +128,8 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Starts everything the config turns on: the HTTP server, Slack, Discord, housekeeping.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let addr = config.server.listen;
-    let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?;
+    let (listener, addr) = bind(config.server.listen)?;
+    let (metrics_listener, metrics_addr) = bind(config.server.metrics_listen)?;
     let app = App::build(config)?;
     if app.config.state.redis_url.is_some() {
         // Know at once whether Redis answers, rather than at the first probe.
@@ -165,26 +165,43 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         router = router.merge(discord.router);
         background.extend(discord.tasks);
     }
-    let router = adapters::http::with_limits(router, app.config.server.request_timeout);
-    let mut stop = app.shutdown();
-    let server = tokio::spawn(async move {
-        let served = axum::serve(
+    let timeout = app.config.server.request_timeout;
+    let router = adapters::http::with_limits(router, timeout);
+    let metrics_router =
+        adapters::http::with_limits(adapters::http::metrics_router(app.clone()), timeout);
+    // One set of connection limits for both listeners.
+    let limits = adapters::serve::Connections::new(&app.config.server, app.metrics.clone());
+    let servers = vec![
+        tokio::spawn(adapters::serve::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.fired().await })
-        .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
-    tracing::info!(%addr, "portal-bot is listening");
+            router,
+            limits.clone(),
+            app.shutdown(),
+        )),
+        tokio::spawn(adapters::serve::serve(
+            metrics_listener,
+            metrics_router,
+            limits,
+            app.shutdown(),
+        )),
+    ];
+    tracing::info!(%addr, %metrics_addr, "portal-bot is listening");
     Ok(Running {
         addr,
+        metrics_addr,
         app,
-        server,
+        servers,
         background,
     })
+}
+
+/// Binds `addr` (see [`listen`]); the address actually bound (port 0 picks one).
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    Ok((listener, bound))
 }
 
 impl Running {
@@ -193,7 +210,9 @@ impl Running {
     pub async fn stop(mut self) {
         self.app.shutdown.fire();
         let finish = async {
-            let _ = self.server.await;
+            for server in self.servers.drain(..) {
+                let _ = server.await;
+            }
             self.app.tasks.close();
             self.app.tasks.wait().await;
         };

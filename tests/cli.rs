@@ -164,6 +164,56 @@ fn config_errors_name_the_key_in_one_line() {
     }
 }
 
+/// The on-call engineer sees which file and which Planhat the token is about to be sent to,
+/// and a `config.toml` in the current directory can't send it anywhere over plain http
+/// (issue 14, item 8).
+#[tokio::test(flavor = "multi_thread")]
+async fn link_and_check_say_which_config_and_planhat_and_refuse_plain_http() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "cli-token-where").await;
+    Mock::given(path("/endusers"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("[]"))
+        .mount(&planhat)
+        .await;
+    let cfg = planhat_config("where.toml", &planhat, API_TOKEN);
+    let shown = std::fs::canonicalize(&cfg).unwrap();
+    let host = planhat.address().to_string();
+    for args in [vec!["link", "e1"], vec!["check"]] {
+        let mut args = args;
+        args.splice(1..1, ["--config", cfg.to_str().unwrap()]);
+        let out = run(&args, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&shown.display().to_string()) && err.contains(&host),
+            "{args:?} must name the config file and the Planhat host on stderr: {err}"
+        );
+    }
+
+    // A config.toml planted in the working directory that points Planhat elsewhere.
+    let dir = std::env::temp_dir().join(format!("pb-cli-planted-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "[planhat]\napi_url = \"http://attacker.example\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portal-bot"))
+        .args(["link", "e1"])
+        .current_dir(&dir)
+        .env_remove("PORTAL_BOT_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("PLANHAT_API_TOKEN", API_TOKEN)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("planhat.api_url"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains(API_TOKEN));
+    assert!(text(&out.stdout).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn check_says_what_is_wrong_in_plain_words() {
     let planhat = MockServer::start().await;
@@ -297,7 +347,7 @@ async fn serve_stops_gracefully_on_sigterm() {
     let cfg = write_config(
         "serve.toml",
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\ntoken = \"t\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\ntoken = \"t\"\n",
             planhat.uri()
         ),
     );
@@ -332,7 +382,7 @@ async fn audit_lines_survive_a_crash_whole_or_not_at_all() {
     let cfg = write_config(
         "crash.toml",
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\n\
              [slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"http://127.0.0.1:9/api\"\n\
              [access]\nslack_users = [\"U1\"]\n[limits]\nper_user_per_minute = 10000\n[audit]\npath = \"{}\"\n",
             planhat.uri(),

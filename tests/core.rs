@@ -157,6 +157,61 @@ async fn failures_each_get_their_own_refusal() {
     }
 }
 
+/// Planhat's answers are read up to 64 KiB and no further: a larger body is an unusable
+/// answer, whether it says how long it is or streams without end (issue 14, item 12).
+#[tokio::test]
+async fn an_oversized_planhat_answer_is_unusable_and_not_buffered() {
+    // A valid link followed by a megabyte of padding, with a Content-Length.
+    let planhat = MockServer::start().await;
+    let big = format!("{PORTAL}/redirect/bigtok {}", " ".repeat(1024 * 1024));
+    let reply = answer(&planhat, ok("true"), ok(&big)).await;
+    assert!(
+        matches!(reply, Reply::Refused(Refusal::Unusable)),
+        "{reply:?}"
+    );
+    // 64 KiB exactly is still read.
+    let planhat = MockServer::start().await;
+    let edge = format!("{PORTAL}/redirect/edgetok");
+    let edge = format!("{edge}{}", " ".repeat(64 * 1024 - edge.len()));
+    let reply = answer(&planhat, ok("true"), ok(&edge)).await;
+    assert!(matches!(reply, Reply::Link(_)), "{reply:?}");
+
+    // An endless chunked answer: the bot stops reading long before its 2 s timeout.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                let chunk = format!("4000\r\n{}\r\n", "t".repeat(0x4000));
+                // At most 64 MiB, so a bot that never stops still lets this test end.
+                for _ in 0..4096 {
+                    if s.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let app = App::build(config(&format!("http://{addr}"), ACCESS)).unwrap();
+    let started = std::time::Instant::now();
+    let reply = app.portal.handle(&csm("U1"), "check e1").await;
+    assert!(
+        matches!(reply, Reply::Refused(Refusal::Unusable)),
+        "{reply:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "stopped reading at the cap: {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_url_for_someone_without_access_is_dropped() {
     let planhat = MockServer::start().await;
@@ -408,6 +463,7 @@ async fn audit_has_one_line_per_request_and_never_the_url() {
             "channel",
             "asker",
             "end_user",
+            "email",
             "outcome",
             "latency_ms",
         ] {
@@ -441,8 +497,15 @@ async fn healthz_and_metrics_are_served() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let metrics = client()
+    // /metrics is not on the public listener (issue 14, item 10).
+    let public = client()
         .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
+    let metrics = client()
+        .get(format!("http://{}/metrics", running.metrics_addr))
         .send()
         .await
         .unwrap()

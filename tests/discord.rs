@@ -523,6 +523,40 @@ async fn who_may_ask_users_roles_and_guilds() {
     app.stop().await;
 }
 
+/// The rate limit counts a person, not a person per server: being in many guilds must not
+/// multiply what one account may mint (issue 14, item 5).
+#[tokio::test]
+async fn the_rate_limit_counts_a_person_across_guilds() {
+    let (planhat, _fake, app) = setup(
+        "[limits]\nper_user_per_minute = 2\n",
+        &format!("discord_users = [\"{ALICE}\"]"),
+    )
+    .await;
+    planhat_link(&planhat, ENDUSER, "guildstok").await;
+    let guilds = [GUILD, OTHER_GUILD, 1300000000000000098];
+    let mut answers = Vec::new();
+    for (i, guild) in guilds.iter().enumerate() {
+        let mut command = discord_command(1100000000000000510 + i as u64, ALICE, &[], ENDUSER);
+        command["guild_id"] = json!(guild.to_string());
+        answers.push(interact(&app, &command).await);
+    }
+    assert_eq!(
+        link_button(&answers[0]["data"])["url"],
+        redirect("guildstok")
+    );
+    assert_eq!(
+        link_button(&answers[1]["data"])["url"],
+        redirect("guildstok")
+    );
+    assert_refusal(&answers[2], "try again in");
+    assert_eq!(
+        mints(&planhat, ENDUSER).await,
+        2,
+        "per_user_per_minute in total, not per guild"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn portal_is_registered_at_start_by_bulk_overwrite() {
     let (_planhat, fake, app) = setup("", "").await;
@@ -996,7 +1030,7 @@ async fn next_gw(events: &mut mpsc::UnboundedReceiver<Gw>, within: Duration, wha
 /// `portal_bot_reconnects_total{connection="discord_gateway"}` from `/metrics` (0 if absent).
 async fn gateway_reconnects(app: &Running) -> u64 {
     let metrics = client()
-        .get(format!("http://{}/metrics", app.addr))
+        .get(format!("http://{}/metrics", app.metrics_addr))
         .send()
         .await
         .unwrap()

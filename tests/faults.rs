@@ -285,6 +285,58 @@ async fn a_failing_response_url_is_retried_and_shutdown_waits_for_pending_delive
         .is_err());
 }
 
+/// A response_url that answers 429 is not posted to again: the late answer is given up rather
+/// than risk the asker seeing it twice or hammering Slack (issue 14, item 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_delivery_answered_429_is_not_retried() {
+    let posts = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let seen = posts.clone();
+    let app = axum::Router::new().route(
+        "/response",
+        post(move || {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(Instant::now());
+                (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "1")],
+                    axum::Json(json!({"ok": false, "error": "rate_limited"})),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let response_url = format!("http://{}/response", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let planhat = MockServer::start().await;
+    Mock::given(path_regex("^/shareabletokens/(access/)?slow$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("true")
+                .set_delay(Duration::from_millis(700)),
+        )
+        .mount(&planhat)
+        .await;
+    let running = spawn(slack_config(&planhat.uri())).await;
+    let base = format!("http://{}", running.addr);
+    let body = slash_body("U1", "C1", "check slow", &response_url, "late-429");
+    let r = post_slack(&base, "/slack/commands", SIGNING_SECRET, body).await;
+    assert!(r.text().await.unwrap().contains("taking a moment"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while posts.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the late answer was never posted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Retry-After is 1 s; a retry, honoured or not, would have come by now.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(posts.lock().unwrap().len(), 1, "posted once, not retried");
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_transport_is_cut_off_and_changes_nothing() {
     let planhat = MockServer::start().await;
@@ -430,4 +482,248 @@ async fn a_failing_discord_edit_is_retried_and_unknown_interactions_are_refused(
         "only the one command reached Planhat"
     );
     running.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections that never finish a request (issue 14, item 1).
+
+/// Reads until the server closes the connection (EOF or reset); how long that took, or `None`
+/// if it was still open after `within`. Anything the server sent is returned too.
+async fn closed_within(
+    s: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> Option<(Duration, String)> {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = within.checked_sub(started.elapsed())?;
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Some((
+                    started.elapsed(),
+                    String::from_utf8_lossy(&seen).into_owned(),
+                ))
+            }
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A connection from `ip` (any 127.0.0.0/8 address) to `addr`.
+async fn connect_from(ip: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((ip, 0).into()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_headers_is_cut_off() {
+    let planhat = MockServer::start().await;
+    let mut cfg = slack_config(&planhat.uri());
+    cfg.server.header_read_timeout = Duration::from_secs(1);
+    let running = spawn(cfg).await;
+    let mut s = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if s.write_all(format!("x-line-{i}: a\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    let started = Instant::now();
+    trickle.await;
+    // Every line arrives well inside any per-read timeout; only a limit on the whole head
+    // stops this, and the connection must be gone by the time the trickle ends.
+    let gone = closed_within(&mut s, Duration::from_millis(500)).await;
+    assert!(
+        gone.is_some(),
+        "a trickling client kept its connection for {:?}",
+        started.elapsed()
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let planhat = MockServer::start().await;
+    let mut cfg = slack_config(&planhat.uri());
+    cfg.server.header_read_timeout = Duration::from_secs(1);
+    let running = spawn(cfg).await;
+    let mut s = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Keep-alive: the connection stays open for a next request, but not for ever.
+    let (after, _) = closed_within(&mut s, Duration::from_secs(4))
+        .await
+        .expect("an idle keep-alive connection is closed");
+    assert!(
+        after >= Duration::from_millis(800),
+        "closed too early: {after:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_at_its_connection_cap_is_refused_while_others_are_served() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "capped-tok").await;
+    let mut cfg = slack_config(&planhat.uri());
+    cfg.server.max_connections_per_peer = 4;
+    let running = spawn(cfg).await;
+    // One keep-alive connection that already did a request, and three silent ones: the cap.
+    let mut busy = connect_from([127, 0, 0, 1], running.addr).await;
+    busy.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = busy.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(connect_from([127, 0, 0, 1], running.addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A fifth from the same peer is closed at once, unanswered.
+    let mut over = connect_from([127, 0, 0, 1], running.addr).await;
+    let _ = over
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let (_, said) = closed_within(&mut over, Duration::from_secs(1))
+        .await
+        .expect("a connection over the per-peer cap is closed");
+    assert!(said.is_empty(), "it gets no answer: {said:?}");
+
+    // The peer's open connection still works, and so does a signed request from elsewhere.
+    busy.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = busy.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let other = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let body = slash_body("U1", "C1", "e1", "http://127.0.0.1:9/response", "capped-1");
+    let r = other
+        .post(format!("http://{}/slack/commands", running.addr))
+        .headers(slack_headers(SIGNING_SECRET, now(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("capped-tok"));
+    drop(silent);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_new_connections_wait_their_turn() {
+    let planhat = MockServer::start().await;
+    let mut cfg = slack_config(&planhat.uri());
+    cfg.server.header_read_timeout = Duration::from_secs(1);
+    cfg.server.max_connections = 3;
+    cfg.server.max_connections_per_peer = 3;
+    let running = spawn(cfg).await;
+    let mut silent = Vec::new();
+    for ip in [[127, 0, 0, 3], [127, 0, 0, 4], [127, 0, 0, 5]] {
+        silent.push(connect_from(ip, running.addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // All slots are held: the next connection waits in the accept queue (not refused), and is
+    // served once the silent ones have been cut off by the header read timeout.
+    let started = Instant::now();
+    let r = client()
+        .get(format!("http://{}/healthz", running.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    running.stop().await;
+}
+
+/// Forged requests are counted exactly in /metrics but logged sparingly: a flood of them must
+/// not fill the disk (issue 14, item 9).
+#[tokio::test]
+async fn unsigned_floods_are_counted_exactly_and_logged_sparingly() {
+    // Current-thread runtime: the app's tasks run on this thread, under this subscriber.
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+    let planhat = MockServer::start().await;
+    let cfg = config(
+        &planhat.uri(),
+        &format!(
+            "[slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"http://127.0.0.1:9/api\"\n\
+             [discord]\nmode = \"http\"\ntoken = \"{DISCORD_TOKEN}\"\napplication_id = \"{APP_ID}\"\npublic_key = \"{}\"\napi_url = \"http://127.0.0.1:9/api/v10\"\n\
+             [access]\nslack_users = [\"U1\"]\n",
+            discord_public_key_hex()
+        ),
+    );
+    let running = spawn(cfg).await;
+    let base = format!("http://{}", running.addr);
+    const FORGED: usize = 200;
+    for i in 0..FORGED {
+        let body = slash_body("U1", "C1", "e1", "http://127.0.0.1:9/r", &format!("f{i}"));
+        let r = post_slack(&base, "/slack/commands", "not-the-secret", body).await;
+        assert_eq!(r.status(), 401);
+        let r = client()
+            .post(format!("{base}/discord/interactions"))
+            .header("x-signature-ed25519", "00".repeat(64))
+            .header("x-signature-timestamp", now().to_string())
+            .body("{\"type\":1}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let metrics = client()
+        .get(format!("http://{}/metrics", running.metrics_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    running.stop().await;
+    for platform in ["slack", "discord"] {
+        let line =
+            format!("portal_bot_unsigned_requests_total{{platform=\"{platform}\"}} {FORGED}");
+        assert!(metrics.contains(&line), "{line} missing from {metrics}");
+    }
+    let logs = capture.text();
+    let refusal_lines = logs
+        .lines()
+        .filter(|l| l.contains("Slack request") || l.contains("Discord request"))
+        .count();
+    assert!(
+        (2..=4).contains(&refusal_lines),
+        "{refusal_lines} log lines for {} refusals:\n{logs}",
+        2 * FORGED
+    );
+    assert_eq!(planhat_calls(&planhat, "/shareabletokens").await, 0);
 }

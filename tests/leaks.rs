@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::{any, patch, put};
@@ -13,27 +11,6 @@ use common::*;
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-/// Everything every subscriber writes, in one buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 /// The chat platforms' side: Slack response_url posts and Discord REST, all answered.
 async fn chat_fake() -> String {
@@ -89,11 +66,36 @@ async fn mint_sequence(planhat: &MockServer, id: &str, tokens: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_logs_audit_or_metrics() {
     let capture = Capture::default();
-    // Everything the bot and its libraries log, at trace. wiremock is off: it is the fake
-    // Planhat (it logs the requests it receives), not part of the bot.
-    tracing_subscriber::fmt()
-        .with_env_filter(portal_bot::cli::log_filter("trace,wiremock=off"))
-        .with_writer(capture.clone())
+    // Everything the bot and its libraries log, at trace, once per RUST_LOG an operator might
+    // try: plain trace, and directives aimed at exactly the libraries and spans that hold
+    // credentials (more specific than the caps, so they would win in one EnvFilter). One layer
+    // per directive, all into the same buffer. wiremock is off: it is the fake Planhat (it logs
+    // the requests it receives), not part of the bot.
+    let directives = [
+        "trace",
+        "serenity::http=trace",
+        "serenity::http::client=trace,serenity::http::ratelimiting=trace",
+        "serenity=trace,slack_morphism=trace",
+        "[{token}]=trace",
+        "[{request}]=trace,[{route}]=trace",
+        "[fire]=trace,[request]=trace",
+        "hyper=trace,hyper_util=trace,reqwest=trace,h2=trace,rustls=trace",
+        "slack_morphism::hyper_tokio=trace,slack_morphism=debug",
+    ];
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let layers: Vec<_> = directives
+        .iter()
+        .map(|d| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(capture.clone())
+                .with_filter(portal_bot::cli::log_filter(&format!("{d},wiremock=off")))
+                .boxed()
+        })
+        .collect();
+    tracing_subscriber::registry()
+        .with(layers)
         .try_init()
         .expect("the only subscriber in this test binary");
 
@@ -216,7 +218,7 @@ async fn no_secret_reaches_logs_audit_or_metrics() {
     // Let late deliveries and expiry edits happen, then read everything.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let metrics = http
-        .get(format!("{base}/metrics"))
+        .get(format!("http://{}/metrics", running.metrics_addr))
         .send()
         .await
         .unwrap()

@@ -326,7 +326,7 @@ async fn a_killed_replica_s_expiry_edit_is_made_by_another_on_time() {
     std::fs::write(
         &file,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\n\
              token = \"{API_TOKEN}\"\nlink_lifetime = \"3s\"\n{discord}",
             planhat.uri()
         ),

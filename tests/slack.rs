@@ -239,6 +239,68 @@ async fn inline_link_for_an_allowed_user() {
     );
 }
 
+/// An email lookup is audited under the end user the link was minted for, with the email
+/// beside it in its own field (issue 14, item 6).
+#[tokio::test]
+async fn an_email_lookup_audits_the_end_user_it_resolved_to() {
+    let f = fakes().await;
+    planhat_link(&f.planhat, "e1", "tok-email").await;
+    Mock::given(path("/endusers"))
+        .and(query_param("email", "jane@acme.example"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!([{"_id": "e1", "name": "Jane", "companyName": "Acme"}])),
+        )
+        .mount(&f.planhat)
+        .await;
+    Mock::given(path("/endusers"))
+        .and(query_param("email", "nobody@acme.example"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&f.planhat)
+        .await;
+    let dir = std::env::temp_dir().join(format!("pb-slack-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("email.jsonl");
+    let _ = std::fs::remove_file(&audit);
+    let app = f
+        .http_app(&format!(
+            "slack_users = [\"U1\"]\n[audit]\npath = \"{}\"",
+            audit.display()
+        ))
+        .await;
+    for (i, text) in ["jane@acme.example", "nobody@acme.example", "e1"]
+        .iter()
+        .enumerate()
+    {
+        command(
+            &app,
+            slash_body(
+                "U1",
+                "C1",
+                text,
+                &f.hook_url("email"),
+                &format!("trig-e{i}"),
+            ),
+        )
+        .await;
+    }
+    app.stop().await;
+    let lines: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "ok");
+    assert_eq!(lines[0]["end_user"], "e1", "{}", lines[0]);
+    assert_eq!(lines[0]["email"], "jane@acme.example", "{}", lines[0]);
+    assert_eq!(lines[1]["outcome"], "not_found");
+    assert_eq!(lines[1]["end_user"], Value::Null, "{}", lines[1]);
+    assert_eq!(lines[1]["email"], "nobody@acme.example", "{}", lines[1]);
+    assert_eq!(lines[2]["end_user"], "e1");
+    assert_eq!(lines[2]["email"], Value::Null, "{}", lines[2]);
+}
+
 #[tokio::test]
 async fn slow_planhat_is_acknowledged_then_delivered_to_response_url_once() {
     let f = fakes().await;
@@ -788,7 +850,7 @@ async fn socket_mode_end_to_end_with_redelivery_and_reconnect() {
     assert_link(&ack["payload"], &format!("{PORTAL}/redirect/tok-socket"));
     // The reconnect is visible to operators in /metrics.
     let metrics = client()
-        .get(format!("http://{}/metrics", app.addr))
+        .get(format!("http://{}/metrics", app.metrics_addr))
         .send()
         .await
         .unwrap()

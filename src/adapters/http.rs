@@ -1,6 +1,6 @@
-//! The HTTP surface shared by every platform: health, metrics, and the limits every request
-//! meets (64 KiB bodies, a request timeout against slow uploads). Slack's and Discord's routes
-//! are merged in by their adapters.
+//! The HTTP surface shared by every platform: health, metrics (on its own listener), and the
+//! limits every request meets (64 KiB bodies, a request timeout against slow uploads). Slack's
+//! and Discord's routes are merged in by their adapters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +18,18 @@ use crate::App;
 /// Largest request body accepted (the spec's 64 KiB).
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// `/healthz`, `/readyz` and `/metrics`.
+/// `/healthz` and `/readyz`, on the public listener.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .with_state(app)
+}
+
+/// `/metrics`, on its own listener (`server.metrics_listen`): request counts, latencies and
+/// connection figures are for the operator, not for whoever can reach the webhooks.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .with_state(app)
 }

@@ -4,8 +4,11 @@ pub mod deliver;
 pub mod discord;
 pub mod go;
 pub mod http;
+pub mod serve;
 pub mod slack;
 pub mod state;
+pub mod throttle;
+pub mod unsigned;
 
 /// What a chat adapter adds to the running app: routes for the HTTP server and background
 /// tasks (Socket Mode, gateway, refreshers), all of which stop on shutdown.

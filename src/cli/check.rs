@@ -16,6 +16,7 @@ pub async fn run(path: &Path) -> u8 {
     if let Err(code) = super::need_token(&config) {
         return code;
     }
+    super::say_where(path, &config);
     println!("config {}: valid", path.display());
     let on = |b: bool| if b { "on" } else { "off" };
     println!(

@@ -76,7 +76,7 @@ async fn demo() -> Result<(), String> {
     let discord_key = SigningKey::from_bytes(&key_bytes);
 
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [planhat]\ntoken = \"sandbox\"\nlink_lifetime = \"{}s\"\n\
          [slack]\nmode = \"http\"\nsigning_secret = \"{signing_secret}\"\nbot_token = \"xoxb-demo\"\napi_url = \"{chat_url}/slack-api\"\n\
          [discord]\nmode = \"http\"\ntoken = \"demo\"\napplication_id = \"{APP_ID}\"\npublic_key = \"{}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{chat_url}/api/v10\"\n\

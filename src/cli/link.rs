@@ -19,6 +19,7 @@ pub async fn run(path: &Path, check: bool, enduser: &str) -> u8 {
     if let Err(code) = super::need_token(&config) {
         return code;
     }
+    super::say_where(path, &config);
     // A terminal gets the signed URL itself: a /go/ id would live in this short-lived
     // process's memory and be dead by the time a browser asked the server for it.
     let mut config = config;

@@ -182,30 +182,81 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Libraries whose own debug and trace output records requests (serenity's spans hold the
-/// interaction token and the reply body with its signed URL; slack-morphism's Socket Mode logs
-/// whole envelopes and connection tickets). They are held at `warn` (slack-morphism: off; the
-/// bot logs Socket Mode connects and failures itself) whatever `RUST_LOG` says: no log level may
-/// print a credential.
-pub const QUIET_LIBRARIES: &str = "serenity=warn,slack_morphism=off,hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,tungstenite=warn,tokio_tungstenite=warn,rustls=warn,tower_http=warn";
+/// Libraries whose own output can record requests, and the most each may log whatever
+/// `RUST_LOG` says:
+/// - `serenity::http`: off. Its request spans hold the interaction token (in the route) and the
+///   reply body with its signed URL, and even at `warn` it logs the route ("Mismatched
+///   successful response status from {route}") when a success status is not the one it
+///   expected. The bot logs every Discord REST failure itself, through `rest::describe`,
+///   which drops URLs.
+/// - `slack_morphism`: off. Its debug lines carry URIs (a `response_url` is a credential) and
+///   Socket Mode envelopes; it logs bodies of failed calls. The bot logs Slack failures itself.
+/// - the rest of serenity, hyper, reqwest, rustls, tungstenite, redis …: `warn`. Their debug
+///   and trace output covers connections and frames, never needed to run the bot.
+///
+/// These are a filter of their own, applied beside the `RUST_LOG` one with both required to
+/// pass (see [`log_filter`]): no directive, however specific (`serenity::http::client=trace`,
+/// a span or field directive such as `[{token}]=trace`), can loosen them.
+pub const LIBRARY_CAPS: &[(&str, tracing::level_filters::LevelFilter)] = {
+    use tracing::level_filters::LevelFilter as L;
+    &[
+        ("serenity", L::WARN),
+        ("serenity::http", L::OFF),
+        ("slack_morphism", L::OFF),
+        ("hyper", L::WARN),
+        ("hyper_util", L::WARN),
+        ("hyper_rustls", L::WARN),
+        ("reqwest", L::WARN),
+        ("h2", L::WARN),
+        ("tungstenite", L::WARN),
+        ("tokio_tungstenite", L::WARN),
+        ("async_tungstenite", L::WARN),
+        ("rustls", L::WARN),
+        ("tower_http", L::WARN),
+        ("redis", L::WARN),
+    ]
+};
 
-/// The log filter: `RUST_LOG` (or `default_level`), with [`QUIET_LIBRARIES`] always applied.
-pub fn log_filter(directives: &str) -> tracing_subscriber::EnvFilter {
-    // Later, more specific directives win; ours come last.
-    tracing_subscriber::EnvFilter::try_new(format!("{directives},{QUIET_LIBRARIES}"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET_LIBRARIES}")))
+/// The caps of [`LIBRARY_CAPS`] as a filter: everything else passes at any level.
+pub fn library_caps() -> tracing_subscriber::filter::Targets {
+    tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::level_filters::LevelFilter::TRACE)
+        .with_targets(LIBRARY_CAPS.iter().copied())
+}
+
+/// The log filter for one output layer: `RUST_LOG` (or `default_level`; `info` when it does
+/// not parse) *and* [`library_caps`]. Both must let an event or span through.
+pub fn log_filter<S>(
+    directives: &str,
+) -> tracing_subscriber::filter::combinator::And<
+    tracing_subscriber::EnvFilter,
+    tracing_subscriber::filter::Targets,
+    S,
+>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt;
+    let requested = tracing_subscriber::EnvFilter::try_new(directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    requested.and(library_caps())
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| default_level.to_string());
-    let filter = log_filter(&directives);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Json => layer
+            .json()
+            .flatten_event(true)
+            .with_filter(log_filter(&directives))
+            .boxed(),
+        LogFormat::Text => layer.with_filter(log_filter(&directives)).boxed(),
     };
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 /// Loads the config; on failure prints the one-line reason.
@@ -214,6 +265,25 @@ fn load(path: &std::path::Path) -> Result<Config, u8> {
         eprintln!("portal-bot: {e}");
         exit::USAGE
     })
+}
+
+/// Says on stderr which file was read and which Planhat host gets the API token, so an on-call
+/// engineer notices a `config.toml` picked up from the wrong directory before trusting it.
+fn say_where(path: &std::path::Path, config: &Config) {
+    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let host = match (
+        config.planhat.api_url.host_str(),
+        config.planhat.api_url.port(),
+    ) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        (None, _) => "(no host)".to_string(),
+    };
+    eprintln!(
+        "portal-bot: config {}; Planhat {}://{host}",
+        file.display(),
+        config.planhat.api_url.scheme()
+    );
 }
 
 fn need_token(config: &Config) -> Result<(), u8> {
@@ -264,4 +334,93 @@ async fn serve(path: &std::path::Path, sandbox: bool, latency: Option<std::time:
     crate::shutdown::signal().await;
     running.stop().await;
     exit::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+
+    /// What serenity's REST client logs, as it logs it: a request span whose fields hold the
+    /// interaction token, and at `warn` the route when a success status is unexpected.
+    fn serenity_like_output() {
+        let span = tracing::info_span!(
+            target: "serenity::http::client",
+            "request",
+            token = "itok-span-secret",
+            req = "route: itok-field-secret"
+        );
+        let _in = span.enter();
+        tracing::warn!(
+            target: "serenity::http::client",
+            "Mismatched successful response status from /webhooks/1/itok-route-secret/messages/@original! Expected 204 but got 200"
+        );
+        tracing::debug!(target: "slack_morphism::hyper_tokio::connector", slack_uri = "https://hooks.slack.com/commands/itok-slack-secret", "Sending HTTP request");
+        tracing::info!(target: "portal_bot::adapters", "bot line inside the span");
+    }
+
+    #[test]
+    fn no_rust_log_directive_loosens_the_library_caps() {
+        for directives in [
+            "trace",
+            "serenity::http=trace",
+            "serenity::http::client=trace",
+            "serenity=trace,slack_morphism=trace",
+            "[{token}]=trace",
+            "[request]=trace",
+            "[request{token}]=trace,serenity::http::client[request]=trace",
+            "slack_morphism::hyper_tokio::connector=trace",
+            "warn",
+            "not a directive [[[",
+        ] {
+            let capture = Capture::default();
+            let subscriber = tracing_subscriber::registry().with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(capture.clone())
+                    .with_ansi(false)
+                    .with_filter(log_filter(directives)),
+            );
+            tracing::subscriber::with_default(subscriber, serenity_like_output);
+            let logged = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+            assert!(
+                !logged.contains("itok-"),
+                "RUST_LOG={directives:?} let through: {logged}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_bots_own_lines_still_follow_rust_log() {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(capture.clone())
+                .with_filter(log_filter("info")),
+        );
+        tracing::subscriber::with_default(subscriber, serenity_like_output);
+        let logged = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+        assert!(logged.contains("bot line inside the span"), "{logged}");
+    }
 }

@@ -86,13 +86,10 @@ impl Asker {
         }
     }
 
-    /// The key the rate limiter counts under: one bucket per person per platform.
+    /// The key the rate limiter counts under: one bucket per person per platform. The team
+    /// (Slack workspace, Discord guild) is deliberately not part of it: Discord user ids are
+    /// global, so a person in several guilds would otherwise get the limit once per guild.
     pub fn rate_key(&self) -> String {
-        format!(
-            "{}:{}:{}",
-            self.platform.name(),
-            self.team_id.as_deref().unwrap_or(""),
-            self.user_id
-        )
+        format!("{}:{}", self.platform.name(), self.user_id)
     }
 }

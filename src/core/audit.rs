@@ -37,8 +37,11 @@ pub struct AuditEvent {
     pub asker: String,
     /// What was asked: `link`, `check`, `new_link`, `go`.
     pub action: &'static str,
-    /// The end user (id, or email for a lookup), when the input was plausible.
+    /// The end-user id the answer was for, when there was one: for an email lookup, the id it
+    /// resolved to (none when it matched nobody or several).
     pub end_user: Option<String>,
+    /// The email the asker typed, for a lookup by email (kept beside the id it resolved to).
+    pub email: Option<String>,
     /// `ok`, `no_access`, `not_found`, `denied`, `rate_limited`, `upstream_*`, …
     pub outcome: &'static str,
     pub latency_ms: u64,
@@ -248,6 +251,7 @@ mod tests {
             asker: "U1".into(),
             action: "link",
             end_user: Some("e1".into()),
+            email: None,
             outcome,
             latency_ms: 3,
             company: Some("Acme".into()),

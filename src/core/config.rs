@@ -65,6 +65,8 @@ pub struct StateConfig {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served: its own listener, loopback by default, never the public one.
+    pub metrics_listen: SocketAddr,
     /// Set: link buttons point at `{public_url}/go/{id}` and mint at click time.
     pub public_url: Option<Url>,
     /// How long a chat request waits for its link before it is acknowledged and the answer is
@@ -74,6 +76,14 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// How long a `/go/` id lives (30 s to 10 min).
     pub go_lifetime: Duration,
+    /// How long a connection may take to send a request's head; hyper starts the clock when it
+    /// starts waiting for one, so this is also how long a keep-alive connection may sit idle.
+    pub header_read_timeout: Duration,
+    /// Connections open at once, on all listeners together; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Connections open at once from one peer address (an IPv6 /64 counts as one); more are
+    /// closed at once.
+    pub max_connections_per_peer: usize,
 }
 
 /// `[planhat]`: where Planhat is and how to talk to it.
@@ -292,7 +302,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawState {
-    redis_url: Option<String>,
+    redis_url: Option<SecretText>,
     #[serde(default = "default_key_prefix")]
     key_prefix: String,
 }
@@ -315,6 +325,8 @@ fn default_key_prefix() -> String {
 struct RawServer {
     #[serde(default = "default_listen")]
     listen: String,
+    #[serde(default = "default_metrics_listen")]
+    metrics_listen: String,
     public_url: Option<String>,
     #[serde(default = "default_reply_budget")]
     reply_budget: HumanDuration,
@@ -322,22 +334,35 @@ struct RawServer {
     request_timeout: HumanDuration,
     #[serde(default = "default_go_lifetime")]
     go_lifetime: HumanDuration,
+    #[serde(default = "default_header_read_timeout")]
+    header_read_timeout: HumanDuration,
+    #[serde(default = "default_max_connections")]
+    max_connections: i64,
+    #[serde(default = "default_max_connections_per_peer")]
+    max_connections_per_peer: i64,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             listen: default_listen(),
+            metrics_listen: default_metrics_listen(),
             public_url: None,
             reply_budget: default_reply_budget(),
             request_timeout: default_request_timeout(),
             go_lifetime: default_go_lifetime(),
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_peer: default_max_connections_per_peer(),
         }
     }
 }
 
 fn default_listen() -> String {
     "0.0.0.0:3000".into()
+}
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9090".into()
 }
 fn default_reply_budget() -> HumanDuration {
     HumanDuration(Duration::from_millis(2500))
@@ -348,6 +373,15 @@ fn default_go_lifetime() -> HumanDuration {
 fn default_request_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
+fn default_header_read_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_max_connections() -> i64 {
+    1024
+}
+fn default_max_connections_per_peer() -> i64 {
+    64
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -357,7 +391,7 @@ struct RawPlanhat {
     api_url: Option<String>,
     portal_url: Option<String>,
     #[serde(default)]
-    token: String,
+    token: SecretText,
     #[serde(default = "default_timeout")]
     timeout: HumanDuration,
     #[serde(default = "default_max_in_flight")]
@@ -372,7 +406,7 @@ impl Default for RawPlanhat {
             cluster: String::new(),
             api_url: None,
             portal_url: None,
-            token: String::new(),
+            token: SecretText::default(),
             timeout: default_timeout(),
             max_in_flight: default_max_in_flight(),
             link_lifetime: default_link_lifetime(),
@@ -396,11 +430,11 @@ struct RawSlack {
     #[serde(default = "default_slack_mode")]
     mode: SlackMode,
     #[serde(default)]
-    signing_secret: String,
+    signing_secret: SecretText,
     #[serde(default)]
-    bot_token: String,
+    bot_token: SecretText,
     #[serde(default)]
-    app_token: String,
+    app_token: SecretText,
     api_url: Option<String>,
     #[serde(default = "default_usergroup_ttl")]
     usergroup_ttl: HumanDuration,
@@ -425,11 +459,11 @@ struct RawDiscord {
     #[serde(default = "default_discord_mode")]
     mode: DiscordMode,
     #[serde(default)]
-    token: String,
+    token: SecretText,
     #[serde(default)]
     application_id: Option<DiscordId>,
     #[serde(default)]
-    public_key: String,
+    public_key: SecretText,
     #[serde(default)]
     guild_ids: Vec<DiscordId>,
     api_url: Option<String>,
@@ -596,6 +630,31 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A secret as written in the file. Only a quoted string is accepted, and anything else is
+/// refused *without* its value: serde's own message ("invalid type: integer `9876…`") would put
+/// a token that someone forgot to quote into the operator's terminal and logs.
+#[derive(Default)]
+struct SecretText(String);
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Text(String),
+            Other(serde::de::IgnoredAny),
+        }
+        match Either::deserialize(d) {
+            Ok(Either::Text(text)) => Ok(SecretText(text)),
+            // `IgnoredAny` takes any value, so an error here is the deserializer's own (no value
+            // of ours in it); still, say the same thing.
+            Ok(Either::Other(_)) | Err(_) => {
+                Err(serde::de::Error::custom("must be a quoted string"))
+            }
+        }
+    }
+}
+
 /// A Discord snowflake, accepted as a string or an integer.
 #[derive(Clone, Copy)]
 struct DiscordId(u64);
@@ -666,18 +725,39 @@ fn base_url(key: &str, text: &str) -> Result<Url, ConfigError> {
             format!("{text:?} must not have a query or fragment"),
         ));
     }
+    // Every one of these URLs is sent a credential (the Planhat or a chat token) or hands out
+    // signed URLs; over plain http anyone on the path reads it. Loopback stays allowed for tests,
+    // the sandbox and a local TLS-terminating proxy.
+    if url.scheme() == "http" && !is_loopback(&url) {
+        return Err(ConfigError::at(
+            key,
+            format!(
+                "{text:?} must be https (plain http is allowed only for 127.0.0.1, ::1 or localhost)"
+            ),
+        ));
+    }
     Ok(url)
 }
 
+/// True for 127.0.0.0/8, ::1 and `localhost`.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 /// The value of a secret: the environment variable when set and non-empty, else the file's.
-fn secret(key: &str, file_value: String, env: &dyn Fn(&str) -> Option<String>) -> Secret {
+fn secret(key: &str, file_value: SecretText, env: &dyn Fn(&str) -> Option<String>) -> Secret {
     let var = ENV_OVERRIDES
         .iter()
         .find(|(k, _)| *k == key)
         .map(|(_, v)| *v);
     match var.and_then(env).filter(|v| !v.trim().is_empty()) {
         Some(v) => Secret::new(v.trim()),
-        None => Secret::new(file_value.trim()),
+        None => Secret::new(file_value.0.trim()),
     }
 }
 
@@ -747,6 +827,26 @@ impl RawConfig {
                     ),
                 )
             })?;
+        let metrics_listen = self
+            .server
+            .metrics_listen
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                ConfigError::at(
+                    "server.metrics_listen",
+                    format!(
+                        "{:?} is not an address like \"127.0.0.1:9090\"",
+                        self.server.metrics_listen
+                    ),
+                )
+            })?;
+        if metrics_listen == listen && listen.port() != 0 {
+            return Err(ConfigError::at(
+                "server.metrics_listen",
+                "must differ from server.listen: /metrics is kept off the public listener",
+            ));
+        }
         let public_url = self
             .server
             .public_url
@@ -783,6 +883,25 @@ impl RawConfig {
                 "must be between 30s and 10m",
             ));
         }
+        let header_read_timeout = self.server.header_read_timeout.0;
+        if header_read_timeout < Duration::from_secs(1)
+            || header_read_timeout > Duration::from_secs(120)
+        {
+            return Err(ConfigError::at(
+                "server.header_read_timeout",
+                "must be between 1s and 120s",
+            ));
+        }
+        let max_connections = positive(
+            "server.max_connections",
+            self.server.max_connections,
+            1_000_000,
+        )?;
+        let max_connections_per_peer = positive(
+            "server.max_connections_per_peer",
+            self.server.max_connections_per_peer,
+            max_connections,
+        )?;
 
         let (cluster_api, cluster_portal) = cluster_urls(&self.planhat.cluster)?;
         let api_url = match self.planhat.api_url.as_deref() {
@@ -928,10 +1047,14 @@ impl RawConfig {
             state,
             server: ServerConfig {
                 listen,
+                metrics_listen,
                 public_url,
                 reply_budget,
                 request_timeout,
                 go_lifetime,
+                header_read_timeout,
+                max_connections: max_connections as usize,
+                max_connections_per_peer: max_connections_per_peer as usize,
             },
             planhat,
             slack,
@@ -1066,6 +1189,11 @@ mod tests {
             ("[planhat]\napi_url = \"not a url\"\n", "planhat.api_url"),
             ("[planhat]\nmax_in_flight = 0\n", "planhat.max_in_flight"),
             ("[server]\nlisten = \"here\"\n", "server.listen"),
+            ("[server]\nmetrics_listen = \"9090\"\n", "server.metrics_listen"),
+            (
+                "[server]\nlisten = \"127.0.0.1:9090\"\n",
+                "server.metrics_listen",
+            ),
             (
                 "[limits]\nper_user_per_minute = -1\n",
                 "limits.per_user_per_minute",
@@ -1096,6 +1224,12 @@ mod tests {
             ("[server]\ngo_lifetime = \"1h\"\n", "server.go_lifetime"),
             ("[state]\nredis_url = \"http://x\"\n", "state.redis_url"),
             ("[slack]\nsocket_connections = 11\n", "slack.socket_connections"),
+            ("[server]\nheader_read_timeout = \"0s\"\n", "server.header_read_timeout"),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[server]\nmax_connections = 10\nmax_connections_per_peer = 11\n",
+                "server.max_connections_per_peer",
+            ),
             ("[slack]\nmode = \"socket\"\nbot_token = \"x\"\napp_token = \"y\"\nusergroup_ttl = \"0s\"\n", "slack.usergroup_ttl"),
             ("[audit]\npath = \"a.jsonl\"\nrotate = \"weekly\"\n", "audit.rotate"),
             ("[audit]\npath = \"a.jsonl\"\nrotate = 100\n", "audit.rotate"),
@@ -1239,6 +1373,75 @@ mod tests {
         assert!(AuditConfig::load(&file).unwrap().path.is_none());
     }
 
+    #[test]
+    fn plain_http_is_refused_unless_the_host_is_loopback() {
+        let keys = [
+            ("planhat", "api_url", ""),
+            ("planhat", "portal_url", ""),
+            ("server", "public_url", ""),
+            (
+                "slack",
+                "api_url",
+                "mode = \"socket\"\nbot_token = \"b\"\napp_token = \"a\"\n",
+            ),
+            ("discord", "api_url", "token = \"t\"\napplication_id = 1\n"),
+        ];
+        for (section, key, rest) in keys {
+            for url in [
+                "http://attacker.example",
+                "http://10.0.0.1:8080/x",
+                "http://127.0.0.1.example",
+            ] {
+                let text = format!("[{section}]\n{rest}{key} = \"{url}\"\n");
+                let err = parse(&text).expect_err(&text).to_string();
+                assert!(err.starts_with(&format!("{section}.{key}: ")), "{err}");
+                assert!(err.contains("https"), "{err}");
+                assert!(!err.contains('\n'), "{err}");
+            }
+            for url in [
+                "http://127.0.0.1:9",
+                "http://127.3.4.5",
+                "http://[::1]:8080/api",
+                "http://localhost:3000",
+                "https://attacker.example",
+            ] {
+                let text = format!("[{section}]\n{rest}{key} = \"{url}\"\n");
+                assert!(parse(&text).is_ok(), "{text:?}: {:?}", parse(&text).err());
+            }
+        }
+    }
+
+    /// The keys whose values are credentials (their error messages must never show them).
+    const SECRET_KEYS: [(&str, &str); 6] = [
+        ("planhat", "token"),
+        ("slack", "signing_secret"),
+        ("slack", "bot_token"),
+        ("slack", "app_token"),
+        ("discord", "token"),
+        ("discord", "public_key"),
+    ];
+
+    #[test]
+    fn a_secret_written_unquoted_is_not_echoed() {
+        for (section, key) in SECRET_KEYS {
+            for value in [
+                "9876543210123",
+                "98765.4321",
+                "true",
+                "[98765]",
+                "{ a = 98765 }",
+            ] {
+                let text = format!("[{section}]\n{key} = {value}\n");
+                let err = parse(&text).expect_err(&text).to_string();
+                assert_eq!(
+                    err,
+                    format!("{section}.{key}: must be a quoted string"),
+                    "{text:?}"
+                );
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn no_rotate_value_panics(text in "\\PC{0,30}", digits in "[0-9]{1,25}", unit in "[ kKmMgGiIbB]{0,4}") {
@@ -1249,6 +1452,22 @@ mod tests {
         #[test]
         fn no_input_makes_the_parser_panic(text in ".{0,400}") {
             let _ = parse(&text);
+        }
+
+        #[test]
+        fn an_unquoted_secret_never_reaches_the_error(
+            which in 0usize..6,
+            value in prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:?}")),
+            ],
+        ) {
+            let (section, key) = SECRET_KEYS[which];
+            let text = format!("[{section}]\n{key} = {value}\n");
+            if let Err(e) = parse(&text) {
+                let err = e.to_string();
+                prop_assert!(!err.chars().any(|c| c.is_ascii_digit()), "{text:?} gave {err:?}");
+            }
         }
 
         #[test]

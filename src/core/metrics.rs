@@ -45,6 +45,9 @@ pub struct Metrics {
     deliveries_failed: Family<PlatformLabels, Counter>,
     in_flight: Gauge,
     state: StateMetrics,
+    connections_open: Gauge,
+    connections_refused: Family<ReasonLabels, Counter>,
+    unsigned: Family<PlatformLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +60,11 @@ struct OpLabels {
 struct StateMetrics {
     fallbacks: Family<OpLabels, Counter>,
     redis_up: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -127,9 +135,30 @@ impl Metrics {
             "1 while the shared-state Redis answers (0 when it doesn't, or none is configured)",
             state.redis_up.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "HTTP connections open, all listeners",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "HTTP connections closed unserved, by reason (per_peer: over server.max_connections_per_peer)",
+            connections_refused.clone(),
+        );
+        let unsigned = Family::<PlatformLabels, Counter>::default();
+        registry.register(
+            "unsigned_requests",
+            "Webhook requests refused (401) for a missing, wrong or stale signature",
+            unsigned.clone(),
+        );
         Metrics {
             state,
             registry: Mutex::new(registry),
+            unsigned,
+            connections_open,
+            connections_refused,
             requests,
             latency,
             planhat,
@@ -183,6 +212,25 @@ impl Metrics {
     /// Whether the shared-state Redis answers.
     pub fn redis_up(&self, up: bool) {
         self.state.redis_up.set(i64::from(up));
+    }
+
+    /// Tracks open HTTP connections (+1 / -1).
+    pub fn connections_open(&self, delta: i64) {
+        self.connections_open.inc_by(delta);
+    }
+
+    /// Counts a connection closed without being served.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a webhook request refused for its signature.
+    pub fn unsigned_request(&self, platform: &'static str) {
+        self.unsigned
+            .get_or_create(&PlatformLabels { platform })
+            .inc();
     }
 
     /// The Prometheus text exposition.

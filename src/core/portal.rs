@@ -413,6 +413,7 @@ impl PortalService {
             asker: "-".into(),
             action: Action::Go.name(),
             end_user: None,
+            email: None,
             outcome: e.kind(),
             latency_ms: 0,
             company: None,
@@ -446,36 +447,53 @@ impl PortalService {
         let (action, target) = match &command {
             Ok(Command::Help) => {
                 return self
-                    .finish(asker, Action::Help, None, Reply::Help, started)
+                    .finish(
+                        asker,
+                        Action::Help,
+                        Audited::default(),
+                        Reply::Help,
+                        started,
+                    )
                     .await
             }
             Ok(Command::Link(t)) => (Action::Link, Some(t.clone())),
             Ok(Command::Check(t)) => (Action::Check, Some(t.clone())),
             Err(_) => (Action::Link, None),
         };
-        let end_user = target.as_ref().map(target_name);
+        let mut audited = match &target {
+            Some(Target::EndUser(id)) => Audited::id(id),
+            Some(Target::Email(email)) => Audited {
+                end_user: None,
+                email: Some(email.clone()),
+            },
+            _ => Audited::default(),
+        };
         let reply = match (self.admit(asker, action).await, command) {
             (Err(refusal), _) => Reply::Refused(refusal),
             (Ok(()), Err(bad)) => Reply::Refused(Refusal::BadInput(bad)),
             (Ok(()), Ok(_)) => match target {
                 Some(Target::EndUser(id)) => self.run(asker, id, None, action).await,
-                Some(Target::Email(email)) => self.by_email(asker, email, action).await,
+                Some(Target::Email(email)) => {
+                    let (resolved, reply) = self.by_email(asker, email, action).await;
+                    audited.end_user = resolved.map(|id| id.to_string());
+                    reply
+                }
                 _ => Reply::Help,
             },
         };
-        self.finish(asker, action, end_user, reply, started).await
+        self.finish(asker, action, audited, reply, started).await
     }
 
     /// A link (or check) for an end user already known by id: the New link button, a pick from
     /// an email's matches, a `/go/` click. Authorised, rate limited and audited like a command.
     pub async fn link_for(&self, asker: &Asker, id: EndUserId, action: Action) -> Reply {
         let started = Instant::now();
-        let end_user = Some(id.to_string());
+        let audited = Audited::id(&id);
         let reply = match self.admit(asker, action).await {
             Err(refusal) => Reply::Refused(refusal),
             Ok(()) => self.run(asker, id, None, action).await,
         };
-        self.finish(asker, action, end_user, reply, started).await
+        self.finish(asker, action, audited, reply, started).await
     }
 
     /// Records a refusal that happened before the use case (e.g. someone pressing a button on
@@ -494,6 +512,7 @@ impl PortalService {
             asker: asker.user_id.clone(),
             action: Action::Button.name(),
             end_user,
+            email: None,
             outcome,
             latency_ms: 0,
             company: None,
@@ -530,29 +549,42 @@ impl PortalService {
         Ok(())
     }
 
-    async fn by_email(&self, asker: &Asker, email: String, action: Action) -> Reply {
+    /// An email's end user: the reply, and the id it resolved to (for the audit trail) when it
+    /// matched exactly one.
+    async fn by_email(
+        &self,
+        asker: &Asker,
+        email: String,
+        action: Action,
+    ) -> (Option<EndUserId>, Reply) {
         let mut matches = match self.planhat.find_by_email(&email).await {
             Ok(m) => m,
-            Err(e) => return self.upstream(e),
+            Err(e) => return (None, self.upstream(e)),
         };
         match matches.len() {
-            0 => Reply::Refused(Refusal::NotFound),
+            0 => (None, Reply::Refused(Refusal::NotFound)),
             1 => {
                 let who = matches.pop();
                 match who.as_ref().and_then(|w| id_of(&w.id)) {
-                    Some(id) => self.run(asker, id, who, action).await,
-                    None => self.upstream(PlanhatError::Unusable(
-                        "the matching end user has an unusable id".into(),
-                    )),
+                    Some(id) => (Some(id.clone()), self.run(asker, id, who, action).await),
+                    None => (
+                        None,
+                        self.upstream(PlanhatError::Unusable(
+                            "the matching end user has an unusable id".into(),
+                        )),
+                    ),
                 }
             }
             n => {
                 matches.truncate(MAX_CHOICES);
-                Reply::Choose {
-                    email,
-                    matches,
-                    more: n > MAX_CHOICES,
-                }
+                (
+                    None,
+                    Reply::Choose {
+                        email,
+                        matches,
+                        more: n > MAX_CHOICES,
+                    },
+                )
             }
         }
     }
@@ -750,7 +782,7 @@ impl PortalService {
         &self,
         asker: &Asker,
         action: Action,
-        end_user: Option<String>,
+        audited: Audited,
         reply: Reply,
         started: Instant,
     ) -> Reply {
@@ -763,7 +795,8 @@ impl PortalService {
             channel: asker.channel_id.clone(),
             asker: asker.user_id.clone(),
             action: action.name(),
-            end_user,
+            end_user: audited.end_user,
+            email: audited.email,
             outcome,
             latency_ms: took.as_millis() as u64,
             company: reply.company(),
@@ -795,6 +828,24 @@ impl PortalService {
     }
 }
 
+/// Whom a request was about, as the audit trail records it.
+#[derive(Default)]
+struct Audited {
+    /// The end-user id (for an email, the one it resolved to).
+    end_user: Option<String>,
+    /// The email typed, for a lookup by email.
+    email: Option<String>,
+}
+
+impl Audited {
+    fn id(id: &EndUserId) -> Self {
+        Audited {
+            end_user: Some(id.to_string()),
+            email: None,
+        }
+    }
+}
+
 /// The name lookup that rides along with the access check and the mint.
 enum WhoLookup {
     Known(Option<EndUserSummary>),
@@ -813,14 +864,6 @@ impl WhoLookup {
                 }
             }
         }
-    }
-}
-
-fn target_name(t: &Target) -> String {
-    match t {
-        Target::EndUser(id) => id.to_string(),
-        Target::Email(e) => e.clone(),
-        Target::Help => String::new(),
     }
 }
 

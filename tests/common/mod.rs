@@ -36,7 +36,7 @@ pub fn discord_public_key_hex() -> String {
 /// A config pointing at `planhat`, with `extra` TOML appended (sections other than [planhat]).
 pub fn config(planhat: &str, extra: &str) -> Config {
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nreply_budget = \"400ms\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nreply_budget = \"400ms\"\n\
          [planhat]\napi_url = \"{planhat}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\ntimeout = \"2s\"\n{extra}"
     );
     Config::parse(&text, &|_| None).expect("test config must be valid")
@@ -267,4 +267,32 @@ pub fn block_actions_payload(
             "value": value, "action_ts": "1700000001.000200"
         }]
     })
+}
+
+/// Everything a tracing subscriber writes, in one buffer (for tests that read the log).
+#[derive(Clone, Default)]
+pub struct Capture(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }

@@ -15,17 +15,25 @@ use serenity::all::Interaction;
 
 use super::verify::DiscordVerifier;
 use super::DiscordState;
+use crate::adapters::unsigned::Unsigned;
+use crate::core::asker::Platform;
 
 struct HttpState {
     discord: Arc<DiscordState>,
     verifier: DiscordVerifier,
+    refusals: Unsigned,
 }
 
 /// The endpoint route.
 pub fn router(discord: Arc<DiscordState>, verifier: DiscordVerifier) -> Router {
+    let refusals = Unsigned::new(Platform::Discord, discord.app.metrics.clone());
     Router::new()
         .route("/discord/interactions", post(interactions))
-        .with_state(Arc::new(HttpState { discord, verifier }))
+        .with_state(Arc::new(HttpState {
+            discord,
+            verifier,
+            refusals,
+        }))
 }
 
 async fn interactions(
@@ -34,7 +42,9 @@ async fn interactions(
     body: Bytes,
 ) -> Response {
     if let Err(why) = state.verifier.verify(&headers, &body) {
-        tracing::warn!(why, "refused a Discord request: bad signature");
+        // Counted, and logged in a sampled line: Discord itself sends forged probes, and
+        // anyone can post here.
+        state.refusals.refused(why);
         return (StatusCode::UNAUTHORIZED, "invalid request signature").into_response();
     }
     let interaction: Interaction = match serde_json::from_slice(&body) {

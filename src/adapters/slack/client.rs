@@ -116,16 +116,22 @@ impl SlackApi {
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
+                // 429 is not retried: Slack said "not now" for a message whose link lives 30 s,
+                // and a response_url takes only five posts; waiting out Retry-After would deliver
+                // a dead link, and retrying sooner only earns more 429s.
                 let retry = match &e {
                     SlackClientError::HttpError(h) => h.status_code.is_server_error(),
-                    SlackClientError::HttpProtocolError(_)
-                    | SlackClientError::EndOfStream(_)
-                    | SlackClientError::RateLimitError(_) => true,
+                    SlackClientError::HttpProtocolError(_) | SlackClientError::EndOfStream(_) => {
+                        true
+                    }
                     _ => false,
                 };
                 let detail = match &e {
                     SlackClientError::HttpError(h) => {
                         format!("Slack answered HTTP {}", h.status_code.as_u16())
+                    }
+                    SlackClientError::RateLimitError(_) => {
+                        "Slack answered HTTP 429 (rate limited); not retried".to_string()
                     }
                     _ => "the post to Slack failed".to_string(),
                 };

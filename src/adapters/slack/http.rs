@@ -15,24 +15,33 @@ use slack_morphism::prelude::*;
 
 use super::verify::SlackVerifier;
 use super::SlackState;
+use crate::core::asker::Platform;
 
 struct HttpState {
     slack: Arc<SlackState>,
     verifier: SlackVerifier,
+    refusals: crate::adapters::unsigned::Unsigned,
 }
 
 /// The two webhook routes.
 pub fn router(slack: Arc<SlackState>, verifier: SlackVerifier) -> Router {
+    let refusals =
+        crate::adapters::unsigned::Unsigned::new(Platform::Slack, slack.app.metrics.clone());
     Router::new()
         .route("/slack/commands", post(commands))
         .route("/slack/interactions", post(interactions))
-        .with_state(Arc::new(HttpState { slack, verifier }))
+        .with_state(Arc::new(HttpState {
+            slack,
+            verifier,
+            refusals,
+        }))
 }
 
-/// 401 for anything Slack did not sign (the reason goes to the operator's log only).
+/// 401 for anything Slack did not sign (counted; the reason reaches the operator's log in a
+/// sampled line, see `adapters::unsigned`).
 fn verified(state: &HttpState, headers: &HeaderMap, body: &[u8]) -> Result<(), Unsigned> {
     state.verifier.verify(headers, body).map_err(|why| {
-        tracing::warn!(why, "refused a Slack request: bad signature");
+        state.refusals.refused(why);
         Unsigned
     })
 }

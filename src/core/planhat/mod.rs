@@ -59,6 +59,10 @@ impl PlanhatError {
     }
 }
 
+/// The largest Planhat answer the bot reads (64 KiB, like the bodies it accepts itself). Its
+/// answers are a boolean, a URL or a short list; anything bigger is not one of them.
+pub const MAX_ANSWER: usize = 64 * 1024;
+
 /// The three Planhat calls the bot makes, by name (metrics label).
 #[derive(Clone, Copy)]
 enum Call {
@@ -294,13 +298,7 @@ impl Planhat {
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         match status {
-            s if s.is_success() => {
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| self.transport_error(e))?;
-                Ok(bytes_body::Body(body))
-            }
+            s if s.is_success() => self.read_capped(response).await,
             StatusCode::NOT_FOUND => Err(PlanhatError::NotFound),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 Err(PlanhatError::TokenRejected(status.as_u16()))
@@ -327,6 +325,39 @@ impl Planhat {
                 s.as_u16()
             ))),
         }
+    }
+
+    /// Reads a body of at most [`MAX_ANSWER`] bytes, chunk by chunk; a longer one is an
+    /// unusable answer and is not read further (the connection is dropped with the response).
+    /// reqwest has no size limit of its own, and `bytes()` would buffer whatever arrives.
+    async fn read_capped(
+        &self,
+        mut response: reqwest::Response,
+    ) -> Result<bytes_body::Body, PlanhatError> {
+        let too_big = || {
+            PlanhatError::Unusable(format!(
+                "the answer is larger than {} KiB",
+                MAX_ANSWER / 1024
+            ))
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER as u64)
+        {
+            return Err(too_big());
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(e))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(bytes_body::Body(body.freeze()))
     }
 
     fn refuse_if_paused(&self) -> Result<(), PlanhatError> {
