@@ -4,6 +4,7 @@ pub mod deliver;
 pub mod discord;
 pub mod go;
 pub mod http;
+pub mod notice;
 pub mod serve;
 pub mod slack;
 pub mod state;

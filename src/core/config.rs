@@ -49,6 +49,17 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
     pub state: StateConfig,
+    pub notify: NotifyConfig,
+}
+
+/// `[notify]`: the transparency channel; each set channel gets one line per link, `/go/`
+/// click and scope refusal.
+#[derive(Debug, Clone, Default)]
+pub struct NotifyConfig {
+    /// A Slack channel id (`C…`); the bot must be a member of it.
+    pub slack_channel: Option<String>,
+    /// A Discord channel id.
+    pub discord_channel: Option<u64>,
 }
 
 /// `[state]`: where replicas share state. No `redis_url`: in this process (one replica).
@@ -297,6 +308,15 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     state: RawState,
+    #[serde(default)]
+    notify: RawNotify,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    slack_channel: Option<String>,
+    discord_channel: Option<DiscordId>,
 }
 
 #[derive(Deserialize)]
@@ -1043,7 +1063,24 @@ impl RawConfig {
         };
         let audit = self.audit.validate()?;
         let state = self.state.validate(env)?;
+        let notify = NotifyConfig {
+            slack_channel: self
+                .notify
+                .slack_channel
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty()),
+            discord_channel: self.notify.discord_channel.map(|d| d.0),
+        };
+        if let Some(c) = &notify.slack_channel {
+            if !c.chars().all(|ch| ch.is_ascii_alphanumeric()) {
+                return Err(ConfigError::at(
+                    "notify.slack_channel",
+                    format!("{c:?} is not a Slack channel id (like \"C0123456789\")"),
+                ));
+            }
+        }
         Ok(Config {
+            notify,
             state,
             server: ServerConfig {
                 listen,

@@ -48,6 +48,7 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_refused: Family<ReasonLabels, Counter>,
     unsigned: Family<PlatformLabels, Counter>,
+    notices_failed: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,7 +154,14 @@ impl Metrics {
             "Webhook requests refused (401) for a missing, wrong or stale signature",
             unsigned.clone(),
         );
+        let notices_failed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "notices_failed",
+            "Transparency-channel lines not posted, by reason (dropped: queue full; slack/discord: the post failed)",
+            notices_failed.clone(),
+        );
         Metrics {
+            notices_failed,
             state,
             registry: Mutex::new(registry),
             unsigned,
@@ -230,6 +238,13 @@ impl Metrics {
     pub fn unsigned_request(&self, platform: &'static str) {
         self.unsigned
             .get_or_create(&PlatformLabels { platform })
+            .inc();
+    }
+
+    /// Counts a transparency-channel line that was not posted.
+    pub fn notice_failed(&self, reason: &'static str) {
+        self.notices_failed
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -11,6 +11,7 @@ pub mod directory;
 pub mod enduser;
 pub mod metrics;
 pub mod names;
+pub mod notify;
 pub mod onetime;
 pub mod ownership;
 pub mod planhat;

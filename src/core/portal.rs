@@ -268,6 +268,8 @@ pub struct PortalService {
     names: Arc<NameCache>,
     /// `scope = "owned"`: who owns which company.
     ownership: Ownership,
+    /// The transparency channel's outlets (`[notify]`), registered by the chat adapters.
+    notifier: super::notify::Notifier,
     /// Each chat platform's directory (emails, current groups), registered at start-up.
     directories: std::sync::RwLock<std::collections::HashMap<Platform, Arc<dyn Directory>>>,
 }
@@ -302,6 +304,7 @@ impl PortalService {
             ownership,
             names,
             directories: Default::default(),
+            notifier: Default::default(),
         }
     }
 
@@ -311,6 +314,40 @@ impl PortalService {
             .unwrap_or_else(|p| p.into_inner())
             .get(&platform)
             .cloned()
+    }
+
+    /// The transparency channel (a chat adapter with a `[notify]` channel takes an outlet).
+    pub fn notifier(&self) -> &super::notify::Notifier {
+        &self.notifier
+    }
+
+    /// Tells the transparency channel about links handed out, `/go/` clicks and scope
+    /// refusals. Never waits; never a URL.
+    fn notify(&self, asker: &Asker, action: Action, reply: &Reply, end_user: Option<&str>) {
+        use super::notify::{Notice, NoticeKind};
+        let (kind, who) = match reply {
+            Reply::Link(l) if action == Action::Go => (NoticeKind::Opened, l.who.as_ref()),
+            Reply::Link(l) => (NoticeKind::Link, l.who.as_ref()),
+            Reply::Refused(Refusal::OutOfScope(ScopeDenied::NotYours(_))) => {
+                (NoticeKind::RefusedScope, None)
+            }
+            _ => return,
+        };
+        let end_user = who
+            .and_then(|w| w.name.clone())
+            .or_else(|| end_user.map(str::to_string))
+            .unwrap_or_else(|| "an end user".into());
+        let notice = Notice {
+            kind,
+            platform: asker.platform,
+            asker: asker.user_id.clone(),
+            end_user,
+            company: who.and_then(|w| w.company.clone()),
+        };
+        let dropped = self.notifier.send(&notice);
+        for _ in 0..dropped {
+            self.metrics.notice_failed("dropped");
+        }
     }
 
     /// A chat adapter registers its platform's directory (emails, current groups).
@@ -788,6 +825,7 @@ impl PortalService {
     ) -> Reply {
         let took = started.elapsed();
         let outcome = reply.outcome();
+        let notice_end_user = audited.end_user.clone();
         let event = AuditEvent {
             time: AuditEvent::now(),
             platform: asker.platform.name(),
@@ -815,6 +853,7 @@ impl PortalService {
             }
         };
         let outcome = reply.outcome();
+        self.notify(asker, action, &reply, notice_end_user.as_deref());
         self.metrics.request(asker.platform.name(), outcome, took);
         tracing::info!(
             platform = asker.platform.name(),

@@ -62,9 +62,48 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         )),
     );
     let mut tasks = vec![
-        tokio::spawn(register::register(http, config.guild_ids.clone())),
+        tokio::spawn(register::register(http.clone(), config.guild_ids.clone())),
         tokio::spawn(expiry::run(state.clone(), app.shutdown())),
     ];
+    if let Some(channel) = app.config.notify.discord_channel {
+        let outlet = app.portal.notifier().outlet();
+        tasks.push(tokio::spawn(super::notice::run(
+            outlet,
+            "discord",
+            app.metrics.clone(),
+            app.shutdown(),
+            move |batch| {
+                let http = http.clone();
+                async move {
+                    let text = batch
+                        .iter()
+                        .map(|n| {
+                            format!(
+                                "<@{}> {}",
+                                render::escape(&n.asker),
+                                n.describe(render::escape)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    // The mention shows the name and pings no one.
+                    let message = serenity::all::CreateMessage::new()
+                        .content(text)
+                        .allowed_mentions(serenity::all::CreateAllowedMentions::new());
+                    let sent = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        serenity::all::ChannelId::new(channel).send_message(&*http, message),
+                    )
+                    .await;
+                    match sent {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(rest::describe(&e)),
+                        Err(_) => Err("no answer within 5s".into()),
+                    }
+                }
+            },
+        )));
+    }
     let router = match config.mode {
         DiscordMode::Http => {
             let verifier = verify::DiscordVerifier::new(config.public_key).ok_or_else(|| {

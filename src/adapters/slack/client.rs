@@ -88,6 +88,20 @@ impl SlackApi {
         }
     }
 
+    /// Posts `text` to a channel (`chat.postMessage`: the transparency channel).
+    pub async fn post_message(&self, channel: &str, text: &str) -> Result<(), String> {
+        let session = self.client.open_session(&self.bot_token);
+        let request = SlackApiChatPostMessageRequest::new(
+            channel.to_string().into(),
+            SlackMessageContent::new().with_text(text.to_string()),
+        );
+        match tokio::time::timeout(CALL_TIMEOUT, session.chat_post_message(&request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("chat.postMessage failed: {e}")),
+            Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
+        }
+    }
+
     /// Posts an ephemeral message to a `response_url` (a late answer, or a replacement after a
     /// button click when `replace_original`).
     pub async fn post_response(

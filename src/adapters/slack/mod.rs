@@ -67,7 +67,33 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         Platform::Slack,
         Arc::new(directory::SlackDirectory::new(api.clone(), groups.clone())),
     );
-    let mut tasks = vec![tokio::spawn(groups.run(api, app.shutdown()))];
+    let mut tasks = vec![tokio::spawn(groups.run(api.clone(), app.shutdown()))];
+    if let Some(channel) = app.config.notify.slack_channel.clone() {
+        let (api, outlet) = (api.clone(), app.portal.notifier().outlet());
+        tasks.push(tokio::spawn(super::notice::run(
+            outlet,
+            "slack",
+            app.metrics.clone(),
+            app.shutdown(),
+            move |batch| {
+                let (api, channel) = (api.clone(), channel.clone());
+                async move {
+                    let text = batch
+                        .iter()
+                        .map(|n| {
+                            format!(
+                                "<@{}> {}",
+                                render::escape(&n.asker),
+                                n.describe(render::escape)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    api.post_message(&channel, &text).await
+                }
+            },
+        )));
+    }
     let router = match config.mode {
         SlackMode::Http => http::router(
             state,

@@ -1,0 +1,56 @@
+//! Posting the transparency channel's notices ([`crate::core::notify`]), shared by the Slack
+//! and Discord adapters: wait for a notice, gather what else arrives within a second (up to
+//! [`BATCH`]), post them as one message, then pause, so a burst of links becomes a few
+//! messages well inside the platforms' per-channel rate limits (about one a second). Failures
+//! are logged and counted; nothing here ever delays an asker.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::core::metrics::Metrics;
+use crate::core::notify::Notice;
+use crate::shutdown::Shutdown;
+
+/// Lines per message at most.
+pub const BATCH: usize = 20;
+/// How long a first notice waits for company, and the pause after each post.
+const PACE: Duration = Duration::from_secs(1);
+
+/// Posts batches from `rx` with `post` until shutdown (or the sender is gone).
+pub async fn run<P, F>(
+    mut rx: mpsc::Receiver<Notice>,
+    platform: &'static str,
+    metrics: Arc<Metrics>,
+    mut shutdown: Shutdown,
+    post: P,
+) where
+    P: Fn(Vec<Notice>) -> F,
+    F: Future<Output = Result<(), String>>,
+{
+    loop {
+        let first = tokio::select! {
+            n = rx.recv() => match n { Some(n) => n, None => return },
+            _ = shutdown.fired() => return,
+        };
+        let mut batch = vec![first];
+        let gather = tokio::time::sleep(PACE);
+        tokio::pin!(gather);
+        while batch.len() < BATCH {
+            tokio::select! {
+                n = rx.recv() => match n { Some(n) => batch.push(n), None => break },
+                _ = &mut gather => break,
+            }
+        }
+        let lines = batch.len();
+        if let Err(e) = post(batch).await {
+            tracing::warn!(platform, lines, error = %e, "transparency-channel post failed");
+            for _ in 0..lines {
+                metrics.notice_failed(platform);
+            }
+        }
+        tokio::time::sleep(PACE).await;
+    }
+}
