@@ -121,15 +121,6 @@ async fn go_request(app: &Running, id: &str, method: reqwest::Method) -> (u16, S
     (status, location, r.text().await.unwrap_or_default())
 }
 
-async fn readyz(app: &Running) -> (u16, String) {
-    let r = client()
-        .get(format!("http://{}/readyz", app.addr))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
 async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
 where
     F: FnMut() -> Fut,

@@ -937,15 +937,6 @@ async fn socket_server(
     (conns, acceptor)
 }
 
-async fn readyz(app: &Running) -> (u16, String) {
-    let r = client()
-        .get(format!("http://{}/readyz", app.addr))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
 /// Ten people ask at once over one connection while Planhat takes 4 s: every envelope is
 /// acknowledged well inside Slack's 3 s (no envelope waits for another), and every asker gets
 /// their link through response_url once Planhat answers.

@@ -19,6 +19,16 @@ pub const BATCH: usize = 20;
 /// How long a first notice waits for company, and the pause after each post.
 const PACE: Duration = Duration::from_secs(1);
 
+/// The batch as one message: a line per notice, the asker as a mention (`<@id>`, which both
+/// platforms render as the person's name), everything else escaped with `escape`.
+pub fn text(batch: &[Notice], escape: fn(&str) -> String) -> String {
+    batch
+        .iter()
+        .map(|n| format!("<@{}> {}", escape(&n.asker), n.describe(escape)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Posts batches from `rx` with `post` until shutdown (or the sender is gone).
 pub async fn run<P, F>(
     mut rx: mpsc::Receiver<Notice>,

@@ -296,3 +296,13 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
         self.clone()
     }
 }
+
+/// `GET /readyz` on the app: status and body.
+pub async fn readyz(app: &Running) -> (u16, String) {
+    let r = client()
+        .get(format!("http://{}/readyz", app.addr))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}

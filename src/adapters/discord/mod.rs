@@ -75,17 +75,7 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
             move |batch| {
                 let http = http.clone();
                 async move {
-                    let text = batch
-                        .iter()
-                        .map(|n| {
-                            format!(
-                                "<@{}> {}",
-                                render::escape(&n.asker),
-                                n.describe(render::escape)
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n");
+                    let text = super::notice::text(&batch, render::escape);
                     // The mention shows the name and pings no one.
                     let message = serenity::all::CreateMessage::new()
                         .content(text)

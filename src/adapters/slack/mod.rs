@@ -78,17 +78,7 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
             move |batch| {
                 let (api, channel) = (api.clone(), channel.clone());
                 async move {
-                    let text = batch
-                        .iter()
-                        .map(|n| {
-                            format!(
-                                "<@{}> {}",
-                                render::escape(&n.asker),
-                                n.describe(render::escape)
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n");
+                    let text = super::notice::text(&batch, render::escape);
                     api.post_message(&channel, &text).await
                 }
             },
