@@ -223,6 +223,9 @@ pub struct PortalService {
 /// One-time links held at once, at most.
 const MAX_ONETIME: usize = 100_000;
 
+/// End users' names cached at once, about (a full cache evicts as it inserts: [`NameCache`]).
+const MAX_NAMES: usize = 10_000;
+
 impl PortalService {
     /// Assembles the use case from its parts.
     pub fn new(
@@ -243,7 +246,7 @@ impl PortalService {
             link_lifetime,
             public_url: public_url.map(|u| u.as_str().trim_end_matches('/').to_string()),
             onetime: OneTimeLinks::new(MAX_ONETIME),
-            names: Arc::new(NameCache::new(10_000, Duration::from_secs(3600))),
+            names: Arc::new(NameCache::new(MAX_NAMES, Duration::from_secs(3600))),
         }
     }
 
@@ -257,11 +260,11 @@ impl PortalService {
         &self.planhat
     }
 
-    /// Forgets rate-limit buckets of quiet askers (called periodically).
+    /// Forgets rate-limit buckets of quiet askers and expired `/go/` ids (called periodically,
+    /// off the request path). Cached names need no sweep: their cache evicts as it inserts.
     pub fn sweep(&self) {
         self.limiter.sweep(Instant::now());
         self.onetime.sweep();
-        self.names.sweep();
     }
 
     /// `GET /go/{id}`: uses the id up, then runs the whole flow for its asker and end user
