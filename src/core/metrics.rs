@@ -44,6 +44,7 @@ pub struct Metrics {
     reconnects: Family<ConnectionLabels, Counter>,
     deliveries_failed: Family<PlatformLabels, Counter>,
     in_flight: Gauge,
+    lookups_skipped: Counter,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -73,6 +74,7 @@ impl Metrics {
         let reconnects = Family::<ConnectionLabels, Counter>::default();
         let deliveries_failed = Family::<PlatformLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let lookups_skipped = Counter::default();
         registry.register(
             "requests",
             "Link requests by platform and outcome",
@@ -103,6 +105,11 @@ impl Metrics {
             "Planhat calls in flight",
             in_flight.clone(),
         );
+        registry.register(
+            "planhat_lookups_skipped",
+            "Name lookups not made because Planhat's per-minute budget was nearly spent",
+            lookups_skipped.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -111,7 +118,21 @@ impl Metrics {
             reconnects,
             deliveries_failed,
             in_flight,
+            lookups_skipped,
         }
+    }
+
+    /// Adds metrics computed on each scrape (e.g. Planhat's calls in the last minute).
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register_collector(collector);
+    }
+
+    /// Counts a name lookup skipped to save Planhat's budget for links.
+    pub fn lookup_skipped(&self) {
+        self.lookups_skipped.inc();
     }
 
     /// Counts one finished request.

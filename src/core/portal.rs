@@ -439,13 +439,18 @@ impl PortalService {
 
     /// Looks the end user's name up beside the other calls; never waits for it afterwards.
     /// Names are cached (they rarely change), so asking again for the same end user costs
-    /// Planhat only the access check and the mint.
+    /// Planhat only the access check and the mint. The lookup is optional: while Planhat's
+    /// per-minute budget is nearly spent it is skipped (and counted), so links keep the budget.
     fn lookup_who(&self, id: &EndUserId, known: Option<EndUserSummary>) -> WhoLookup {
         if known.is_some() {
             return WhoLookup::Known(known);
         }
         if let Some(cached) = self.names.get(id) {
             return WhoLookup::Known(Some(cached));
+        }
+        if !self.planhat.room_for_optional() {
+            self.metrics.lookup_skipped();
+            return WhoLookup::Known(None);
         }
         if !self.names.claim(id) {
             return WhoLookup::Known(None); // another request is fetching it right now

@@ -2,10 +2,13 @@
 //!
 //! One `reqwest` client (rustls, pooled, kept warm) is shared by every request. Calls are
 //! bounded (`max_in_flight`), time-limited, and paused for everyone at once when Planhat says
-//! 429. Errors are typed so the chat adapters can say one clear line, and their `Display` never
-//! contains a body, a URL with a token, or the API token.
+//! 429. Every call sent is counted in a one-minute window ([`budget`]), so optional calls can
+//! give way before Planhat's per-minute budget runs out. Errors are typed so the chat adapters
+//! can say one clear line, and their `Display` never contains a body, a URL with a token, or
+//! the API token.
 
 pub mod answer;
+pub mod budget;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use reqwest::StatusCode;
 use tokio::sync::Semaphore;
 
 pub use answer::EndUserSummary;
+use budget::{CallWindow, CallsCollector};
 
 use super::config::PlanhatConfig;
 use super::enduser::EndUserId;
@@ -90,6 +94,9 @@ struct Inner {
     permits: Semaphore,
     /// Unix milliseconds until which every call is refused after a 429 (0: not paused).
     paused_until_ms: AtomicU64,
+    /// Calls sent in the last minute, and the count below which optional calls may be made.
+    calls: Arc<CallWindow>,
+    optional_below: u64,
     started: Instant,
     metrics: Arc<Metrics>,
 }
@@ -117,6 +124,8 @@ impl Planhat {
             .build()
             .map_err(|e| PlanhatError::Unreachable(format!("cannot start the HTTP client: {e}")))?;
         let portal = config.portal_url.as_str().trim_end_matches('/');
+        let calls = Arc::new(CallWindow::new());
+        metrics.register_collector(Box::new(CallsCollector(calls.clone())));
         Ok(Planhat {
             inner: Arc::new(Inner {
                 http,
@@ -125,6 +134,8 @@ impl Planhat {
                 timeout: config.timeout,
                 permits: Semaphore::new(config.max_in_flight),
                 paused_until_ms: AtomicU64::new(0),
+                calls,
+                optional_below: u64::from(config.calls_per_minute) * 3 / 4,
                 started: Instant::now(),
                 metrics,
             }),
@@ -201,6 +212,18 @@ impl Planhat {
         self.get(Call::Lookup, &url).await.map(|_| ())
     }
 
+    /// True while an optional call (a name lookup) fits Planhat's budget: the last minute's
+    /// calls are below three quarters of `planhat.calls_per_minute`. The last quarter is kept
+    /// for links, so names never push links into a 429.
+    pub fn room_for_optional(&self) -> bool {
+        self.inner.calls.last_minute() < self.inner.optional_below
+    }
+
+    /// Calls sent to Planhat in the last 60 seconds.
+    pub fn calls_last_minute(&self) -> u64 {
+        self.inner.calls.last_minute()
+    }
+
     fn now_ms(&self) -> u64 {
         self.inner.started.elapsed().as_millis() as u64
     }
@@ -243,6 +266,7 @@ impl Planhat {
             .map_err(|_| PlanhatError::Unreachable("shutting down".into()))?;
         // Re-check: the pause may have started while this call waited for its turn.
         self.refuse_if_paused()?;
+        self.inner.calls.record();
         self.inner.metrics.planhat_in_flight(1);
         let _gauge = InFlight(&self.inner.metrics);
         let response = self
