@@ -1,16 +1,18 @@
 //! Answer inline when the work is done in time, otherwise acknowledge now and deliver later:
 //! never both, never neither.
 //!
-//! Both chat platforms drop an answer after 3 seconds. The work runs in its own task; the
-//! request waits up to the reply budget. If the budget runs out, the receiver is closed and
-//! checked once more, so a value that arrived at the last instant is still answered inline;
-//! otherwise the task finds the receiver closed and hands its value to the late-delivery
-//! closure (Slack `response_url`, Discord edit). Tasks are tracked so shutdown can wait for them.
+//! Both chat platforms drop an answer after 3 seconds. The work runs inside the request itself
+//! for up to the reply budget: no task is spawned and nothing is handed between tasks when the
+//! answer is ready in time, which is nearly always. When the budget runs out first (or the
+//! request is dropped, e.g. its connection closed), the unfinished work moves, already boxed,
+//! into a tracked task that hands its value to the late-delivery closure (Slack
+//! `response_url`, Discord edit). One future is polled by one task at a time, so the two
+//! outcomes exclude each other by construction. Tasks are tracked so shutdown can wait for them.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use crate::core::portal::{Refusal, Reply};
@@ -22,6 +24,46 @@ pub enum Answer<T> {
     Inline(T),
     /// Acknowledge now; the value goes to the late-delivery closure.
     Deferred,
+}
+
+/// Work being waited for inline. Dropped before it finished (budget over, request gone), it
+/// goes on in a tracked task and hands its value to `late`.
+struct Pending<T, W, L, LF>
+where
+    T: Send + 'static,
+    W: Future<Output = T> + Send + 'static,
+    L: FnOnce(T) -> LF + Send + 'static,
+    LF: Future<Output = ()> + Send + 'static,
+{
+    work: Option<Pin<Box<W>>>,
+    late: Option<L>,
+    tasks: TaskTracker,
+}
+
+impl<T, W, L, LF> Drop for Pending<T, W, L, LF>
+where
+    T: Send + 'static,
+    W: Future<Output = T> + Send + 'static,
+    L: FnOnce(T) -> LF + Send + 'static,
+    LF: Future<Output = ()> + Send + 'static,
+{
+    fn drop(&mut self) {
+        let (Some(work), Some(late)) = (self.work.take(), self.late.take()) else {
+            return; // answered inline
+        };
+        // Outside a runtime (it is shutting down) there is nowhere left to run it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.tasks.spawn_on(
+            async move {
+                let value = work.await;
+                // Boxed: a waiting task stays small until its delivery actually runs.
+                Box::pin(late(value)).await;
+            },
+            &runtime,
+        );
+    }
 }
 
 /// Runs `work`; returns its value if it is ready within `budget`, else arranges for `late` to
@@ -36,28 +78,23 @@ where
     T: Send + 'static,
     W: Future<Output = T> + Send + 'static,
     L: FnOnce(T) -> LF + Send + 'static,
-    LF: Future<Output = ()> + Send,
+    LF: Future<Output = ()> + Send + 'static,
 {
-    let (tx, mut rx) = oneshot::channel();
-    tasks.spawn(async move {
-        let value = work.await;
-        if let Err(value) = tx.send(value) {
-            late(value).await;
+    let mut pending = Pending {
+        work: Some(Box::pin(work)),
+        late: Some(late),
+        tasks: tasks.clone(),
+    };
+    let Some(work) = pending.work.as_mut() else {
+        return Answer::Deferred; // unreachable: set just above
+    };
+    match tokio::time::timeout(budget, work).await {
+        Ok(value) => {
+            pending.work = None;
+            Answer::Inline(value)
         }
-    });
-    match tokio::time::timeout(budget, &mut rx).await {
-        Ok(Ok(value)) => Answer::Inline(value),
-        Ok(Err(_)) => {
-            tracing::error!("the request's work ended without an answer");
-            Answer::Deferred
-        }
-        Err(_) => {
-            rx.close();
-            match rx.try_recv() {
-                Ok(value) => Answer::Inline(value),
-                Err(_) => Answer::Deferred,
-            }
-        }
+        // `pending` is dropped here: the rest of the work is delivered late.
+        Err(_) => Answer::Deferred,
     }
 }
 
@@ -162,6 +199,29 @@ mod tests {
         tasks.close();
         tasks.wait().await;
         assert_eq!(*delivered.lock().unwrap(), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_before_its_answer_still_gets_it_delivered() {
+        let tasks = TaskTracker::new();
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let d = delivered.clone();
+        let request = inline_or_later(
+            &tasks,
+            Duration::from_secs(5),
+            async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                3
+            },
+            move |v| async move { d.lock().unwrap().push(v) },
+        );
+        // The connection closes long before the budget: the request's future is dropped.
+        assert!(tokio::time::timeout(Duration::from_millis(10), request)
+            .await
+            .is_err());
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(*delivered.lock().unwrap(), vec![3]);
     }
 
     #[tokio::test]
