@@ -88,7 +88,11 @@ pub struct Planhat {
 
 struct Inner {
     http: reqwest::Client,
-    api_base: String,
+    /// The API base, parsed once: each call's URL is this with its path set, so no call parses
+    /// (and IDNA-maps) the host again.
+    api_url: reqwest::Url,
+    /// The base's own path without a trailing slash (`""`, or a proxy's prefix).
+    api_path: String,
     redirect_prefix: String,
     timeout: Duration,
     permits: Semaphore,
@@ -112,9 +116,10 @@ impl Planhat {
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, auth);
+        // No client-wide timeout: `get` bounds each call as a whole (queueing, retry and body
+        // included), and a second timer per call would only cost.
         let http = reqwest::Client::builder()
             .default_headers(headers)
-            .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(config.max_in_flight)
@@ -129,7 +134,8 @@ impl Planhat {
         Ok(Planhat {
             inner: Arc::new(Inner {
                 http,
-                api_base: config.api_url.as_str().trim_end_matches('/').to_string(),
+                api_url: config.api_url.clone(),
+                api_path: config.api_url.path().trim_end_matches('/').to_string(),
                 redirect_prefix: format!("{portal}/redirect/"),
                 timeout: config.timeout,
                 permits: Semaphore::new(config.max_in_flight),
@@ -144,11 +150,7 @@ impl Planhat {
 
     /// May this end user use the portal?
     pub async fn check_access(&self, id: &EndUserId) -> Result<bool, PlanhatError> {
-        let url = format!(
-            "{}/shareabletokens/access/{}",
-            self.inner.api_base,
-            id.path_segment()
-        );
+        let url = self.url(&format!("/shareabletokens/access/{}", id.path_segment()));
         let body = self.get(Call::Access, &url).await?;
         answer::parse_access(&body).ok_or_else(|| {
             PlanhatError::Unusable(format!(
@@ -161,11 +163,7 @@ impl Planhat {
     /// Mints a signed login URL. It is only returned when it starts with
     /// `{portal_url}/redirect/`; otherwise it is dropped unseen.
     pub async fn mint(&self, id: &EndUserId) -> Result<Secret, PlanhatError> {
-        let url = format!(
-            "{}/shareabletokens/{}",
-            self.inner.api_base,
-            id.path_segment()
-        );
+        let url = self.url(&format!("/shareabletokens/{}", id.path_segment()));
         let body = self.get(Call::Mint, &url).await?;
         answer::parse_signed_url(&body, &self.inner.redirect_prefix)
             .map(Secret::new)
@@ -180,10 +178,9 @@ impl Planhat {
 
     /// End users with this email address.
     pub async fn find_by_email(&self, email: &str) -> Result<Vec<EndUserSummary>, PlanhatError> {
-        let mut url = reqwest::Url::parse(&format!("{}/endusers", self.inner.api_base))
-            .map_err(|e| PlanhatError::Unusable(format!("bad API URL: {e}")))?;
+        let mut url = self.url("/endusers");
         url.query_pairs_mut().append_pair("email", email);
-        let body = self.get(Call::Lookup, url.as_str()).await?;
+        let body = self.get(Call::Lookup, &url).await?;
         answer::parse_endusers(&body).ok_or_else(|| {
             PlanhatError::Unusable(format!(
                 "the end-user search answer ({} bytes) is not a list",
@@ -195,7 +192,7 @@ impl Planhat {
     /// Name and company of one end user (`GET /endusers/{id}`), for showing whom the asker is
     /// about to become.
     pub async fn find_by_id(&self, id: &EndUserId) -> Result<EndUserSummary, PlanhatError> {
-        let url = format!("{}/endusers/{}", self.inner.api_base, id.path_segment());
+        let url = self.url(&format!("/endusers/{}", id.path_segment()));
         let body = self.get(Call::Lookup, &url).await?;
         answer::parse_enduser(&body).ok_or_else(|| {
             PlanhatError::Unusable(format!(
@@ -208,8 +205,17 @@ impl Planhat {
     /// One authenticated call that proves the token and the host work (for `check` and to warm
     /// the connection pool at start-up, so the first user doesn't pay DNS + TCP + TLS).
     pub async fn probe(&self) -> Result<(), PlanhatError> {
-        let url = format!("{}/endusers?limit=1", self.inner.api_base);
+        let mut url = self.url("/endusers");
+        url.set_query(Some("limit=1"));
         self.get(Call::Lookup, &url).await.map(|_| ())
+    }
+
+    /// `{api_url}{path}`; `path` starts with `/` and its end-user part is already one escaped
+    /// segment ([`EndUserId::path_segment`]), which setting the path keeps as it is.
+    fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.inner.api_url.clone();
+        url.set_path(&format!("{}{path}", self.inner.api_path));
+        url
     }
 
     /// True while an optional call (a name lookup) fits Planhat's budget: the last minute's
@@ -229,7 +235,7 @@ impl Planhat {
     }
 
     /// One GET with the shared limits: global 429 pause, `max_in_flight`, overall timeout.
-    async fn get(&self, call: Call, url: &str) -> Result<bytes_body::Body, PlanhatError> {
+    async fn get(&self, call: Call, url: &reqwest::Url) -> Result<bytes_body::Body, PlanhatError> {
         let started = Instant::now();
         // One retry, only for a connection that could not be made (nothing reached Planhat, so
         // repeating the GET is safe), and only inside the same time budget.
@@ -256,7 +262,7 @@ impl Planhat {
         result
     }
 
-    async fn get_unbounded(&self, url: &str) -> Result<bytes_body::Body, PlanhatError> {
+    async fn get_unbounded(&self, url: &reqwest::Url) -> Result<bytes_body::Body, PlanhatError> {
         self.refuse_if_paused()?;
         let _permit = self
             .inner
@@ -272,7 +278,7 @@ impl Planhat {
         let response = self
             .inner
             .http
-            .get(url)
+            .get(url.clone())
             .send()
             .await
             .map_err(|e| self.transport_error(e))?;
