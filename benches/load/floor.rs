@@ -40,9 +40,10 @@ pub fn serve(listen: &str, planhat: &str, token: &str) -> std::process::ExitCode
     };
     let mut headers = HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, auth);
+    // reqwest's default pool keeps every idle connection: with no limit on calls in flight,
+    // a smaller pool would close and reopen connections under load (a TCP handshake per call).
     let http = match reqwest::Client::builder()
         .default_headers(headers)
-        .pool_max_idle_per_host(32)
         .tcp_nodelay(true)
         .no_proxy()
         .build()

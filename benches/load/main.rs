@@ -15,6 +15,8 @@
 //! `LOAD_CALLGRIND=1 cargo bench --bench load -- --drive bot slack 1 2000` starts the server
 //! under `valgrind --tool=callgrind`, warms it up, counts only the `2000` requests, and prints
 //! instructions per request (and where the profile was written, for `callgrind_annotate`).
+//! With `LOAD_PERF=1` instead, the server runs as usual and `perf record -e cpu-clock -g`
+//! samples it during the counted requests (kernel time included), for `perf report`.
 
 mod floor;
 
@@ -958,6 +960,21 @@ async fn drive(args: &[String]) {
     if callgrind.is_some() {
         ctl("-z");
     }
+    let perf_data = std::env::temp_dir().join(format!("pb-perf-{}.data", std::process::id()));
+    let mut perf = std::env::var_os("LOAD_PERF").and_then(|_| {
+        Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", "4000", "-g", "-p"])
+            .arg(server.pid().to_string())
+            .arg("-o")
+            .arg(&perf_data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()
+    });
+    if perf.is_some() {
+        tokio::time::sleep(Duration::from_millis(500)).await; // perf attaches
+    }
     let (mut answered, mut errors, mut cpu, mut wall) = (0, 0, 0.0, Duration::ZERO);
     for first in (0..n).step_by(1000) {
         let reqs = requests_from(
@@ -978,6 +995,13 @@ async fn drive(args: &[String]) {
         cpu * 1e6 / n as f64,
         n as f64 / wall.as_secs_f64()
     );
+    if let Some(perf) = perf.as_mut() {
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+        println!("perf profile: {}", perf_data.display());
+    }
     if let Some(dir) = callgrind {
         ctl("-d");
         // The dump is the newest file; its `totals:` line counts the requests alone.
