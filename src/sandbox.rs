@@ -6,11 +6,17 @@
 //! access, a slow answer, a failing Planhat, an unknown id, an email with several matches.
 //! Its signed URLs point back at the sandbox's own `/redirect/{token}` page, which says whom
 //! the link logged in, or that it has expired.
+//!
+//! For load benchmarks it also knows any number of synthetic end users, `load-0`, `load-1`, …
+//! (each answers like `jane`), and its own per-call work stays constant however many distinct
+//! end users and links it has seen: minted tokens are remembered in a bounded O(1) cache, so the
+//! sandbox never becomes the bottleneck of the benchmark it serves.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
@@ -26,6 +32,16 @@ use crate::core::secret::Secret;
 
 /// The API token the sandbox accepts (it guards nothing real).
 pub const SANDBOX_TOKEN: &str = "sandbox-token";
+
+/// The `Authorization` header that carries [`SANDBOX_TOKEN`].
+const SANDBOX_AUTH: &str = "Bearer sandbox-token";
+
+/// Synthetic end users for load benchmarks are `load-` followed by digits.
+pub const LOAD_USER_PREFIX: &str = "load-";
+
+/// Minted tokens remembered at most (the oldest go first): enough for every link a load
+/// benchmark mints within a link's lifetime, and a bound however long the sandbox runs.
+const MAX_MINTED: usize = 200_000;
 
 /// One of the sandbox's end users.
 pub struct SandboxUser {
@@ -120,8 +136,7 @@ impl Sandbox {
         let state = Arc::new(SandboxState {
             base: base.as_str().trim_end_matches('/').to_string(),
             options,
-            minted: Mutex::new(HashMap::new()),
-            last_sweep: Mutex::new(Instant::now()),
+            minted: quick_cache::sync::Cache::new(MAX_MINTED),
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),
@@ -156,8 +171,8 @@ struct SandboxState {
     base: String,
     options: SandboxOptions,
     /// Minted token → (end user, when), so `/redirect/` can say whom and whether expired.
-    minted: Mutex<HashMap<String, (&'static str, Instant)>>,
-    last_sweep: Mutex<Instant>,
+    /// Bounded with O(1) eviction: a token pushed out reads as "never minted".
+    minted: quick_cache::sync::Cache<String, (Arc<str>, Instant)>,
     /// API calls being answered now, the most ever at once, and all calls: a load benchmark
     /// checks `max_in_flight` against these.
     in_flight: AtomicUsize,
@@ -196,11 +211,29 @@ fn find(id: &str) -> Option<&'static SandboxUser> {
     END_USERS.iter().find(|u| u.id == id)
 }
 
+/// The number of a synthetic load-benchmark end user (`load-17` → 17).
+fn load_user(id: &str) -> Option<u64> {
+    id.strip_prefix(LOAD_USER_PREFIX)?.parse().ok()
+}
+
+/// Whom an id names, cast or synthetic: (id, name, company, has access).
+fn who(id: &str) -> Option<(Cow<'static, str>, Cow<'static, str>, &'static str, bool)> {
+    if let Some(u) = find(id) {
+        return Some((u.id.into(), u.name.into(), u.company, u.id != "noaccess"));
+    }
+    let n = load_user(id)?;
+    Some((
+        id.to_string().into(),
+        format!("Load User {n}").into(),
+        "Load Co",
+        true,
+    ))
+}
+
 fn authorised(headers: &HeaderMap) -> bool {
     headers
         .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {SANDBOX_TOKEN}"))
+        .is_some_and(|v| v.as_bytes() == SANDBOX_AUTH.as_bytes())
 }
 
 /// The common front of every API answer: latency, auth, the failing and slow end users.
@@ -234,8 +267,8 @@ async fn access(
     if let Err(r) = front(&state, &headers, Some(&id)).await {
         return r;
     }
-    match find(&id) {
-        Some(u) => axum::Json(json!({ "access": u.id != "noaccess" })).into_response(),
+    match who(&id) {
+        Some((_, _, _, access)) => axum::Json(json!({ "access": access })).into_response(),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }
@@ -248,22 +281,15 @@ async fn mint(
     if let Err(r) = front(&state, &headers, Some(&id)).await {
         return r;
     }
-    let Some(user) = find(&id) else {
+    let Some((user, _, _, _)) = who(&id) else {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     };
     let mut bytes = [0u8; 24];
     rand::rng().fill(&mut bytes);
     let token = hex::encode(bytes);
-    if let Ok(mut minted) = state.minted.lock() {
-        // Forget old tokens at most once a second (on every mint it would be quadratic under load).
-        let mut last_sweep = state.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
-        if last_sweep.elapsed() > Duration::from_secs(1) {
-            let keep = state.options.link_lifetime * 2;
-            minted.retain(|_, (_, at)| at.elapsed() < keep);
-            *last_sweep = Instant::now();
-        }
-        minted.insert(token.clone(), (user.id, Instant::now()));
-    }
+    state
+        .minted
+        .insert(token.clone(), (Arc::from(user.as_ref()), Instant::now()));
     axum::Json(json!({ "token": token, "url": format!("{}/redirect/{token}", state.base) }))
         .into_response()
 }
@@ -293,21 +319,22 @@ async fn enduser(
     if let Err(r) = front(&state, &headers, None).await {
         return r;
     }
-    match find(&id) {
-        Some(u) => axum::Json(
+    if let Some(u) = find(&id) {
+        return axum::Json(
             json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company }),
         )
-        .into_response(),
+        .into_response();
+    }
+    match who(&id) {
+        Some((id, name, company, _)) => {
+            axum::Json(json!({ "_id": id, "name": name, "companyName": company })).into_response()
+        }
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }
 
 async fn redirect(State(state): State<Arc<SandboxState>>, Path(token): Path<String>) -> Response {
-    let entry = state
-        .minted
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&token).copied());
+    let entry = state.minted.get(&token);
     let page = |title: &str, text: String| {
         Html(format!(
             "<!doctype html><title>{title}</title><body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\"><h1>{title}</h1><p>{text}</p></body>"
@@ -315,8 +342,8 @@ async fn redirect(State(state): State<Arc<SandboxState>>, Path(token): Path<Stri
     };
     match entry {
         Some((id, at)) if at.elapsed() < state.options.link_lifetime => {
-            let who = find(id)
-                .map(|u| format!("{} ({})", u.name, u.company))
+            let who = who(&id)
+                .map(|(_, name, company, _)| format!("{name} ({company})"))
                 .unwrap_or_default();
             page(
                 "Sandbox portal",
@@ -337,5 +364,45 @@ async fn redirect(State(state): State<Arc<SandboxState>>, Path(token): Path<Stri
             page("Unknown link", "The sandbox never minted this link.".into()),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn synthetic_load_users_get_links_and_unknown_ids_do_not() {
+        let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let get = |path: String| {
+            client
+                .get(format!("{}{path}", sandbox.base))
+                .header("authorization", SANDBOX_AUTH)
+                .send()
+        };
+        let access: serde_json::Value = get("shareabletokens/access/load-42".into())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(access["access"], true);
+        let minted: serde_json::Value = get("shareabletokens/load-42".into())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let url = minted["url"].as_str().unwrap().to_string();
+        let page = client.get(&url).send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("Load User 42 (Load Co)"), "{page}");
+        for unknown in ["load-", "load-x", "nobody"] {
+            let status = get(format!("shareabletokens/{unknown}"))
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
+        }
     }
 }

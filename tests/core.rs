@@ -580,3 +580,72 @@ async fn names_ride_along_in_the_same_round_and_never_delay_the_link() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn near_planhats_budget_names_give_way_and_links_still_work() {
+    // A budget of 8 calls a minute: names may be looked up below 6. Each link is two calls
+    // and each new end user's name a third, so the first two links bring names (3 + 3 = 6
+    // calls) and every later one is a link alone.
+    let planhat = MockServer::start().await;
+    for i in 0..6 {
+        planhat_link(&planhat, &format!("e{i}"), &format!("tok{i}")).await;
+    }
+    Mock::given(path_regex("^/endusers/e[0-9]+$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"_id": "e", "name": "Jane Doe", "companyName": "Acme"}),
+        ))
+        .mount(&planhat)
+        .await;
+    let hook = MockServer::start().await;
+    let extra = format!(
+        "calls_per_minute = 8\n\
+         [slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\n\
+         api_url = \"{}/api\"\n{ACCESS}",
+        hook.uri()
+    );
+    let running = spawn(config(&planhat.uri(), &extra)).await;
+    let base = format!("http://{}", running.addr);
+    for i in 0..6 {
+        let body = slash_body(
+            "U1",
+            "C1",
+            &format!("e{i}"),
+            &format!("{}/r", hook.uri()),
+            &format!("t{i}"),
+        );
+        let answer = post_slack(&base, "/slack/commands", SIGNING_SECRET, body)
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            answer.contains(&format!("{PORTAL}/redirect/tok{i}")),
+            "link {i} is shown: {answer}"
+        );
+        // Let the name lookup (which never delays the link) land before the next request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        planhat_calls(&planhat, "/endusers/").await,
+        2,
+        "names stopped at the budget"
+    );
+    assert_eq!(
+        planhat_calls(&planhat, "/shareabletokens/").await,
+        12,
+        "every link was made"
+    );
+    // Every call Planhat received is counted (the start-up probe included).
+    let sent = planhat.received_requests().await.unwrap_or_default().len() as u64;
+    assert_eq!(running.app.portal.planhat().calls_last_minute(), sent);
+    let metrics = running.app.metrics.render();
+    assert!(
+        metrics.contains(&format!("portal_bot_planhat_calls_last_minute {sent}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portal_bot_planhat_lookups_skipped_total 4"),
+        "{metrics}"
+    );
+    running.stop().await;
+}

@@ -1,16 +1,21 @@
 //! Answer inline when the work is done in time, otherwise acknowledge now and deliver later:
 //! never both, never neither.
 //!
-//! Both chat platforms drop an answer after 3 seconds. The work runs in its own task; the
-//! request waits up to the reply budget. If the budget runs out, the receiver is closed and
-//! checked once more, so a value that arrived at the last instant is still answered inline;
-//! otherwise the task finds the receiver closed and hands its value to the late-delivery
-//! closure (Slack `response_url`, Discord edit). Tasks are tracked so shutdown can wait for them.
+//! Both chat platforms drop an answer after 3 seconds. The work runs inside the request itself
+//! for up to the reply budget: no task is spawned and nothing is handed between tasks when the
+//! answer is ready in time, which is nearly always. When the budget runs out first (or the
+//! request is dropped, e.g. its connection closed), the unfinished work moves into a tracked
+//! task that hands its value to the late-delivery closure (Slack `response_url`, Discord edit).
+//! One future is polled by one task at a time, so the two outcomes exclude each other by
+//! construction. Tasks are tracked so shutdown can wait for them.
+//!
+//! The work comes boxed (`Unpin`), by the adapter that creates it: a request's future then
+//! holds a pointer where it would hold the whole use case, at every level it passes through,
+//! and moving it (each `.await` of a new future moves it once) copies 8 bytes, not kilobytes.
 
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use crate::core::portal::{Refusal, Reply};
@@ -24,8 +29,48 @@ pub enum Answer<T> {
     Deferred,
 }
 
-/// Runs `work`; returns its value if it is ready within `budget`, else arranges for `late` to
-/// get it.
+/// Work being waited for inline. Dropped before it finished (budget over, request gone), it
+/// goes on in a tracked task and hands its value to `late`.
+struct Pending<T, W, L, LF>
+where
+    T: Send + 'static,
+    W: Future<Output = T> + Send + Unpin + 'static,
+    L: FnOnce(T) -> LF + Send + 'static,
+    LF: Future<Output = ()> + Send + 'static,
+{
+    work: Option<W>,
+    late: Option<L>,
+    tasks: TaskTracker,
+}
+
+impl<T, W, L, LF> Drop for Pending<T, W, L, LF>
+where
+    T: Send + 'static,
+    W: Future<Output = T> + Send + Unpin + 'static,
+    L: FnOnce(T) -> LF + Send + 'static,
+    LF: Future<Output = ()> + Send + 'static,
+{
+    fn drop(&mut self) {
+        let (Some(work), Some(late)) = (self.work.take(), self.late.take()) else {
+            return; // answered inline
+        };
+        // Outside a runtime (it is shutting down) there is nowhere left to run it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.tasks.spawn_on(
+            async move {
+                let value = work.await;
+                // Boxed: a waiting task stays small until its delivery actually runs.
+                Box::pin(late(value)).await;
+            },
+            &runtime,
+        );
+    }
+}
+
+/// Runs `work` (boxed: see the module documentation); returns its value if it is ready within
+/// `budget`, else arranges for `late` to get it.
 pub async fn inline_or_later<T, W, L, LF>(
     tasks: &TaskTracker,
     budget: Duration,
@@ -34,30 +79,25 @@ pub async fn inline_or_later<T, W, L, LF>(
 ) -> Answer<T>
 where
     T: Send + 'static,
-    W: Future<Output = T> + Send + 'static,
+    W: Future<Output = T> + Send + Unpin + 'static,
     L: FnOnce(T) -> LF + Send + 'static,
-    LF: Future<Output = ()> + Send,
+    LF: Future<Output = ()> + Send + 'static,
 {
-    let (tx, mut rx) = oneshot::channel();
-    tasks.spawn(async move {
-        let value = work.await;
-        if let Err(value) = tx.send(value) {
-            late(value).await;
+    let mut pending = Pending {
+        work: Some(work),
+        late: Some(late),
+        tasks: tasks.clone(),
+    };
+    let Some(work) = pending.work.as_mut() else {
+        return Answer::Deferred; // unreachable: set just above
+    };
+    match tokio::time::timeout(budget, work).await {
+        Ok(value) => {
+            pending.work = None;
+            Answer::Inline(value)
         }
-    });
-    match tokio::time::timeout(budget, &mut rx).await {
-        Ok(Ok(value)) => Answer::Inline(value),
-        Ok(Err(_)) => {
-            tracing::error!("the request's work ended without an answer");
-            Answer::Deferred
-        }
-        Err(_) => {
-            rx.close();
-            match rx.try_recv() {
-                Ok(value) => Answer::Inline(value),
-                Err(_) => Answer::Deferred,
-            }
-        }
+        // `pending` is dropped here: the rest of the work is delivered late.
+        Err(_) => Answer::Deferred,
     }
 }
 
@@ -141,20 +181,25 @@ mod tests {
         let tasks = TaskTracker::new();
         let delivered = Arc::new(Mutex::new(Vec::new()));
         let d = delivered.clone();
-        let fast = inline_or_later(&tasks, Duration::from_millis(200), async { 1 }, move |v| {
-            let d = d.clone();
-            async move { d.lock().unwrap().push(v) }
-        })
+        let fast = inline_or_later(
+            &tasks,
+            Duration::from_millis(200),
+            Box::pin(async { 1 }),
+            move |v| {
+                let d = d.clone();
+                async move { d.lock().unwrap().push(v) }
+            },
+        )
         .await;
         assert!(matches!(fast, Answer::Inline(1)));
         let d = delivered.clone();
         let slow = inline_or_later(
             &tasks,
             Duration::from_millis(20),
-            async {
+            Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 2
-            },
+            }),
             move |v| async move { d.lock().unwrap().push(v) },
         )
         .await;
@@ -162,6 +207,29 @@ mod tests {
         tasks.close();
         tasks.wait().await;
         assert_eq!(*delivered.lock().unwrap(), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_before_its_answer_still_gets_it_delivered() {
+        let tasks = TaskTracker::new();
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let d = delivered.clone();
+        let request = inline_or_later(
+            &tasks,
+            Duration::from_secs(5),
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                3
+            }),
+            move |v| async move { d.lock().unwrap().push(v) },
+        );
+        // The connection closes long before the budget: the request's future is dropped.
+        assert!(tokio::time::timeout(Duration::from_millis(10), request)
+            .await
+            .is_err());
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(*delivered.lock().unwrap(), vec![3]);
     }
 
     #[tokio::test]
@@ -173,9 +241,9 @@ mod tests {
             let answer = inline_or_later(
                 &tasks,
                 Duration::from_micros(500),
-                async move {
+                Box::pin(async move {
                     tokio::time::sleep(Duration::from_micros(i % 7 * 150)).await;
-                },
+                }),
                 move |_| async move { *d.lock().unwrap() += 1 },
             )
             .await;

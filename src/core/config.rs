@@ -109,6 +109,9 @@ pub struct PlanhatConfig {
     pub max_in_flight: usize,
     /// How long a signed URL lives after it is minted (Planhat: 30 s).
     pub link_lifetime: Duration,
+    /// Planhat's soft limit of calls per minute for this token (about 200): optional calls
+    /// (name lookups) stop while the last minute's calls near it, so links keep the budget.
+    pub calls_per_minute: u32,
 }
 
 /// How Slack reaches the bot.
@@ -418,6 +421,8 @@ struct RawPlanhat {
     max_in_flight: i64,
     #[serde(default = "default_link_lifetime")]
     link_lifetime: HumanDuration,
+    #[serde(default = "default_calls_per_minute")]
+    calls_per_minute: i64,
 }
 
 impl Default for RawPlanhat {
@@ -430,6 +435,7 @@ impl Default for RawPlanhat {
             timeout: default_timeout(),
             max_in_flight: default_max_in_flight(),
             link_lifetime: default_link_lifetime(),
+            calls_per_minute: default_calls_per_minute(),
         }
     }
 }
@@ -442,6 +448,9 @@ fn default_max_in_flight() -> i64 {
 }
 fn default_link_lifetime() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
+}
+fn default_calls_per_minute() -> i64 {
+    200
 }
 
 #[derive(Deserialize)]
@@ -961,6 +970,11 @@ impl RawConfig {
             max_in_flight: positive("planhat.max_in_flight", self.planhat.max_in_flight, 10_000)?
                 as usize,
             link_lifetime,
+            calls_per_minute: positive(
+                "planhat.calls_per_minute",
+                self.planhat.calls_per_minute,
+                1_000_000,
+            )? as u32,
         };
 
         let slack = self
@@ -1196,6 +1210,7 @@ mod tests {
         assert_eq!(c.planhat.portal_url.as_str(), "https://share.planhat.com/");
         assert_eq!(c.planhat.timeout, Duration::from_secs(5));
         assert_eq!(c.planhat.max_in_flight, 32);
+        assert_eq!(c.planhat.calls_per_minute, 200);
         assert_eq!(c.limits.per_user_per_minute, 10);
         assert!(c.slack.is_none() && c.discord.is_none());
         assert!(c.access.slack_users.is_empty());
@@ -1225,6 +1240,7 @@ mod tests {
             ("[planhat]\ntimeout = 5\n", "planhat.timeout"),
             ("[planhat]\napi_url = \"not a url\"\n", "planhat.api_url"),
             ("[planhat]\nmax_in_flight = 0\n", "planhat.max_in_flight"),
+            ("[planhat]\ncalls_per_minute = 0\n", "planhat.calls_per_minute"),
             ("[server]\nlisten = \"here\"\n", "server.listen"),
             ("[server]\nmetrics_listen = \"9090\"\n", "server.metrics_listen"),
             (

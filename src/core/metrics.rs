@@ -2,8 +2,13 @@
 //!
 //! Labels are closed sets (platform, outcome, Planhat call kind), never user input, so the
 //! number of series is bounded and nothing a user types (or a URL) can reach `/metrics`.
+//!
+//! Being closed, the sets are known here ([`PLATFORMS`], [`OUTCOMES`], [`CALLS`],
+//! [`RESULTS`]): each series is resolved from its family once, on first use, and kept in a
+//! table, so a request finds its counters by index instead of hashing its labels every time.
+//! A series still appears in `/metrics` only once it has been used.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -35,12 +40,80 @@ struct ConnectionLabels {
     connection: &'static str,
 }
 
+/// Every platform a request can come from.
+pub const PLATFORMS: [&str; 4] = ["slack", "discord", "cli", "web"];
+/// Every outcome a request can have ([`crate::core::portal`]'s replies and refusals, and the
+/// adapters' own refusals).
+pub const OUTCOMES: [&str; 23] = [
+    "out_of_scope",
+    "used",
+    "unknown",
+    "expired",
+    "unavailable",
+    "not_armed",
+    "ok",
+    "help",
+    "no_access",
+    "choose",
+    "denied",
+    "invalid_input",
+    "rate_limited",
+    "not_found",
+    "upstream_rate_limited",
+    "upstream_timeout",
+    "upstream_unreachable",
+    "upstream_failed",
+    "token_rejected",
+    "upstream_unusable",
+    "audit_failed",
+    "internal_error",
+    "not_owner",
+];
+/// The Planhat calls the bot makes.
+pub const CALLS: [&str; 3] = ["access", "mint", "lookup"];
+/// How a Planhat call can end.
+pub const RESULTS: [&str; 8] = [
+    "ok",
+    "not_found",
+    "token_rejected",
+    "upstream_rate_limited",
+    "upstream_unreachable",
+    "upstream_timeout",
+    "upstream_failed",
+    "upstream_unusable",
+];
+
+fn index(set: &[&str], name: &str) -> Option<usize> {
+    set.iter().position(|s| *s == name)
+}
+
+/// One family's series, resolved on first use and then found by index.
+struct Resolved<M> {
+    slots: Box<[OnceLock<M>]>,
+}
+
+impl<M: Clone> Resolved<M> {
+    fn new(len: usize) -> Self {
+        Resolved {
+            slots: (0..len).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The series in slot `i`, created with `make` the first time.
+    fn get(&self, i: usize, make: impl FnOnce() -> M) -> &M {
+        self.slots[i].get_or_init(make)
+    }
+}
+
 /// The process's metrics, shared by every part of the bot.
 pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
+    requests_by: Resolved<Counter>,
     latency: Family<PlatformLabels, Histogram>,
+    latency_by: Resolved<Histogram>,
     planhat: Family<CallLabels, Histogram>,
+    planhat_by: Resolved<Histogram>,
     reconnects: Family<ConnectionLabels, Counter>,
     deliveries_failed: Family<PlatformLabels, Counter>,
     in_flight: Gauge,
@@ -49,6 +122,7 @@ pub struct Metrics {
     connections_refused: Family<ReasonLabels, Counter>,
     unsigned: Family<PlatformLabels, Counter>,
     notices_failed: Family<ReasonLabels, Counter>,
+    lookups_skipped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,6 +169,7 @@ impl Metrics {
         let reconnects = Family::<ConnectionLabels, Counter>::default();
         let deliveries_failed = Family::<PlatformLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let lookups_skipped = Counter::default();
         registry.register(
             "requests",
             "Link requests by platform and outcome",
@@ -157,8 +232,13 @@ impl Metrics {
         let notices_failed = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "notices_failed",
-            "Transparency-channel lines not posted, by reason (dropped: queue full; slack/discord: the post failed)",
+            "Transparency-channel lines not posted, by reason (dropped: queue full; else the platform whose post failed)",
             notices_failed.clone(),
+        );
+        registry.register(
+            "planhat_lookups_skipped",
+            "Name lookups not made because Planhat's per-minute budget was nearly spent",
+            lookups_skipped.clone(),
         );
         Metrics {
             notices_failed,
@@ -168,29 +248,58 @@ impl Metrics {
             connections_open,
             connections_refused,
             requests,
+            requests_by: Resolved::new(PLATFORMS.len() * OUTCOMES.len()),
             latency,
+            latency_by: Resolved::new(PLATFORMS.len()),
             planhat,
+            planhat_by: Resolved::new(CALLS.len() * RESULTS.len()),
             reconnects,
             deliveries_failed,
             in_flight,
+            lookups_skipped,
         }
+    }
+
+    /// Adds metrics computed on each scrape (e.g. Planhat's calls in the last minute).
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register_collector(collector);
+    }
+
+    /// Counts a name lookup skipped to save Planhat's budget for links.
+    pub fn lookup_skipped(&self) {
+        self.lookups_skipped.inc();
     }
 
     /// Counts one finished request.
     pub fn request(&self, platform: &'static str, outcome: &'static str, took: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels { platform, outcome })
-            .inc();
-        self.latency
-            .get_or_create(&PlatformLabels { platform })
-            .observe(took.as_secs_f64());
+        let labels = RequestLabels { platform, outcome };
+        let make = || self.requests.get_or_create(&labels).clone();
+        match (index(&PLATFORMS, platform), index(&OUTCOMES, outcome)) {
+            (Some(p), Some(o)) => self.requests_by.get(p * OUTCOMES.len() + o, make).inc(),
+            _ => make().inc(),
+        };
+        let labels = PlatformLabels { platform };
+        let make = || self.latency.get_or_create(&labels).clone();
+        match index(&PLATFORMS, platform) {
+            Some(p) => self.latency_by.get(p, make).observe(took.as_secs_f64()),
+            None => make().observe(took.as_secs_f64()),
+        }
     }
 
     /// Records one Planhat call.
     pub fn planhat_call(&self, call: &'static str, result: &'static str, took: Duration) {
-        self.planhat
-            .get_or_create(&CallLabels { call, result })
-            .observe(took.as_secs_f64());
+        let labels = CallLabels { call, result };
+        let make = || self.planhat.get_or_create(&labels).clone();
+        match (index(&CALLS, call), index(&RESULTS, result)) {
+            (Some(c), Some(r)) => self
+                .planhat_by
+                .get(c * RESULTS.len() + r, make)
+                .observe(took.as_secs_f64()),
+            _ => make().observe(took.as_secs_f64()),
+        }
     }
 
     /// Tracks calls in flight toward Planhat (+1 / -1).
@@ -255,5 +364,38 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_series_are_the_familys_own_and_appear_once_used() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("outcome=\"ok\""));
+        for _ in 0..3 {
+            m.request("slack", "ok", Duration::from_millis(2));
+        }
+        m.request("slack", "some_new_outcome", Duration::from_millis(2));
+        m.planhat_call("mint", "ok", Duration::from_millis(1));
+        let text = m.render();
+        assert!(
+            text.contains("portal_bot_requests_total{platform=\"slack\",outcome=\"ok\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("outcome=\"some_new_outcome\"} 1"), "{text}");
+        assert!(
+            text.contains("portal_bot_request_duration_seconds_count{platform=\"slack\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "portal_bot_planhat_call_duration_seconds_count{call=\"mint\",result=\"ok\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("discord"), "unused series stay out: {text}");
     }
 }

@@ -274,6 +274,9 @@ pub struct PortalService {
     directories: std::sync::RwLock<std::collections::HashMap<Platform, Arc<dyn Directory>>>,
 }
 
+/// End users' names cached at once, about (a full cache evicts as it inserts: [`NameCache`]).
+const MAX_NAMES: usize = 10_000;
+
 impl PortalService {
     /// Assembles the use case from its parts.
     #[allow(clippy::too_many_arguments)]
@@ -289,7 +292,7 @@ impl PortalService {
         go_lifetime: Duration,
     ) -> Self {
         planhat.share_pauses(state.clone());
-        let names = Arc::new(NameCache::new(10_000, Duration::from_secs(3600)));
+        let names = Arc::new(NameCache::new(MAX_NAMES, Duration::from_secs(3600)));
         let ownership = Ownership::new(planhat.clone(), names.clone());
         PortalService {
             planhat,
@@ -378,10 +381,10 @@ impl PortalService {
         &self.state
     }
 
-    /// Periodic clean-up off the request path (called by the app's housekeeping task).
+    /// Periodic clean-up off the request path (called by the app's housekeeping task). Cached
+    /// names need no sweep: their cache evicts as it inserts.
     pub fn sweep(&self) {
         self.state.housekeep();
-        self.names.sweep();
     }
 
     /// `GET /go/{id}`: no side effect, except where the id's own asker has armed it with their
@@ -721,13 +724,18 @@ impl PortalService {
 
     /// Looks the end user's name up beside the other calls; never waits for it afterwards.
     /// Names are cached (they rarely change), so asking again for the same end user costs
-    /// Planhat only the access check and the mint.
+    /// Planhat only the access check and the mint. The lookup is optional: while Planhat's
+    /// per-minute budget is nearly spent it is skipped (and counted), so links keep the budget.
     fn lookup_who(&self, id: &EndUserId, known: Option<EndUserSummary>) -> WhoLookup {
         if known.is_some() {
             return WhoLookup::Known(known);
         }
         if let Some(cached) = self.names.get(id) {
             return WhoLookup::Known(Some(cached));
+        }
+        if !self.planhat.room_for_optional() {
+            self.metrics.lookup_skipped();
+            return WhoLookup::Known(None);
         }
         if !self.names.claim(id) {
             return WhoLookup::Known(None); // another request is fetching it right now

@@ -194,7 +194,7 @@ impl DiscordState {
         let work = {
             let app = self.app.clone();
             let asker = asker.clone();
-            async move { app.portal.handle(&asker, &text).await }
+            Box::pin(async move { app.portal.handle(&asker, &text).await })
         };
         let key = c.id.get();
         match self
@@ -240,7 +240,7 @@ impl DiscordState {
         let work = {
             let app = self.app.clone();
             let asker = asker.clone();
-            async move { app.portal.link_for(&asker, id, action).await }
+            Box::pin(async move { app.portal.link_for(&asker, id, action).await })
         };
         // The answer replaces this message: the link it showed no longer needs its expiry edit.
         let key = message_key(&c.message);
@@ -286,7 +286,8 @@ impl DiscordState {
                 Err(_) => me.app.metrics.delivery_failed("discord"),
             }
         };
-        inline_or_later(&self.app.tasks, budget, reply_or_internal_error(work), late).await
+        let work = Box::pin(reply_or_internal_error(work));
+        inline_or_later(&self.app.tasks, budget, work, late).await
     }
 
     /// After a link expires, replace the message with "expired" + New link, so no dead (or

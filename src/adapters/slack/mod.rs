@@ -150,7 +150,9 @@ impl SlackState {
         let app = self.app.clone();
         let me = self.clone();
         let user = asker.user_id.clone();
-        let work = reply_or_internal_error(async move { app.portal.handle(&asker, &text).await });
+        let work = Box::pin(reply_or_internal_error(async move {
+            app.portal.handle(&asker, &text).await
+        }));
         let late = move |reply: Reply| async move {
             let content = render::reply(&reply, &user, None);
             me.deliver(&response_url, content, false).await;

@@ -2,10 +2,13 @@
 //!
 //! One `reqwest` client (rustls, pooled, kept warm) is shared by every request. Calls are
 //! bounded (`max_in_flight`), time-limited, and paused for everyone at once when Planhat says
-//! 429. Errors are typed so the chat adapters can say one clear line, and their `Display` never
-//! contains a body, a URL with a token, or the API token.
+//! 429. Every call sent is counted in a one-minute window ([`budget`]), so optional calls can
+//! give way before Planhat's per-minute budget runs out. Errors are typed so the chat adapters
+//! can say one clear line, and their `Display` never contains a body, a URL with a token, or
+//! the API token.
 
 pub mod answer;
+pub mod budget;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use reqwest::StatusCode;
 use tokio::sync::Semaphore;
 
 pub use answer::{CompanyOwners, EndUserSummary};
+use budget::{CallWindow, CallsCollector};
 
 use super::config::PlanhatConfig;
 use super::enduser::EndUserId;
@@ -89,12 +93,19 @@ pub struct Planhat {
 
 struct Inner {
     http: reqwest::Client,
-    api_base: String,
+    /// The API base, parsed once: each call's URL is this with its path set, so no call parses
+    /// (and IDNA-maps) the host again.
+    api_url: reqwest::Url,
+    /// The base's own path without a trailing slash (`""`, or a proxy's prefix).
+    api_path: String,
     redirect_prefix: String,
     timeout: Duration,
     permits: Semaphore,
     /// Unix milliseconds until which every call is refused after a 429 (0: not paused).
     paused_until_ms: AtomicU64,
+    /// Calls sent in the last minute, and the count below which optional calls may be made.
+    calls: Arc<CallWindow>,
+    optional_below: u64,
     started: Instant,
     metrics: Arc<Metrics>,
     /// Where a 429 is told, so every replica pauses (set once, at start-up).
@@ -112,9 +123,10 @@ impl Planhat {
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, auth);
+        // No client-wide timeout: `get` bounds each call as a whole (queueing, retry and body
+        // included), and a second timer per call would only cost.
         let http = reqwest::Client::builder()
             .default_headers(headers)
-            .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(config.max_in_flight)
@@ -124,14 +136,19 @@ impl Planhat {
             .build()
             .map_err(|e| PlanhatError::Unreachable(format!("cannot start the HTTP client: {e}")))?;
         let portal = config.portal_url.as_str().trim_end_matches('/');
+        let calls = Arc::new(CallWindow::new());
+        metrics.register_collector(Box::new(CallsCollector(calls.clone())));
         Ok(Planhat {
             inner: Arc::new(Inner {
                 http,
-                api_base: config.api_url.as_str().trim_end_matches('/').to_string(),
+                api_url: config.api_url.clone(),
+                api_path: config.api_url.path().trim_end_matches('/').to_string(),
                 redirect_prefix: format!("{portal}/redirect/"),
                 timeout: config.timeout,
                 permits: Semaphore::new(config.max_in_flight),
                 paused_until_ms: AtomicU64::new(0),
+                calls,
+                optional_below: u64::from(config.calls_per_minute) * 3 / 4,
                 started: Instant::now(),
                 metrics,
                 shared: std::sync::OnceLock::new(),
@@ -141,11 +158,7 @@ impl Planhat {
 
     /// May this end user use the portal?
     pub async fn check_access(&self, id: &EndUserId) -> Result<bool, PlanhatError> {
-        let url = format!(
-            "{}/shareabletokens/access/{}",
-            self.inner.api_base,
-            id.path_segment()
-        );
+        let url = self.url(&format!("/shareabletokens/access/{}", id.path_segment()));
         let body = self.get(Call::Access, &url).await?;
         answer::parse_access(&body).ok_or_else(|| {
             PlanhatError::Unusable(format!(
@@ -158,11 +171,7 @@ impl Planhat {
     /// Mints a signed login URL. It is only returned when it starts with
     /// `{portal_url}/redirect/`; otherwise it is dropped unseen.
     pub async fn mint(&self, id: &EndUserId) -> Result<Secret, PlanhatError> {
-        let url = format!(
-            "{}/shareabletokens/{}",
-            self.inner.api_base,
-            id.path_segment()
-        );
+        let url = self.url(&format!("/shareabletokens/{}", id.path_segment()));
         let body = self.get(Call::Mint, &url).await?;
         answer::parse_signed_url(&body, &self.inner.redirect_prefix)
             .map(Secret::new)
@@ -177,10 +186,9 @@ impl Planhat {
 
     /// End users with this email address.
     pub async fn find_by_email(&self, email: &str) -> Result<Vec<EndUserSummary>, PlanhatError> {
-        let mut url = reqwest::Url::parse(&format!("{}/endusers", self.inner.api_base))
-            .map_err(|e| PlanhatError::Unusable(format!("bad API URL: {e}")))?;
+        let mut url = self.url("/endusers");
         url.query_pairs_mut().append_pair("email", email);
-        let body = self.get(Call::Lookup, url.as_str()).await?;
+        let body = self.get(Call::Lookup, &url).await?;
         answer::parse_endusers(&body).ok_or_else(|| {
             PlanhatError::Unusable(format!(
                 "the end-user search answer ({} bytes) is not a list",
@@ -192,7 +200,7 @@ impl Planhat {
     /// Name and company of one end user (`GET /endusers/{id}`), for showing whom the asker is
     /// about to become.
     pub async fn find_by_id(&self, id: &EndUserId) -> Result<EndUserSummary, PlanhatError> {
-        let url = format!("{}/endusers/{}", self.inner.api_base, id.path_segment());
+        let url = self.url(&format!("/endusers/{}", id.path_segment()));
         let body = self.get(Call::Lookup, &url).await?;
         answer::parse_enduser(&body).ok_or_else(|| {
             PlanhatError::Unusable(format!(
@@ -216,7 +224,7 @@ impl Planhat {
             ));
         }
         let segment: String = percent_encoding::utf8_percent_encode(id, SEGMENT).collect();
-        let url = format!("{}/companies/{segment}", self.inner.api_base);
+        let url = self.url(&format!("/companies/{segment}"));
         let body = self.get(Call::Lookup, &url).await?;
         answer::parse_company(&body).ok_or_else(|| {
             PlanhatError::Unusable(format!(
@@ -228,7 +236,8 @@ impl Planhat {
 
     /// Planhat's users and their emails (`GET /users`), for `scope = "owned"`.
     pub async fn list_users(&self) -> Result<Vec<(String, String)>, PlanhatError> {
-        let url = format!("{}/users?limit=10000", self.inner.api_base);
+        let mut url = self.url("/users");
+        url.set_query(Some("limit=10000"));
         let body = self.get(Call::Lookup, &url).await?;
         answer::parse_users(&body).ok_or_else(|| {
             PlanhatError::Unusable(format!(
@@ -241,8 +250,29 @@ impl Planhat {
     /// One authenticated call that proves the token and the host work (for `check` and to warm
     /// the connection pool at start-up, so the first user doesn't pay DNS + TCP + TLS).
     pub async fn probe(&self) -> Result<(), PlanhatError> {
-        let url = format!("{}/endusers?limit=1", self.inner.api_base);
+        let mut url = self.url("/endusers");
+        url.set_query(Some("limit=1"));
         self.get(Call::Lookup, &url).await.map(|_| ())
+    }
+
+    /// `{api_url}{path}`; `path` starts with `/` and its end-user part is already one escaped
+    /// segment ([`EndUserId::path_segment`]), which setting the path keeps as it is.
+    fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.inner.api_url.clone();
+        url.set_path(&format!("{}{path}", self.inner.api_path));
+        url
+    }
+
+    /// True while an optional call (a name lookup) fits Planhat's budget: the last minute's
+    /// calls are below three quarters of `planhat.calls_per_minute`. The last quarter is kept
+    /// for links, so names never push links into a 429.
+    pub fn room_for_optional(&self) -> bool {
+        self.inner.calls.last_minute() < self.inner.optional_below
+    }
+
+    /// Calls sent to Planhat in the last 60 seconds.
+    pub fn calls_last_minute(&self) -> u64 {
+        self.inner.calls.last_minute()
     }
 
     fn now_ms(&self) -> u64 {
@@ -250,7 +280,7 @@ impl Planhat {
     }
 
     /// One GET with the shared limits: global 429 pause, `max_in_flight`, overall timeout.
-    async fn get(&self, call: Call, url: &str) -> Result<bytes_body::Body, PlanhatError> {
+    async fn get(&self, call: Call, url: &reqwest::Url) -> Result<bytes_body::Body, PlanhatError> {
         let started = Instant::now();
         // One retry, only for a connection that could not be made (nothing reached Planhat, so
         // repeating the GET is safe), and only inside the same time budget.
@@ -277,7 +307,7 @@ impl Planhat {
         result
     }
 
-    async fn get_unbounded(&self, url: &str) -> Result<bytes_body::Body, PlanhatError> {
+    async fn get_unbounded(&self, url: &reqwest::Url) -> Result<bytes_body::Body, PlanhatError> {
         self.refuse_if_paused()?;
         let _permit = self
             .inner
@@ -287,12 +317,13 @@ impl Planhat {
             .map_err(|_| PlanhatError::Unreachable("shutting down".into()))?;
         // Re-check: the pause may have started while this call waited for its turn.
         self.refuse_if_paused()?;
+        self.inner.calls.record();
         self.inner.metrics.planhat_in_flight(1);
         let _gauge = InFlight(&self.inner.metrics);
         let response = self
             .inner
             .http
-            .get(url)
+            .get(url.clone())
             .send()
             .await
             .map_err(|e| self.transport_error(e))?;
