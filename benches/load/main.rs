@@ -825,6 +825,55 @@ async fn full() {
         )
         .await,
     );
+    // The cost of shared state: the same scenarios with `[state]` on the machine's Redis
+    // (`LOAD_REDIS`, default 127.0.0.1:6379; a key prefix of its own). Skipped, and said so,
+    // when no Redis answers: the bot would fall back to memory and the row would lie.
+    let redis = std::env::var("LOAD_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let reachable = url::Url::parse(&redis).ok().is_some_and(|u| {
+        let port = u.port().unwrap_or(6379);
+        let host = u.host_str().unwrap_or("127.0.0.1").to_string();
+        std::net::TcpStream::connect((host.as_str(), port)).is_ok()
+    });
+    if reachable {
+        let state = format!(
+            "\n[state]\nredis_url = \"{redis}\"\nkey_prefix = \"bench-{}:\"\n",
+            std::process::id()
+        );
+        let shared = start(Kind::Bot, Duration::ZERO, &key, &rx_base, &state).await;
+        let warm = requests(Chat::Slack, scaled(2000), 1000, "rwarm", &rx_base, &key);
+        run(&shared, &warm, 32, None).await;
+        let reqs = requests(Chat::Slack, scaled(20_000), 1_000, "redis", &rx_base, &key);
+        rows.push(
+            pair(
+                "Slack commands, 1,000 end users, state on Redis, 64 concurrent",
+                (&shared, &floor),
+                &reqs,
+                64,
+                None,
+                None,
+            )
+            .await,
+        );
+        let reqs = requests(Chat::Slack, scaled(3_000), 1_000, "rpaced", &rx_base, &key);
+        rows.push(
+            pair(
+                "Slack commands paced at 500/s, 1,000 end users, state on Redis",
+                (&shared, &floor),
+                &reqs,
+                64,
+                Some(500.0),
+                None,
+            )
+            .await,
+        );
+        println!(
+            "\npeak RSS with state on Redis: bot {:.1} MB (in memory: {:.1} MB)",
+            status_kb(shared.pid(), "VmHWM:") as f64 / 1024.0,
+            status_kb(bot.pid(), "VmHWM:") as f64 / 1024.0,
+        );
+    } else {
+        println!("\n(no Redis answers at {redis}: the shared-state rows are skipped)");
+    }
     println!(
         "\npeak RSS under the 0 ms load: bot {:.1} MB, floor {:.1} MB (ratio {})",
         status_kb(bot.pid(), "VmHWM:") as f64 / 1024.0,
