@@ -305,24 +305,7 @@ async fn an_email_lookup_audits_the_end_user_it_resolved_to() {
 async fn slow_planhat_is_acknowledged_then_delivered_to_response_url_once() {
     let f = fakes().await;
     let slow = Duration::from_millis(1500);
-    Mock::given(method("GET"))
-        .and(path("/shareabletokens/access/e1"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_string("true")
-                .set_delay(slow),
-        )
-        .mount(&f.planhat)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/shareabletokens/e1"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"url": format!("{PORTAL}/redirect/tok-late")}))
-                .set_delay(slow),
-        )
-        .mount(&f.planhat)
-        .await;
+    slow_planhat(&f.planhat, "e1", "tok-late", slow).await;
     let app = f.http_app("slack_users = [\"U1\"]").await;
 
     let ack = command(
@@ -908,6 +891,28 @@ async fn socket_mode_end_to_end_with_redelivery_and_reconnect() {
     assert_eq!(f.mints("e1").await, 2);
 }
 
+/// Planhat answering `id`'s access check and mint (with `token`) after `delay` each.
+async fn slow_planhat(server: &MockServer, id: &str, token: &str, delay: Duration) {
+    Mock::given(method("GET"))
+        .and(path(format!("/shareabletokens/access/{id}")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("true")
+                .set_delay(delay),
+        )
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/shareabletokens/{id}")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"url": format!("{PORTAL}/redirect/{token}")}))
+                .set_delay(delay),
+        )
+        .mount(server)
+        .await;
+}
+
 /// The fake Socket Mode server: `apps.connections.open` on the fake Web API hands out its URL,
 /// and every WebSocket the bot opens is passed to the test.
 async fn socket_server(
@@ -944,24 +949,7 @@ async fn socket_server(
 async fn socket_mode_never_stalls_with_ten_envelopes_at_once_and_planhat_slow() {
     let f = fakes().await;
     let slow = Duration::from_secs(4);
-    Mock::given(method("GET"))
-        .and(path("/shareabletokens/access/e1"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_string("true")
-                .set_delay(slow),
-        )
-        .mount(&f.planhat)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/shareabletokens/e1"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_string(format!("{PORTAL}/redirect/tok-slow"))
-                .set_delay(slow),
-        )
-        .mount(&f.planhat)
-        .await;
+    slow_planhat(&f.planhat, "e1", "tok-slow", slow).await;
     let (mut conns, acceptor) = socket_server(&f).await;
     let users: Vec<String> = (1..=10).map(|i| format!("U{i}")).collect();
     let extra = format!(

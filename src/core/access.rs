@@ -88,11 +88,6 @@ impl AccessPolicy {
         }
     }
 
-    /// True when Slack user groups matter to this policy (some group or admin group is listed).
-    pub fn uses_groups(&self) -> bool {
-        self.uses_groups_on(Platform::Slack)
-    }
-
     /// True when groups (Slack user groups, Discord roles) matter to this policy on `platform`.
     pub fn uses_groups_on(&self, platform: Platform) -> bool {
         match platform {

@@ -687,11 +687,21 @@ impl PortalService {
         work: impl std::future::Future<Output = T>,
     ) -> (T, Result<Option<EndUserSummary>, Refusal>) {
         if !self.policy.scoped(asker) {
-            let lookup = self.lookup_who(id, who);
-            let out = work.await;
-            return (out, Ok(lookup.now().await));
+            return self.beside_name(id, who, work).await;
         }
         tokio::join!(work, self.scope_check(asker, id, who))
+    }
+
+    /// Runs `work` beside the name lookup (which it never waits for long).
+    async fn beside_name<T>(
+        &self,
+        id: &EndUserId,
+        who: Option<EndUserSummary>,
+        work: impl std::future::Future<Output = T>,
+    ) -> (T, Result<Option<EndUserSummary>, Refusal>) {
+        let lookup = self.lookup_who(id, who);
+        let out = work.await;
+        (out, Ok(lookup.now().await))
     }
 
     /// `scope = "owned"`: the asker's email (from their chat platform) against the owners of
@@ -764,9 +774,7 @@ impl PortalService {
         let ((access, minted), scope) = if check_scope {
             self.beside_scope(asker, &id, who, round).await
         } else {
-            let lookup = self.lookup_who(&id, who);
-            let out = round.await;
-            (out, Ok(lookup.now().await))
+            self.beside_name(&id, who, round).await
         };
         // A URL that is not shown below is dropped here, unseen and unlogged.
         match (access, scope) {

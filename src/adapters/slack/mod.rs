@@ -129,7 +129,7 @@ impl SlackState {
             groups: Groups::Known(Vec::new()),
         };
         // Groups decide who may ask and who is an admin (who bypasses the scope).
-        if self.app.portal.policy().uses_groups() {
+        if self.app.portal.policy().uses_groups_on(Platform::Slack) {
             asker.groups = self.groups.groups_of(user);
         }
         asker

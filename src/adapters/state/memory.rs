@@ -108,7 +108,6 @@ struct Jobs {
 pub struct MemoryState {
     deliveries: Mutex<Expiring<()>>,
     limiter: RateLimiter,
-    per_minute: u32,
     go: Mutex<Expiring<GoEntry>>,
     jobs: Mutex<Jobs>,
 }
@@ -119,13 +118,13 @@ impl MemoryState {
         MemoryState {
             deliveries: Mutex::new(Expiring::new(MAX_DELIVERIES)),
             limiter: RateLimiter::new(per_minute),
-            per_minute,
             go: Mutex::new(Expiring::new(MAX_GO)),
             jobs: Mutex::new(Jobs::default()),
         }
     }
 
-    fn claim_now(&self, id: &str, ttl: Duration) -> bool {
+    /// Synchronous forms (also the Redis store's fallback paths).
+    pub(super) fn claim_sync(&self, id: &str, ttl: Duration) -> bool {
         let now = Instant::now();
         let mut seen = lock(&self.deliveries);
         seen.purge(now);
@@ -139,7 +138,7 @@ impl MemoryState {
         true
     }
 
-    fn admit_now(&self, key: &str, count: bool) -> Admission {
+    pub(super) fn admit_sync(&self, key: &str, count: bool) -> Admission {
         if !count {
             return Admission::default();
         }
@@ -189,18 +188,6 @@ impl MemoryState {
         f(entry, now)
     }
 
-    /// The rate limit this store was built with (the Redis store's fallback shares it).
-    pub fn per_minute(&self) -> u32 {
-        self.per_minute
-    }
-
-    /// Synchronous forms, for the Redis store's fallback paths.
-    pub(super) fn claim_sync(&self, id: &str, ttl: Duration) -> bool {
-        self.claim_now(id, ttl)
-    }
-    pub(super) fn admit_sync(&self, key: &str, count: bool) -> Admission {
-        self.admit_now(key, count)
-    }
     pub(super) fn schedule_sync(
         &self,
         key: &str,
@@ -261,12 +248,12 @@ impl SharedState for MemoryState {
     }
 
     async fn claim_delivery(&self, id: &str, ttl: Duration) -> bool {
-        self.claim_now(id, ttl)
+        self.claim_sync(id, ttl)
     }
 
     async fn admit(&self, key: &str, _per_minute: u32, count: bool) -> Admission {
         // This process's own Planhat client holds its pause: nothing more to share.
-        self.admit_now(key, count)
+        self.admit_sync(key, count)
     }
 
     async fn pause_planhat(&self, _wait: Duration) {}
