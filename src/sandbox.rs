@@ -180,21 +180,41 @@ struct SandboxState {
     calls: AtomicUsize,
 }
 
-/// Counts a call in flight for as long as it lives.
-struct Counting<'a>(&'a SandboxState);
+/// Counts a call in flight for as long as its work lasts. Like a real server, the sandbox
+/// goes on working on a call whose client hung up: the count stays until the work would have
+/// ended, so a client that gives up and calls again is seen to have two calls in flight.
+struct Counting {
+    state: Arc<SandboxState>,
+    ends: tokio::time::Instant,
+}
 
-impl<'a> Counting<'a> {
-    fn new(state: &'a SandboxState) -> Self {
+impl Counting {
+    fn new(state: &Arc<SandboxState>, work: Duration) -> Self {
         let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         state.peak.fetch_max(now, Ordering::SeqCst);
         state.calls.fetch_add(1, Ordering::Relaxed);
-        Counting(state)
+        Counting {
+            state: state.clone(),
+            ends: tokio::time::Instant::now() + work,
+        }
     }
 }
 
-impl Drop for Counting<'_> {
+impl Drop for Counting {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let state = self.state.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if tokio::time::Instant::now() < self.ends => {
+                let ends = self.ends;
+                rt.spawn(async move {
+                    tokio::time::sleep_until(ends).await;
+                    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+            _ => {
+                state.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -238,11 +258,15 @@ fn authorised(headers: &HeaderMap) -> bool {
 
 /// The common front of every API answer: latency, auth, the failing and slow end users.
 async fn front(
-    state: &SandboxState,
+    state: &Arc<SandboxState>,
     headers: &HeaderMap,
     id: Option<&str>,
 ) -> Result<(), Response> {
-    let _counting = Counting::new(state);
+    let slow = match id {
+        Some("slow") => state.options.slow,
+        _ => Duration::ZERO,
+    };
+    let _counting = Counting::new(state, state.options.latency + slow);
     if !state.options.latency.is_zero() {
         tokio::time::sleep(state.options.latency).await;
     }

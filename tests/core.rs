@@ -649,3 +649,65 @@ async fn near_planhats_budget_names_give_way_and_links_still_work() {
     );
     running.stop().await;
 }
+
+/// A fake Planhat that, like a real server, goes on working on a call whose client gave up:
+/// each call is in flight for `work` from its arrival, whatever the client does meanwhile.
+/// Returns its base URL and the most calls it ever had in flight at once.
+async fn busy_planhat(
+    work: Duration,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (n, p) = (now.clone(), peak.clone());
+    let app = axum::Router::new().fallback(move || {
+        let (n, p) = (n.clone(), p.clone());
+        async move {
+            let working = tokio::spawn(async move {
+                p.fetch_max(n.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(work).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+            });
+            let _ = working.await;
+            "true"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (base, peak, server)
+}
+
+#[tokio::test]
+async fn a_call_given_up_on_keeps_its_place_until_planhat_answers() {
+    // Planhat takes 1.5 s; the bot gives up after 0.5 s. Calls asked for after that must wait
+    // for the abandoned ones: Planhat is still working on them.
+    let (base, peak, _server) = busy_planhat(Duration::from_millis(1500)).await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nreply_budget = \"400ms\"\n\
+         [planhat]\napi_url = \"{base}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\ntimeout = \"500ms\"\nmax_in_flight = 2\n{ACCESS}"
+    );
+    let app = App::build(portal_bot::Config::parse(&text, &|_| None).unwrap()).unwrap();
+    let first = app.portal.handle(&csm("U1"), "e1").await;
+    assert!(
+        matches!(first, Reply::Refused(Refusal::UpstreamSlow)),
+        "{first:?}"
+    );
+    let second = app.portal.handle(&csm("U2"), "e2").await;
+    assert!(
+        matches!(second, Reply::Refused(Refusal::UpstreamSlow)),
+        "{second:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(
+        peak.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "Planhat never had more than max_in_flight of the bot's calls at once"
+    );
+}

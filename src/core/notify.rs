@@ -75,6 +75,15 @@ impl Notifier {
         rx
     }
 
+    /// True when some adapter posts notices (so one is worth building).
+    pub fn listening(&self) -> bool {
+        !self
+            .outlets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// Hands `notice` to every outlet; returns how many were full (dropped there).
     pub fn send(&self, notice: &Notice) -> usize {
         let outlets = self.outlets.read().unwrap_or_else(|p| p.into_inner());

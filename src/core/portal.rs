@@ -328,6 +328,9 @@ impl PortalService {
     /// refusals. Never waits; never a URL.
     fn notify(&self, asker: &Asker, action: Action, reply: &Reply, end_user: Option<&str>) {
         use super::notify::{Notice, NoticeKind};
+        if !self.notifier.listening() {
+            return;
+        }
         let (kind, who) = match reply {
             Reply::Link(l) if action == Action::Go => (NoticeKind::Opened, l.who.as_ref()),
             Reply::Link(l) => (NoticeKind::Link, l.who.as_ref()),
@@ -841,7 +844,10 @@ impl PortalService {
     ) -> Reply {
         let took = started.elapsed();
         let outcome = reply.outcome();
-        let notice_end_user = audited.end_user.clone();
+        let notice_end_user = match self.notifier.listening() {
+            true => audited.end_user.clone(),
+            false => None,
+        };
         let event = AuditEvent {
             time: AuditEvent::now(),
             platform: asker.platform.name(),

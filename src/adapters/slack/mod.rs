@@ -29,6 +29,36 @@ use crate::{App, StartError};
 pub use client::connector;
 pub use http::{parse_command, parse_interaction};
 
+/// A slash command, as either transport delivers it: the fields the bot reads.
+#[derive(Debug)]
+pub struct SlashCommand {
+    /// Unique per command: the delivery id for duplicate detection.
+    pub trigger_id: String,
+    /// The asker.
+    pub user_id: String,
+    /// The asker's workspace.
+    pub team_id: String,
+    /// Where it was typed.
+    pub channel_id: String,
+    /// What follows `/portal`.
+    pub text: String,
+    /// Where a late answer goes. Kept as text: it is parsed only when an answer is late.
+    pub response_url: String,
+}
+
+impl From<SlackCommandEvent> for SlashCommand {
+    fn from(ev: SlackCommandEvent) -> Self {
+        SlashCommand {
+            trigger_id: ev.trigger_id.0,
+            user_id: ev.user_id.0,
+            team_id: ev.team_id.0,
+            channel_id: ev.channel_id.0,
+            text: ev.text.unwrap_or_default(),
+            response_url: ev.response_url.0.into(),
+        }
+    }
+}
+
 /// Everything the Slack handlers share.
 pub struct SlackState {
     app: Arc<App>,
@@ -137,25 +167,31 @@ impl SlackState {
 
     /// A slash command, from either transport: the inline answer, or a short acknowledgement
     /// when the answer will follow through `response_url`.
-    pub async fn command(self: &Arc<Self>, ev: SlackCommandEvent) -> SlackCommandEventResponse {
-        if !self.first_time(&ev.trigger_id.0).await {
+    pub async fn command(self: &Arc<Self>, ev: SlashCommand) -> SlackCommandEventResponse {
+        if !self.first_time(&ev.trigger_id).await {
             tracing::info!(user = %ev.user_id, "duplicate delivery of a slash command; answered once already");
             return render::command_response(render::line(
                 "This request is already being answered.",
             ));
         }
-        let asker = self.asker(&ev.user_id.0, Some(&ev.team_id.0), Some(&ev.channel_id.0));
-        let text = ev.text.clone().unwrap_or_default();
-        let response_url = ev.response_url.0.clone();
+        let SlashCommand {
+            user_id,
+            team_id,
+            channel_id,
+            text,
+            response_url,
+            ..
+        } = ev;
+        let asker = self.asker(&user_id, Some(&team_id), Some(&channel_id));
         let app = self.app.clone();
         let me = self.clone();
-        let user = asker.user_id.clone();
         let work = Box::pin(reply_or_internal_error(async move {
             app.portal.handle(&asker, &text).await
         }));
+        let user = user_id.clone();
         let late = move |reply: Reply| async move {
             let content = render::reply(&reply, &user, None);
-            me.deliver(&response_url, content, false).await;
+            me.deliver_to(&response_url, content, false).await;
         };
         match inline_or_later(
             &self.app.tasks,
@@ -166,7 +202,7 @@ impl SlackState {
         .await
         {
             Answer::Inline(reply) => {
-                render::command_response(render::reply(&reply, &ev.user_id.0, None))
+                render::command_response(render::reply(&reply, &user_id, None))
             }
             Answer::Deferred => render::command_response(render::line(
                 "Planhat is taking a moment; your answer will appear here shortly.",
@@ -256,6 +292,18 @@ impl SlackState {
             true,
         )
         .await;
+    }
+
+    /// [`Self::deliver`] to a `response_url` still in its text form (a slash command's).
+    async fn deliver_to(&self, response_url: &str, content: SlackMessageContent, replace: bool) {
+        match url::Url::parse(response_url) {
+            Ok(url) => self.deliver(&url, content, replace).await,
+            Err(e) => {
+                // Slack signed it, so this is not expected; the URL itself is never logged.
+                tracing::error!(error = %e, "a slash command's response_url is not a URL; its late answer is lost");
+                self.app.metrics.delivery_failed("slack");
+            }
+        }
     }
 
     async fn deliver(&self, response_url: &url::Url, content: SlackMessageContent, replace: bool) {

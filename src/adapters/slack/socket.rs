@@ -247,7 +247,7 @@ async fn serve(
                     let (state, tx) = (state.clone(), tx.clone());
                     state.app.tasks.clone().spawn(async move {
                         let response_url = ev.response_url.0.clone();
-                        let response = state.command(ev).await;
+                        let response = state.command(ev.into()).await;
                         let ack = json!({"envelope_id": id, "payload": response});
                         if tx.send(Message::text(ack.to_string())).is_err() {
                             // The connection went away meanwhile: the answer still reaches

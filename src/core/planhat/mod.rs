@@ -10,13 +10,14 @@
 pub mod answer;
 pub mod budget;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::StatusCode;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use answer::{CompanyOwners, EndUserSummary};
 use budget::{CallWindow, CallsCollector};
@@ -100,7 +101,7 @@ struct Inner {
     api_path: String,
     redirect_prefix: String,
     timeout: Duration,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     /// Unix milliseconds until which every call is refused after a 429 (0: not paused).
     paused_until_ms: AtomicU64,
     /// Calls sent in the last minute, and the count below which optional calls may be made.
@@ -145,7 +146,7 @@ impl Planhat {
                 api_path: config.api_url.path().trim_end_matches('/').to_string(),
                 redirect_prefix: format!("{portal}/redirect/"),
                 timeout: config.timeout,
-                permits: Semaphore::new(config.max_in_flight),
+                permits: Arc::new(Semaphore::new(config.max_in_flight)),
                 paused_until_ms: AtomicU64::new(0),
                 calls,
                 optional_below: u64::from(config.calls_per_minute) * 3 / 4,
@@ -309,10 +310,11 @@ impl Planhat {
 
     async fn get_unbounded(&self, url: &reqwest::Url) -> Result<bytes_body::Body, PlanhatError> {
         self.refuse_if_paused()?;
-        let _permit = self
+        let permit = self
             .inner
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| PlanhatError::Unreachable("shutting down".into()))?;
         // Re-check: the pause may have started while this call waited for its turn.
@@ -320,13 +322,12 @@ impl Planhat {
         self.inner.calls.record();
         self.inner.metrics.planhat_in_flight(1);
         let _gauge = InFlight(&self.inner.metrics);
-        let response = self
-            .inner
-            .http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| self.transport_error(e))?;
+        let mut placed = Placed::new(self.inner.http.get(url.clone()).send(), permit);
+        let response = match placed.answer().await {
+            Some(answer) => answer.map_err(|e| self.transport_error(e))?,
+            None => return Err(PlanhatError::Unreachable("a call was awaited twice".into())),
+        };
+        drop(placed);
         let status = response.status();
         match status {
             s if s.is_success() => self.read_capped(response).await,
@@ -433,6 +434,50 @@ impl Planhat {
         } else {
             PlanhatError::Unusable(format!("the answer could not be read: {detail}"))
         }
+    }
+}
+
+/// How long a call given up on (its caller's time ran out) may keep its place.
+const LINGER: Duration = Duration::from_secs(60);
+
+/// A request sent to Planhat with its place under `max_in_flight`. When the caller gives up
+/// before Planhat answered (the overall timeout), Planhat is still working on it: the place
+/// stays taken until the answer comes after all (or [`LINGER`] has passed), in a task that
+/// exists only then, so Planhat never has more than `max_in_flight` of the bot's calls at once.
+struct Placed<F: Future + Send + Unpin + 'static> {
+    call: Option<F>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<F: Future + Send + Unpin + 'static> Placed<F> {
+    fn new(call: F, permit: OwnedSemaphorePermit) -> Self {
+        Placed {
+            call: Some(call),
+            permit: Some(permit),
+        }
+    }
+
+    /// Waits for Planhat's answer (its headers); the place is freed when `self` goes.
+    /// `None` only if asked twice.
+    async fn answer(&mut self) -> Option<F::Output> {
+        let answer = self.call.as_mut()?.await;
+        self.call = None;
+        Some(answer)
+    }
+}
+
+impl<F: Future + Send + Unpin + 'static> Drop for Placed<F> {
+    fn drop(&mut self) {
+        let (Some(call), Some(permit)) = (self.call.take(), self.permit.take()) else {
+            return; // answered: the place is free now
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // shutting down: there is no one left to keep out
+        };
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(LINGER, call).await;
+            drop(permit);
+        });
     }
 }
 
