@@ -18,7 +18,7 @@ use crate::shutdown::Shutdown;
 
 /// The longest the worker sleeps without looking (jobs of other replicas are due on time to
 /// within this).
-const POLL: Duration = Duration::from_millis(500);
+pub const POLL: Duration = Duration::from_millis(500);
 /// Jobs taken per look.
 const BATCH: usize = 64;
 

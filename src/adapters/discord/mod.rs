@@ -53,6 +53,7 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         app: app.clone(),
         http: http.clone(),
         expiries: Arc::new(tokio::sync::Notify::new()),
+        unscheduled_log: crate::adapters::throttle::LogThrottle::new(Duration::from_secs(60)),
     });
     app.portal.register_directory(
         Platform::Discord,
@@ -163,13 +164,15 @@ impl DiscordState {
                     tracing::info!("duplicate delivery of an interaction; answered once already");
                     return None;
                 }
-                Some(self.command(c, budget).await)
+                // Boxed, like each path below: a request's future then holds a pointer, not
+                // kilobytes of every path's state, and is cheaper to move at each level.
+                Some(Box::pin(self.command(c, budget)).await)
             }
             Interaction::Component(c) => {
                 if !self.first_time(c.id.get()).await {
                     return None;
                 }
-                Some(self.component(c, budget).await)
+                Some(Box::pin(self.component(c, budget)).await)
             }
             _ => None,
         }
@@ -309,9 +312,22 @@ impl DiscordState {
             .schedule(&expiry::job_key(key), link.expires_at, &job.encode())
             .await
         {
-            Ok(()) => self.expiries.notify_one(),
+            // The worker looks at least every `POLL` and sleeps exactly until a job due
+            // sooner: only a job due within that needs waking it (not one per link).
+            Ok(()) => {
+                let soon = link
+                    .expires_at
+                    .duration_since(std::time::SystemTime::now())
+                    .map_or(true, |left| left < expiry::POLL);
+                if soon {
+                    self.expiries.notify_one();
+                }
+            }
+            // A full store refuses every link's job until some are due: one line per minute.
             Err(e) => {
-                tracing::warn!(error = %e, "this link's message will not be replaced when it expires")
+                if let Some(times) = self.unscheduled_log.hit() {
+                    tracing::warn!(error = %e, times, "links whose message will not be replaced when they expire");
+                }
             }
         }
     }
