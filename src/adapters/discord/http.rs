@@ -56,7 +56,8 @@ async fn interactions(
         }
     };
     let budget = state.discord.app.config.server.reply_budget;
-    match state.discord.interaction(interaction, budget).await {
+    // Boxed: the handler's future (moved at each layer above it) stays a few hundred bytes.
+    match Box::pin(state.discord.interaction(interaction, budget)).await {
         Some(response) => Json(response).into_response(),
         None => (StatusCode::BAD_REQUEST, "unsupported interaction").into_response(),
     }

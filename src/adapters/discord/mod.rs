@@ -38,8 +38,10 @@ const REDELIVERY_WINDOW: Duration = Duration::from_secs(900);
 pub struct DiscordState {
     app: Arc<App>,
     http: Arc<Http>,
-    /// Wakes the expiry worker when a job is scheduled.
+    /// Wakes the expiry worker when a job is scheduled that is due before its next look.
     expiries: Arc<tokio::sync::Notify>,
+    /// Expiry jobs the shared state refused (full), told in one line a minute.
+    unscheduled_log: crate::adapters::throttle::LogThrottle,
 }
 
 /// Starts Discord when `[discord]` is configured: registers `/portal`, then serves the

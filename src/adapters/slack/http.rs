@@ -108,7 +108,8 @@ async fn commands(
             return (StatusCode::BAD_REQUEST, "malformed slash command").into_response();
         }
     };
-    Json(state.slack.command(ev).await).into_response()
+    // Boxed: the handler's future (moved at each layer above it) stays a few hundred bytes.
+    Json(Box::pin(state.slack.command(ev)).await).into_response()
 }
 
 async fn interactions(

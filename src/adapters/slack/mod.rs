@@ -220,7 +220,7 @@ impl SlackState {
         self.app.tasks.spawn(async move {
             // A click delivered twice (retry, redelivered envelope, two replicas) is acted on once.
             if me.first_time(&format!("click:{}", ev.trigger_id.0)).await {
-                me.block_actions(ev).await;
+                Box::pin(me.block_actions(ev)).await;
             }
         });
     }
