@@ -10,7 +10,6 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::App;
@@ -35,11 +34,13 @@ pub fn metrics_router(app: Arc<App>) -> Router {
 }
 
 /// Wraps the whole router in the limits every request meets; `timeout` covers the body upload
-/// too, so a slow-loris sender is cut off.
+/// too, so a slow-loris sender is cut off. The body limit is axum's own, which every body
+/// extractor applies (413 past it, whether the length is declared or not; no handler reads a
+/// body any other way); tower-http's `RequestBodyLimitLayer` on top would wrap each request's
+/// and response's body once more for the same check.
 pub fn with_limits(router: Router, timeout: Duration) -> Router {
     router
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
