@@ -718,6 +718,53 @@ async fn an_expired_link_is_replaced_by_an_expired_line_with_a_new_link_button()
 }
 
 #[tokio::test]
+async fn links_expiring_together_are_replaced_a_few_at_a_time_and_all_of_them() {
+    // Forty links minted at once expire at once; Discord takes 200 ms per edit. The bot keeps
+    // a bounded number of edits in flight (16), and every message is still replaced.
+    let planhat = MockServer::start().await;
+    let fake =
+        FakeDiscord::start_with_edit_delay("ws://127.0.0.1:9", Duration::from_millis(200)).await;
+    let app = spawn(config(
+        &planhat.uri(),
+        &format!(
+            "link_lifetime = \"1s\"\n{}[limits]\nper_user_per_minute = 1000\n",
+            discord_toml(&fake, &format!("discord_users = [\"{ALICE}\"]"))
+        ),
+    ))
+    .await;
+    planhat_link(&planhat, ENDUSER, "bursttok").await;
+    let ids: Vec<u64> = (0..40).map(|i| 1100000000000002000 + i).collect();
+    let asks = ids.iter().map(|id| {
+        let app = &app;
+        async move { interact(app, &discord_command(*id, ALICE, &[], ENDUSER)).await }
+    });
+    // Each is answered with the link, inline or (a slow first round) deferred and edited in.
+    futures_util::future::join_all(asks).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let edited = || {
+        fake.requests()
+            .iter()
+            .filter(|r| {
+                r.method == "PATCH"
+                    && r.body.to_lowercase().contains("expired")
+                    && ids.iter().any(|id| r.path == original_path(*id))
+            })
+            .count()
+    };
+    while edited() < ids.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        edited(),
+        ids.len(),
+        "every expired link's message is replaced"
+    );
+    let most = fake.most_edits_at_once();
+    assert!((2..=16).contains(&most), "edits at once: {most}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn new_link_button_mints_afresh_for_the_asker_only() {
     let access = format!("discord_users = [\"{ALICE}\", \"{BOB}\"]");
     let (planhat, _fake, app) = setup("", &access).await;

@@ -3,6 +3,7 @@
 //! serenity would fall back to Discord's real gateway.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,12 +46,16 @@ impl Seen {
 struct FakeState {
     log: Arc<Mutex<Vec<Seen>>>,
     gateway_url: String,
+    /// How long each message edit takes to answer, and edits being answered now / at most.
+    edit_delay: Duration,
+    edits: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 /// A recording stand-in for `https://discord.com/api/v10` on 127.0.0.1.
 pub struct FakeDiscord {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Seen>>>,
+    edits: Arc<(AtomicUsize, AtomicUsize)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -106,6 +111,10 @@ async fn fake_discord_route(
                 .ok()
                 .and_then(|v| v["content"].as_str().map(str::to_string))
                 .unwrap_or_default();
+            let (now, most) = &*s.edits;
+            most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::time::sleep(s.edit_delay).await;
+            now.fetch_sub(1, Ordering::SeqCst);
             json_ok(message_json(1800000000000000008, &content))
         }
         _ => (
@@ -120,12 +129,20 @@ async fn fake_discord_route(
 impl FakeDiscord {
     /// Starts the fake; `GET /api/v10/gateway` answers `gateway_url`.
     pub async fn start(gateway_url: &str) -> FakeDiscord {
+        Self::start_with_edit_delay(gateway_url, Duration::ZERO).await
+    }
+
+    /// The fake, answering each message edit after `edit_delay`.
+    pub async fn start_with_edit_delay(gateway_url: &str, edit_delay: Duration) -> FakeDiscord {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
+        let edits = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let state = FakeState {
             log: log.clone(),
             gateway_url: gateway_url.to_string(),
+            edit_delay,
+            edits: edits.clone(),
         };
         let router = axum::Router::new()
             .fallback(fake_discord_route)
@@ -133,7 +150,17 @@ impl FakeDiscord {
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });
-        FakeDiscord { addr, log, task }
+        FakeDiscord {
+            addr,
+            log,
+            edits,
+            task,
+        }
+    }
+
+    /// The most message edits it was answering at once.
+    pub fn most_edits_at_once(&self) -> usize {
+        self.edits.1.load(Ordering::SeqCst)
     }
 
     pub fn api_url(&self) -> String {

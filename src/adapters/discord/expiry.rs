@@ -21,6 +21,10 @@ use crate::shutdown::Shutdown;
 pub const POLL: Duration = Duration::from_millis(500);
 /// Jobs taken per look.
 const BATCH: usize = 64;
+/// Edits in flight at once. Links minted in a burst expire in a burst: without a bound, tens of
+/// thousands of edits would each hold a task and a request at once (memory, and a queue inside
+/// serenity's rate limiter); with it, due jobs wait in the store, where they cost nothing.
+const EDITS_AT_ONCE: usize = 16;
 
 /// The shared-state key of the expiry job of the message named `message_key`.
 pub fn job_key(message_key: u64) -> String {
@@ -50,6 +54,7 @@ impl Job {
 
 /// Runs due jobs until shutdown.
 pub async fn run(state: Arc<DiscordState>, mut shutdown: Shutdown) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(EDITS_AT_ONCE));
     loop {
         let due = state.app.state.take_due(SystemTime::now(), BATCH).await;
         let full = due.len() == BATCH;
@@ -58,12 +63,17 @@ pub async fn run(state: Arc<DiscordState>, mut shutdown: Shutdown) {
                 tracing::warn!("an expiry job could not be read; skipped");
                 continue;
             };
+            // The next batch is taken only once this one has slots: at most a batch waits
+            // here, the rest stays in the (shared) store. Taken jobs are edited even when
+            // shutdown comes meanwhile (shutdown waits for tracked tasks).
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let state = state.clone();
-            state
-                .app
-                .tasks
-                .clone()
-                .spawn(async move { edit(&state, job).await });
+            state.app.tasks.clone().spawn(async move {
+                edit(&state, job).await;
+                drop(slot);
+            });
         }
         if full {
             continue; // more are due right now
