@@ -1046,6 +1046,14 @@ async fn drive(args: &[String]) {
         cpu * 1e6 / n as f64,
         n as f64 / wall.as_secs_f64()
     );
+    let mb = |key| status_kb(server.pid(), key) as f64 / 1024.0;
+    println!(
+        "server RSS {:.1} MB (peak {:.1}): anonymous {:.1}, file-backed {:.1}",
+        mb("VmRSS:"),
+        mb("VmHWM:"),
+        mb("RssAnon:"),
+        mb("RssFile:")
+    );
     if let Some(perf) = perf.as_mut() {
         let _ = Command::new("kill")
             .args(["-INT", &perf.id().to_string()])
