@@ -13,17 +13,12 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 async fn go_links_mint_once_at_click() {
     let planhat = MockServer::start().await;
     planhat_link(&planhat, "e1", "minted-at-click").await;
-    // public_url must name the port before start: pick a free one.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    let mut cfg = config(
+    let cfg = config(
         &planhat.uri(),
         "[access]\ndiscord_users = [\"1500000000000000005\"]\n",
     );
-    cfg.server.listen = addr;
-    cfg.server.public_url = Some(url::Url::parse(&format!("http://{addr}")).unwrap());
-    let running = spawn(cfg).await;
+    let running = spawn_with_public_url(cfg).await;
+    let addr = running.addr;
 
     // A Discord asker: Discord's link buttons send no click event, so the page's POST is the
     // deliberate act.
@@ -161,14 +156,11 @@ fn open_button(answer: &serde_json::Value) -> (String, String) {
 async fn slack_go_links_open_only_after_their_asker_clicked_in_slack() {
     let planhat = MockServer::start().await;
     planhat_link(&planhat, "e1", "armed-token").await;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
     let dir = std::env::temp_dir().join(format!("pb-go-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let audit = dir.join("armed.jsonl");
     let _ = std::fs::remove_file(&audit);
-    let mut cfg = config(
+    let cfg = config(
         &planhat.uri(),
         &format!(
             "[slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\n\
@@ -177,9 +169,8 @@ async fn slack_go_links_open_only_after_their_asker_clicked_in_slack() {
             audit.display()
         ),
     );
-    cfg.server.listen = addr;
-    cfg.server.public_url = Some(url::Url::parse(&format!("http://{addr}")).unwrap());
-    let app = spawn(cfg).await;
+    let app = spawn_with_public_url(cfg).await;
+    let addr = app.addr;
     let base = format!("http://{addr}");
     let browser = reqwest::Client::builder()
         .no_proxy()

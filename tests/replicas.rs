@@ -28,16 +28,12 @@ fn slack_toml() -> String {
 /// A replica answering Slack over http, with `[state]` and any further sections in `extra`;
 /// `public`: with `server.public_url` (so links are `/go/` links).
 async fn replica(planhat: &MockServer, extra: &str, public: bool) -> Running {
-    let mut cfg = config(&planhat.uri(), &format!("{}{extra}", slack_toml()));
+    let cfg = config(&planhat.uri(), &format!("{}{extra}", slack_toml()));
     if public {
-        // public_url must name the port before start: pick a free one.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        cfg.server.listen = addr;
-        cfg.server.public_url = Some(url::Url::parse(&format!("http://{addr}")).unwrap());
+        spawn_with_public_url(cfg).await
+    } else {
+        spawn(cfg).await
     }
-    spawn(cfg).await
 }
 
 /// `/portal <text>` from `user`, signed, to `app`: the answer and how long it took.

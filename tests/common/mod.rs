@@ -47,6 +47,27 @@ pub async fn spawn(config: Config) -> Running {
     portal_bot::start(config).await.expect("app starts")
 }
 
+/// Starts the real app with `server.public_url` naming its own address, which must be known
+/// before start: a free port is picked, and picked again if another test took it meanwhile
+/// (between the probe's release and the app's bind, a parallel test can be handed the same
+/// ephemeral port).
+pub async fn spawn_with_public_url(config: Config) -> Running {
+    for _ in 0..10 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let mut cfg = config.clone();
+        cfg.server.listen = addr;
+        cfg.server.public_url = Some(url::Url::parse(&format!("http://{addr}")).unwrap());
+        match portal_bot::start(cfg).await {
+            Ok(running) => return running,
+            Err(portal_bot::StartError::Listen { .. }) => continue,
+            Err(e) => panic!("app starts: {e:?}"),
+        }
+    }
+    panic!("no free port in ten tries")
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
