@@ -325,12 +325,9 @@ impl PortalService {
     }
 
     /// Tells the transparency channel about links handed out, `/go/` clicks and scope
-    /// refusals. Never waits; never a URL.
+    /// refusals. Never waits; never a URL. Called only when the notifier is listening.
     fn notify(&self, asker: &Asker, action: Action, reply: &Reply, end_user: Option<&str>) {
         use super::notify::{Notice, NoticeKind};
-        if !self.notifier.listening() {
-            return;
-        }
         let (kind, who) = match reply {
             Reply::Link(l) if action == Action::Go => (NoticeKind::Opened, l.who.as_ref()),
             Reply::Link(l) => (NoticeKind::Link, l.who.as_ref()),
@@ -844,9 +841,12 @@ impl PortalService {
     ) -> Reply {
         let took = started.elapsed();
         let outcome = reply.outcome();
-        let notice_end_user = match self.notifier.listening() {
-            true => audited.end_user.clone(),
-            false => None,
+        // A notice (and the copy of the end user it needs) only when a channel listens.
+        let listening = self.notifier.listening();
+        let notice_end_user = if listening {
+            audited.end_user.clone()
+        } else {
+            None
         };
         let event = AuditEvent {
             time: AuditEvent::now(),
@@ -875,7 +875,9 @@ impl PortalService {
             }
         };
         let outcome = reply.outcome();
-        self.notify(asker, action, &reply, notice_end_user.as_deref());
+        if listening {
+            self.notify(asker, action, &reply, notice_end_user.as_deref());
+        }
         self.metrics.request(asker.platform.name(), outcome, took);
         tracing::info!(
             platform = asker.platform.name(),

@@ -6,7 +6,6 @@
 //! the front of that order and stops at the first live entry, so nothing on the request path
 //! ever scans a map. What each does when full is said where it is.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Mutex;
@@ -66,10 +65,7 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
         }
     }
 
-    fn live<Q: Hash + Eq + ?Sized>(&self, key: &Q, now: Instant) -> Option<&V>
-    where
-        K: Borrow<Q>,
-    {
+    fn live(&self, key: &K, now: Instant) -> Option<&V> {
         self.map
             .get(key)
             .filter(|(at, _)| *at > now)

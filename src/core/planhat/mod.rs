@@ -322,12 +322,9 @@ impl Planhat {
         self.inner.calls.record();
         self.inner.metrics.planhat_in_flight(1);
         let _gauge = InFlight(&self.inner.metrics);
-        let mut placed = Placed::new(self.inner.http.get(url.clone()).send(), permit);
-        let response = match placed.answer().await {
-            Some(answer) => answer.map_err(|e| self.transport_error(e))?,
-            None => return Err(PlanhatError::Unreachable("a call was awaited twice".into())),
-        };
-        drop(placed);
+        let response = Placed::new(self.inner.http.get(url.clone()).send(), permit)
+            .await
+            .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         match status {
             s if s.is_success() => self.read_capped(response).await,
@@ -456,13 +453,23 @@ impl<F: Future + Send + Unpin + 'static> Placed<F> {
             permit: Some(permit),
         }
     }
+}
 
-    /// Waits for Planhat's answer (its headers); the place is freed when `self` goes.
-    /// `None` only if asked twice.
-    async fn answer(&mut self) -> Option<F::Output> {
-        let answer = self.call.as_mut()?.await;
+/// Planhat's answer (its headers). Once it is there the call is done: the place is freed
+/// with the `Placed`, right after.
+impl<F: Future + Send + Unpin + 'static> Future for Placed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(call) = self.call.as_mut() else {
+            return std::task::Poll::Pending; // polled after it finished: nothing more comes
+        };
+        let answer = std::task::ready!(std::pin::Pin::new(call).poll(cx));
         self.call = None;
-        Some(answer)
+        std::task::Poll::Ready(answer)
     }
 }
 
