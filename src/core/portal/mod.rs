@@ -1,0 +1,370 @@
+//! The portal-link use case: from (asker, what they typed) to what they should see.
+//!
+//! This is the one place where the spec's order is enforced: authorise → rate limit →
+//! access check + mint (concurrently: one round trip) → URL check → audit. Adapters call
+//! [`PortalService::handle`] or [`PortalService::link_for`] and render the [`Reply`]; they
+//! never talk to Planhat themselves, so no adapter can skip a step.
+//!
+//! The use case is split by what each part does: this file admits, runs and records a
+//! request; [`round`] is the Planhat round (access check, mint, name and scope beside them);
+//! [`reply`] is what the asker sees; [`click`] is a `/go/` click finishing a request.
+
+mod click;
+mod reply;
+mod round;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::access::AccessPolicy;
+use super::asker::{Asker, Platform};
+use super::audit::{Audit, AuditEvent};
+use super::command::{parse_command, Command};
+use super::directory::Directory;
+use super::enduser::{BadEndUser, EndUserId, Target};
+use super::metrics::Metrics;
+use super::names::NameCache;
+use super::ownership::{Ownership, ScopeDenied};
+use super::planhat::Planhat;
+use super::state::SharedState;
+
+pub use self::click::{GoClient, GoView};
+pub use self::reply::{
+    access_line, choose_line, id_of, Action, PortalLink, Refusal, Reply, MAX_CHOICES,
+};
+
+/// The use case and everything it needs. One per process, shared by every adapter.
+pub struct PortalService {
+    planhat: Planhat,
+    policy: AccessPolicy,
+    /// Rate limits, `/go/` ids and Planhat's pause: in memory or shared by replicas.
+    state: Arc<dyn SharedState>,
+    per_minute: u32,
+    audit: Arc<Audit>,
+    metrics: Arc<Metrics>,
+    link_lifetime: Duration,
+    /// Set: links are `/go/` links under this base, minted at click time.
+    public_url: Option<String>,
+    /// How long a `/go/` id lives.
+    go_lifetime: Duration,
+    names: Arc<NameCache>,
+    /// `scope = "owned"`: who owns which company.
+    ownership: Ownership,
+    /// The transparency channel's outlets (`[notify]`), registered by the chat adapters.
+    notifier: super::notify::Notifier,
+    /// Each chat platform's directory (emails, current groups), registered at start-up.
+    directories: std::sync::RwLock<std::collections::HashMap<Platform, Arc<dyn Directory>>>,
+}
+
+/// End users' names cached at once, about (a full cache evicts as it inserts: [`NameCache`]).
+const MAX_NAMES: usize = 10_000;
+
+impl PortalService {
+    /// Assembles the use case from its parts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        planhat: Planhat,
+        policy: AccessPolicy,
+        state: Arc<dyn SharedState>,
+        per_minute: u32,
+        audit: Arc<Audit>,
+        metrics: Arc<Metrics>,
+        link_lifetime: Duration,
+        public_url: Option<&url::Url>,
+        go_lifetime: Duration,
+    ) -> Self {
+        planhat.share_pauses(state.clone());
+        let names = Arc::new(NameCache::new(MAX_NAMES, Duration::from_secs(3600)));
+        let ownership = Ownership::new(planhat.clone(), names.clone());
+        PortalService {
+            planhat,
+            policy,
+            state,
+            per_minute,
+            audit,
+            metrics,
+            link_lifetime,
+            public_url: public_url.map(|u| u.as_str().trim_end_matches('/').to_string()),
+            go_lifetime,
+            ownership,
+            names,
+            directories: Default::default(),
+            notifier: Default::default(),
+        }
+    }
+
+    fn directory(&self, platform: Platform) -> Option<Arc<dyn Directory>> {
+        self.directories
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&platform)
+            .cloned()
+    }
+
+    /// The transparency channel (a chat adapter with a `[notify]` channel takes an outlet).
+    pub fn notifier(&self) -> &super::notify::Notifier {
+        &self.notifier
+    }
+
+    /// Tells the transparency channel about links handed out, `/go/` clicks and scope
+    /// refusals. Never waits; never a URL. Called only when the notifier is listening.
+    fn notify(&self, asker: &Asker, action: Action, reply: &Reply, end_user: Option<&str>) {
+        use super::notify::{Notice, NoticeKind};
+        let (kind, who) = match reply {
+            Reply::Link(l) if action == Action::Go => (NoticeKind::Opened, l.who.as_ref()),
+            Reply::Link(l) => (NoticeKind::Link, l.who.as_ref()),
+            Reply::Refused(Refusal::OutOfScope(ScopeDenied::NotYours(_))) => {
+                (NoticeKind::RefusedScope, None)
+            }
+            _ => return,
+        };
+        let end_user = who
+            .and_then(|w| w.name.clone())
+            .or_else(|| end_user.map(str::to_string))
+            .unwrap_or_else(|| "an end user".into());
+        let notice = Notice {
+            kind,
+            platform: asker.platform,
+            asker: asker.user_id.clone(),
+            end_user,
+            company: who.and_then(|w| w.company.clone()),
+        };
+        let dropped = self.notifier.send(&notice);
+        for _ in 0..dropped {
+            self.metrics.notice_failed("dropped");
+        }
+    }
+
+    /// A chat adapter registers its platform's directory (emails, current groups).
+    pub fn register_directory(&self, platform: Platform, directory: Arc<dyn Directory>) {
+        self.directories
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(platform, directory);
+    }
+
+    /// The ownership lookups (the app refreshes Planhat's user list in the background).
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
+    /// The access policy (adapters ask it which groups to keep fetched).
+    pub fn policy(&self) -> &AccessPolicy {
+        &self.policy
+    }
+
+    /// The Planhat client (for start-up warm-up and `check`).
+    pub fn planhat(&self) -> &Planhat {
+        &self.planhat
+    }
+
+    /// The shared state (adapters claim deliveries and schedule jobs through it).
+    pub fn state(&self) -> &Arc<dyn SharedState> {
+        &self.state
+    }
+
+    /// Periodic clean-up off the request path (called by the app's housekeeping task). Cached
+    /// names need no sweep: their cache evicts as it inserts.
+    pub fn sweep(&self) {
+        self.state.housekeep();
+    }
+
+    /// `GET /go/{id}`: no side effect, except where the id's own asker has armed it with their
+    /// click in Slack (that click is the deliberate act): then it mints and redirects. A Slack
+    /// id whose click event hasn't arrived yet waits for it up to [`ARM_WAIT`]. Anything else
+
+    pub async fn handle(&self, asker: &Asker, text: &str) -> Reply {
+        self.handle_command(asker, parse_command(text)).await
+    }
+
+    /// A command already parsed (the terminal parses its own arguments).
+    pub async fn handle_command(
+        &self,
+        asker: &Asker,
+        command: Result<Command, BadEndUser>,
+    ) -> Reply {
+        let started = Instant::now();
+        let (action, target) = match &command {
+            Ok(Command::Help) => {
+                return self
+                    .finish(
+                        asker,
+                        Action::Help,
+                        Audited::default(),
+                        Reply::Help,
+                        started,
+                    )
+                    .await
+            }
+            Ok(Command::Link(t)) => (Action::Link, Some(t.clone())),
+            Ok(Command::Check(t)) => (Action::Check, Some(t.clone())),
+            Err(_) => (Action::Link, None),
+        };
+        let mut audited = match &target {
+            Some(Target::EndUser(id)) => Audited::id(id),
+            Some(Target::Email(email)) => Audited {
+                end_user: None,
+                email: Some(email.clone()),
+            },
+            _ => Audited::default(),
+        };
+        let reply = match (self.admit(asker, action).await, command) {
+            (Err(refusal), _) => Reply::Refused(refusal),
+            (Ok(()), Err(bad)) => Reply::Refused(Refusal::BadInput(bad)),
+            (Ok(()), Ok(_)) => match target {
+                Some(Target::EndUser(id)) => self.run(asker, id, None, action).await,
+                Some(Target::Email(email)) => {
+                    let (resolved, reply) = self.by_email(asker, email, action).await;
+                    audited.end_user = resolved.map(|id| id.to_string());
+                    reply
+                }
+                _ => Reply::Help,
+            },
+        };
+        self.finish(asker, action, audited, reply, started).await
+    }
+
+    /// A link (or check) for an end user already known by id: the New link button, a pick from
+    /// an email's matches, a `/go/` click. Authorised, rate limited and audited like a command.
+    pub async fn link_for(&self, asker: &Asker, id: EndUserId, action: Action) -> Reply {
+        let started = Instant::now();
+        let audited = Audited::id(&id);
+        let reply = match self.admit(asker, action).await {
+            Err(refusal) => Reply::Refused(refusal),
+            Ok(()) => self.run(asker, id, None, action).await,
+        };
+        self.finish(asker, action, audited, reply, started).await
+    }
+
+    /// Records a refusal that happened before the use case (e.g. someone pressing a button on
+    /// another person's message), so the audit trail has every attempt.
+    pub async fn record_refusal(
+        &self,
+        asker: &Asker,
+        end_user: Option<String>,
+        outcome: &'static str,
+    ) {
+        let event = AuditEvent {
+            time: AuditEvent::now(),
+            platform: asker.platform.name(),
+            team: asker.team_id.clone(),
+            channel: asker.channel_id.clone(),
+            asker: asker.user_id.clone(),
+            action: Action::Button.name(),
+            end_user,
+            email: None,
+            outcome,
+            latency_ms: 0,
+            company: None,
+            client: None,
+            user_agent: None,
+        };
+        if let Err(e) = self.audit.record(event).await {
+            tracing::error!(error = %e, "audit event lost");
+        }
+        self.metrics
+            .request(asker.platform.name(), outcome, Duration::ZERO);
+    }
+
+    /// Authorise, then rate limit, then Planhat's pause (one shared-state round trip for
+    /// both): nothing reaches Planhat before all pass. A `/go/` click is not counted again:
+    /// it finishes a request that was counted when asked.
+    async fn admit(&self, asker: &Asker, action: Action) -> Result<(), Refusal> {
+        self.policy.authorize(asker).map_err(Refusal::NotAllowed)?;
+        if matches!(action, Action::Help | Action::Button) {
+            return Ok(());
+        }
+        let admission = self
+            .state
+            .admit(&asker.rate_key(), self.per_minute, action != Action::Go)
+            .await;
+        if let Some(wait) = admission.retry_after {
+            return Err(Refusal::RateLimited(wait));
+        }
+        if let Some(wait) = admission.planhat_paused {
+            // Another replica saw a 429: this one holds back too, without calling Planhat.
+            self.planhat.pause_for(wait);
+            return Err(Refusal::UpstreamRateLimited(wait));
+        }
+        Ok(())
+    }
+
+    /// An email's end user: the reply, and the id it resolved to (for the audit trail) when it
+
+    async fn finish(
+        &self,
+        asker: &Asker,
+        action: Action,
+        audited: Audited,
+        reply: Reply,
+        started: Instant,
+    ) -> Reply {
+        let took = started.elapsed();
+        let outcome = reply.outcome();
+        // A notice (and the copy of the end user it needs) only when a channel listens.
+        let listening = self.notifier.listening();
+        let notice_end_user = if listening {
+            audited.end_user.clone()
+        } else {
+            None
+        };
+        let event = AuditEvent {
+            time: AuditEvent::now(),
+            platform: asker.platform.name(),
+            team: asker.team_id.clone(),
+            channel: asker.channel_id.clone(),
+            asker: asker.user_id.clone(),
+            action: action.name(),
+            end_user: audited.end_user,
+            email: audited.email,
+            outcome,
+            latency_ms: took.as_millis() as u64,
+            company: reply.company(),
+            client: None,
+            user_agent: None,
+        };
+        let reply = match self.audit.record(event).await {
+            Ok(()) => reply,
+            Err(e) if self.audit.required() => {
+                tracing::error!(error = %e, "refusing the answer: audit is required");
+                Reply::Refused(Refusal::AuditUnavailable)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit event lost");
+                reply
+            }
+        };
+        let outcome = reply.outcome();
+        if listening {
+            self.notify(asker, action, &reply, notice_end_user.as_deref());
+        }
+        self.metrics.request(asker.platform.name(), outcome, took);
+        tracing::info!(
+            platform = asker.platform.name(),
+            asker = %asker.user_id,
+            action = action.name(),
+            outcome,
+            latency_ms = took.as_millis() as u64,
+            "request answered"
+        );
+        reply
+    }
+}
+
+/// Whom a request was about, as the audit trail records it.
+#[derive(Default)]
+struct Audited {
+    /// The end-user id (for an email, the one it resolved to).
+    end_user: Option<String>,
+    /// The email typed, for a lookup by email.
+    email: Option<String>,
+}
+
+impl Audited {
+    fn id(id: &EndUserId) -> Self {
+        Audited {
+            end_user: Some(id.to_string()),
+            email: None,
+        }
+    }
+}

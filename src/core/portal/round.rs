@@ -1,0 +1,278 @@
+//! The Planhat round of a request: the access check and the mint at once, with the name
+//! lookup or the scope check beside them (never one after the other), or, with `public_url`,
+//! the access check now and a `/go/` id for the mint at click time.
+
+use std::time::{Duration, SystemTime};
+
+use super::{Action, PortalLink, PortalService, Refusal, Reply, MAX_CHOICES};
+use crate::core::asker::{Asker, Platform};
+use crate::core::enduser::EndUserId;
+use crate::core::onetime::new_id;
+use crate::core::ownership::{OwnershipError, ScopeDenied};
+use crate::core::planhat::{EndUserSummary, PlanhatError};
+use crate::core::secret::Secret;
+use crate::core::state::GoClaim;
+
+use super::id_of;
+
+impl PortalService {
+    pub(super) async fn by_email(
+        &self,
+        asker: &Asker,
+        email: String,
+        action: Action,
+    ) -> (Option<EndUserId>, Reply) {
+        let mut matches = match self.planhat.find_by_email(&email).await {
+            Ok(m) => m,
+            Err(e) => return (None, self.upstream(e)),
+        };
+        match matches.len() {
+            0 => (None, Reply::Refused(Refusal::NotFound)),
+            1 => {
+                let who = matches.pop();
+                match who.as_ref().and_then(|w| id_of(&w.id)) {
+                    Some(id) => (Some(id.clone()), self.run(asker, id, who, action).await),
+                    None => (
+                        None,
+                        self.upstream(PlanhatError::Unusable(
+                            "the matching end user has an unusable id".into(),
+                        )),
+                    ),
+                }
+            }
+            n => {
+                matches.truncate(MAX_CHOICES);
+                (
+                    None,
+                    Reply::Choose {
+                        email,
+                        matches,
+                        more: n > MAX_CHOICES,
+                    },
+                )
+            }
+        }
+    }
+
+    /// The Planhat round: access check and mint at once; a URL is kept only on "yes".
+    pub(super) async fn run(
+        &self,
+        asker: &Asker,
+        id: EndUserId,
+        who: Option<EndUserSummary>,
+        action: Action,
+    ) -> Reply {
+        if action.mints() && action != Action::Go && self.public_url.is_some() {
+            let (access, scope) = self
+                .beside_scope(asker, &id, who, self.planhat.check_access(&id))
+                .await;
+            return match (access, scope) {
+                (Err(e), _) => self.upstream(e),
+                (_, Err(refusal)) => Reply::Refused(refusal),
+                (Ok(false), _) => Reply::Refused(Refusal::NoAccess),
+                (Ok(true), Ok(who)) => match self.at_click(asker, id.clone(), who.clone()).await {
+                    Some(reply) => reply,
+                    // The store is full or unreachable: fall back to a link minted now (the
+                    // scope was checked a moment ago).
+                    None => self.mint_now(asker, id, who, false).await,
+                },
+            };
+        }
+        if !action.mints() {
+            let (access, scope) = self
+                .beside_scope(asker, &id, who, self.planhat.check_access(&id))
+                .await;
+            let (who, scope) = match scope {
+                Ok(who) => (who, None),
+                Err(Refusal::NotFound) => return Reply::Refused(Refusal::NotFound),
+                Err(Refusal::OutOfScope(d)) => (None, Some(d)),
+                Err(_) => (None, Some(ScopeDenied::LookupFailed)),
+            };
+            return match access {
+                Ok(has_access) => Reply::Access {
+                    end_user: id,
+                    who,
+                    has_access,
+                    scope,
+                },
+                Err(e) => self.upstream(e),
+            };
+        }
+        self.mint_now(asker, id, who, true).await
+    }
+
+    /// Runs `work` (the Planhat round) beside the scope check when the asker is scoped, else
+    /// beside the name lookup; never one after the other. The second value is the end user's
+    /// name (when known), or the scope's refusal.
+    async fn beside_scope<T>(
+        &self,
+        asker: &Asker,
+        id: &EndUserId,
+        who: Option<EndUserSummary>,
+        work: impl std::future::Future<Output = T>,
+    ) -> (T, Result<Option<EndUserSummary>, Refusal>) {
+        if !self.policy.scoped(asker) {
+            return self.beside_name(id, who, work).await;
+        }
+        tokio::join!(work, self.scope_check(asker, id, who))
+    }
+
+    /// Runs `work` beside the name lookup (which it never waits for long).
+    async fn beside_name<T>(
+        &self,
+        id: &EndUserId,
+        who: Option<EndUserSummary>,
+        work: impl std::future::Future<Output = T>,
+    ) -> (T, Result<Option<EndUserSummary>, Refusal>) {
+        let lookup = self.lookup_who(id, who);
+        let out = work.await;
+        (out, Ok(lookup.now().await))
+    }
+
+    /// `scope = "owned"`: the asker's email (from their chat platform) against the owners of
+    /// the end user's company. Fails closed with the reason.
+    async fn scope_check(
+        &self,
+        asker: &Asker,
+        id: &EndUserId,
+        who: Option<EndUserSummary>,
+    ) -> Result<Option<EndUserSummary>, Refusal> {
+        let email = match self.directory(asker.platform) {
+            None => None,
+            Some(d) => match d.email(asker).await {
+                Ok(email) => email,
+                Err(why) => {
+                    tracing::warn!(platform = asker.platform.name(), error = %why, "the asker's email could not be looked up");
+                    return Err(Refusal::OutOfScope(ScopeDenied::LookupFailed));
+                }
+            },
+        };
+        let Some(email) = email else {
+            return Err(Refusal::OutOfScope(ScopeDenied::no_email(asker.platform)));
+        };
+        match self.ownership.check(&email, id, who.as_ref()).await {
+            Ok(summary) => Ok(Some(summary)),
+            Err(OwnershipError::NotFound) => Err(Refusal::NotFound),
+            Err(OwnershipError::Denied(d)) => Err(Refusal::OutOfScope(d)),
+        }
+    }
+
+    /// Looks the end user's name up beside the other calls; never waits for it afterwards.
+    /// Names are cached (they rarely change), so asking again for the same end user costs
+    /// Planhat only the access check and the mint. The lookup is optional: while Planhat's
+    /// per-minute budget is nearly spent it is skipped (and counted), so links keep the budget.
+    fn lookup_who(&self, id: &EndUserId, known: Option<EndUserSummary>) -> WhoLookup {
+        if known.is_some() {
+            return WhoLookup::Known(known);
+        }
+        if let Some(cached) = self.names.get(id) {
+            return WhoLookup::Known(Some(cached));
+        }
+        if !self.planhat.room_for_optional() {
+            self.metrics.lookup_skipped();
+            return WhoLookup::Known(None);
+        }
+        if !self.names.claim(id) {
+            return WhoLookup::Known(None); // another request is fetching it right now
+        }
+        let (planhat, id, names) = (self.planhat.clone(), id.clone(), self.names.clone());
+        // Runs to its end even when the reply doesn't wait for it, so the next reply has the
+        // name, and its Planhat call is never cut off mid-flight (max_in_flight stays true).
+        WhoLookup::Pending(tokio::spawn(async move {
+            let who = planhat.find_by_id(&id).await.ok();
+            names.put(id, who.clone());
+            who
+        }))
+    }
+
+    /// Access check and mint at once (and the scope check beside them when `check_scope` and
+    /// the asker is scoped); a URL is kept only when every answer is yes.
+    async fn mint_now(
+        &self,
+        asker: &Asker,
+        id: EndUserId,
+        who: Option<EndUserSummary>,
+        check_scope: bool,
+    ) -> Reply {
+        let before_mint = SystemTime::now();
+        let round = async { tokio::join!(self.planhat.check_access(&id), self.planhat.mint(&id)) };
+        let ((access, minted), scope) = if check_scope {
+            self.beside_scope(asker, &id, who, round).await
+        } else {
+            self.beside_name(&id, who, round).await
+        };
+        // A URL that is not shown below is dropped here, unseen and unlogged.
+        match (access, scope) {
+            (Err(e), _) => self.upstream(e),
+            (_, Err(refusal)) => Reply::Refused(refusal),
+            (Ok(false), _) => Reply::Refused(Refusal::NoAccess),
+            (Ok(true), Ok(who)) => match minted {
+                Ok(url) => Reply::Link(PortalLink {
+                    url,
+                    end_user: id,
+                    who,
+                    expires_at: before_mint + self.link_lifetime,
+                    at_click: false,
+                }),
+                Err(e) => self.upstream(e),
+            },
+        }
+    }
+
+    /// With `public_url`: check access now, mint when the person clicks `/go/{id}`.
+    async fn at_click(
+        &self,
+        asker: &Asker,
+        id: EndUserId,
+        who: Option<EndUserSummary>,
+    ) -> Option<Reply> {
+        let base = self.public_url.as_ref()?;
+        let go = new_id();
+        let claim = GoClaim {
+            asker: asker.clone(),
+            end_user: id.clone(),
+            // Slack tells the bot about its asker's own click; Discord's link buttons don't.
+            needs_arming: asker.platform == Platform::Slack,
+        };
+        if let Err(e) = self.state.issue_go(&go, &claim, self.go_lifetime).await {
+            tracing::warn!(error = %e, "no /go/ link this time; the link is minted directly");
+            return None;
+        }
+        Some(Reply::Link(PortalLink {
+            url: Secret::new(format!("{base}/go/{go}")),
+            end_user: id,
+            who,
+            expires_at: SystemTime::now() + self.go_lifetime,
+            at_click: true,
+        }))
+    }
+
+    pub(super) fn upstream(&self, e: PlanhatError) -> Reply {
+        match e {
+            PlanhatError::NotFound => {}
+            _ => tracing::warn!(error = %e, "Planhat call failed"),
+        }
+        Reply::Refused(e.into())
+    }
+}
+
+/// The name lookup that rides along with the access check and the mint.
+enum WhoLookup {
+    Known(Option<EndUserSummary>),
+    Pending(tokio::task::JoinHandle<Option<EndUserSummary>>),
+}
+
+impl WhoLookup {
+    /// The answer if it is there (or nearly): the link never waits on a name.
+    async fn now(self) -> Option<EndUserSummary> {
+        match self {
+            WhoLookup::Known(who) => who,
+            WhoLookup::Pending(mut task) => {
+                match tokio::time::timeout(Duration::from_millis(20), &mut task).await {
+                    Ok(Ok(who)) => who,
+                    _ => None,
+                }
+            }
+        }
+    }
+}
