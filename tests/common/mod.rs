@@ -2,6 +2,7 @@
 //! requests signed exactly as Slack and Discord sign them. Every address here is 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod discord;
 pub mod redis;
 
