@@ -22,10 +22,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::core::access::AccessPolicy;
 use crate::core::audit::Audit;
+use crate::core::click::Clicks;
 pub use crate::core::config::Config;
 use crate::core::metrics::Metrics;
+use crate::core::onetime::GoIds;
 use crate::core::planhat::Planhat;
 use crate::core::portal::PortalService;
+use crate::core::seal::Sealer;
 use crate::core::state::SharedState;
 use crate::readiness::Readiness;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
@@ -50,12 +53,18 @@ pub enum StartError {
     Discord(String),
     #[error("{0}")]
     State(#[from] crate::adapters::state::RedisConfigError),
+    #[error("{0}")]
+    SignIn(String),
 }
 
 /// Everything a request handler needs, built once from the config and shared.
 pub struct App {
     pub config: Config,
     pub portal: Arc<PortalService>,
+    /// `/go/` clicks: the browser hop that finishes a request.
+    pub clicks: Arc<Clicks>,
+    /// Seals what the adapters keep in shared state (Discord's scheduled edits).
+    pub sealer: Arc<Sealer>,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<Audit>,
     /// Rate limits, `/go/` ids, delivery claims, scheduled edits: in memory or on Redis.
@@ -83,6 +92,16 @@ impl App {
         };
         let state =
             adapters::state::build(&config, metrics.clone(), state_check, shutdown.subscribe())?;
+        let sealer = Arc::new(match config.seal_root() {
+            Some(root) => Sealer::new(root.expose().as_bytes()),
+            None => Sealer::random(),
+        });
+        let sign_in = adapters::signin::build(&config).map_err(StartError::SignIn)?;
+        let ids = Arc::new(GoIds::new(
+            state.clone(),
+            sealer.clone(),
+            config.server.go_lifetime,
+        ));
         let portal = Arc::new(PortalService::new(
             planhat,
             AccessPolicy::new(&config.access),
@@ -92,11 +111,22 @@ impl App {
             metrics.clone(),
             config.planhat.link_lifetime,
             config.server.public_url.as_ref(),
-            config.server.go_lifetime,
+            ids.clone(),
+            // Signed-in browsers prove who is there; without sign-in, Slack's click event does.
+            sign_in.is_none(),
+        ));
+        let clicks = Arc::new(Clicks::new(
+            portal.clone(),
+            ids,
+            sign_in,
+            audit.clone(),
+            metrics.clone(),
         ));
         Ok(Arc::new(App {
             config,
             portal,
+            clicks,
+            sealer,
             metrics,
             audit,
             state,

@@ -8,70 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::browser::Browser;
+use common::portal::Portal;
 use common::*;
 use portal_bot::core::asker::{Asker, Groups, Platform};
 use portal_bot::core::portal::Reply;
-use wiremock::matchers::{method, path};
+use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-/// A Planhat whose signed URLs point at a portal page it serves itself (on another loopback
-/// port than the bot's: another origin, as in production).
-struct Portal {
-    server: MockServer,
-}
-
-impl Portal {
-    async fn start() -> Portal {
-        Portal {
-            server: MockServer::start().await,
-        }
-    }
-
-    fn uri(&self) -> String {
-        self.server.uri()
-    }
-
-    /// Access yes, and a signed URL `{portal}/redirect/{token}` whose page says who is signed in.
-    async fn end_user(&self, id: &str, token: &str) {
-        let portal = self.uri();
-        Mock::given(method("GET"))
-            .and(path(format!("/shareabletokens/access/{id}")))
-            .respond_with(ResponseTemplate::new(200).set_body_string("true"))
-            .mount(&self.server)
-            .await;
-        Mock::given(method("GET"))
-            .and(path(format!("/shareabletokens/{id}")))
-            .respond_with(
-                ResponseTemplate::new(200).set_body_json(
-                    serde_json::json!({"url": format!("{portal}/redirect/{token}")}),
-                ),
-            )
-            .mount(&self.server)
-            .await;
-        Mock::given(method("GET"))
-            .and(path(format!("/redirect/{token}")))
-            .respond_with(ResponseTemplate::new(200).set_body_raw(
-                format!("<!doctype html><title>Portal</title><body><h1>Signed in to the portal as {id}</h1></body>"),
-                "text/html",
-            ))
-            .mount(&self.server)
-            .await;
-    }
-
-    /// A config whose Planhat and portal are this server.
-    fn config(&self, extra: &str) -> portal_bot::Config {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nreply_budget = \"400ms\"\n\
-             [planhat]\napi_url = \"{0}\"\nportal_url = \"{0}\"\ntoken = \"{API_TOKEN}\"\ntimeout = \"2s\"\n{extra}",
-            self.uri()
-        );
-        portal_bot::Config::parse(&text, &|_| None).expect("test config must be valid")
-    }
-
-    async fn mints(&self, id: &str) -> usize {
-        mint_calls(&self.server, id).await
-    }
-}
 
 fn discord_asker(user: &str) -> Asker {
     Asker {
@@ -265,4 +207,133 @@ fn open_button_url(answer: &serde_json::Value) -> String {
         .and_then(|e| e["url"].as_str())
         .unwrap_or_else(|| panic!("no Open portal button: {answer}"))
         .to_string()
+}
+
+/// The race from the security review: someone with a copy of a Slack link keeps polling it (and
+/// keeps a request waiting) from before the asker's click. When the asker clicks Open portal,
+/// the browser that click opened lands on the portal; the poller never gets the redirect, and
+/// its attempts are in the audit trail, flagged, with its User-Agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_polled_before_the_askers_click_never_opens() {
+    let portal = Portal::start().await;
+    portal.end_user("e1", "race-token").await;
+    let dir = std::env::temp_dir().join(format!("pb-browser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("race.jsonl");
+    let _ = std::fs::remove_file(&audit);
+    let app = spawn_with_public_url(portal.config(&format!(
+        "[access]\nslack_users = [\"U1\"]\n\
+         [slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\n\
+         api_url = \"http://127.0.0.1:9/api\"\n[audit]\npath = \"{}\"\n",
+        audit.display()
+    )))
+    .await;
+    let base = format!("http://{}", app.addr);
+    let body = slash_body("U1", "C1", "e1", "http://127.0.0.1:9/hook", "trig-race");
+    let answer: serde_json::Value = post_slack(&base, "/slack/commands", SIGNING_SECRET, body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let go = open_button_url(&answer);
+    let value = answer["blocks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| b["elements"].as_array().into_iter().flatten())
+        .find(|e| e["action_id"] == "open_portal")
+        .and_then(|e| e["value"].as_str())
+        .unwrap()
+        .to_string();
+
+    // The poller: from well before the click until well after it, one request after another
+    // (each waits up to 3 s for a click), never following a redirect.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = tokio::spawn({
+        let (go, stop) = (go.clone(), stop.clone());
+        async move {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap();
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client
+                    .get(&go)
+                    .header("user-agent", "link-scanner/1.0")
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(r.status().as_u16());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            statuses
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // The asker clicks Open portal: Slack's event reaches the bot, and the click opens the
+    // asker's browser on the link.
+    let clicked = std::time::SystemTime::now();
+    let browser = Browser::start().await;
+    let click = block_actions_at(
+        "U1",
+        "open_portal",
+        &value,
+        "http://127.0.0.1:9/click",
+        clicked,
+    );
+    assert_eq!(
+        post_slack(&base, "/slack/interactions", SIGNING_SECRET, click)
+            .await
+            .status(),
+        200
+    );
+    browser.open(&go).await;
+    assert_eq!(
+        browser.url().await,
+        format!("{}/redirect/race-token", portal.uri())
+    );
+    assert!(browser
+        .text()
+        .await
+        .contains("Signed in to the portal as e1"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = poller.await.unwrap();
+    assert!(statuses.len() >= 3, "{statuses:?}");
+    assert!(
+        !statuses.contains(&302),
+        "the poller never got the redirect: {statuses:?}"
+    );
+    assert_eq!(portal.mints("e1").await, 1);
+    browser.close().await;
+    app.stop().await;
+
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let flagged: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["outcome"] == "opened_before_click")
+        .collect();
+    assert!(!flagged.is_empty(), "{events:?}");
+    assert!(flagged
+        .iter()
+        .all(|e| e["user_agent"] == "link-scanner/1.0" && e["asker"] == "U1"));
+    let opened = events
+        .iter()
+        .find(|e| e["action"] == "go" && e["outcome"] == "ok")
+        .expect("the asker's click is audited");
+    assert!(
+        opened["user_agent"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Chrome"),
+        "{opened}"
+    );
+    assert_eq!(opened["client"], "127.0.0.1");
 }

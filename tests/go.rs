@@ -198,7 +198,11 @@ async fn slack_go_links_open_only_after_their_asker_clicked_in_slack() {
     let (go, value) = ask("trig-armed-1").await;
     assert!(value.ends_with(go.rsplit('/').next().unwrap()), "{value}");
     let started = std::time::Instant::now();
-    let (get, post) = tokio::join!(browser.get(&go).send(), browser.post(&go).send());
+    let copy = "Mozilla/5.0 (someone with a copy of the link)";
+    let (get, post) = tokio::join!(
+        browser.get(&go).header("user-agent", copy).send(),
+        browser.post(&go).header("user-agent", copy).send()
+    );
     let (get, post) = (get.unwrap(), post.unwrap());
     assert!(started.elapsed() >= std::time::Duration::from_millis(2900));
     assert_eq!(get.status(), 403);
@@ -210,14 +214,24 @@ async fn slack_go_links_open_only_after_their_asker_clicked_in_slack() {
     assert_eq!(post.status(), 403);
     // Someone else's click doesn't arm it either.
     slack_click("U2", value.clone()).await;
-    assert_eq!(browser.post(&go).send().await.unwrap().status(), 403);
+    assert_eq!(
+        browser
+            .post(&go)
+            .header("user-agent", copy)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     assert_eq!(
         mint_calls(&planhat, "e1").await,
         0,
         "nothing minted, the id unused"
     );
 
-    // The asker's own click arms it: the GET (the browser the click opened) redirects.
+    // The asker's own click arms it: the GET of the browser the click opened redirects (the
+    // browser that had the copy open before the click is refused, see tests/browser.rs).
     slack_click("U1", value).await;
     let opened = browser.get(&go).send().await.unwrap();
     assert_eq!(opened.status(), 302);
@@ -229,12 +243,21 @@ async fn slack_go_links_open_only_after_their_asker_clicked_in_slack() {
 
     // The browser often arrives before Slack's click event: it waits for it.
     let (go, value) = ask("trig-armed-2").await;
+    let clicked = std::time::SystemTime::now();
     let early = tokio::spawn({
         let (browser, go) = (browser.clone(), go.clone());
         async move { browser.get(&go).send().await.unwrap().status() }
     });
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    slack_click("U1", value).await;
+    let body = block_actions_at(
+        "U1",
+        "open_portal",
+        &value,
+        "http://127.0.0.1:9/click",
+        clicked,
+    );
+    let r = post_slack(&base, "/slack/interactions", SIGNING_SECRET, body).await;
+    assert_eq!(r.status(), 200);
     assert_eq!(early.await.unwrap(), 302);
     assert_eq!(mint_calls(&planhat, "e1").await, 2);
 

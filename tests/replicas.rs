@@ -38,8 +38,19 @@ async fn replica(planhat: &MockServer, extra: &str, public: bool) -> Running {
 
 /// `/portal <text>` from `user`, signed, to `app`: the answer and how long it took.
 async fn ask(app: &Running, user: &str, text: &str, trigger: &str) -> (Value, Duration) {
+    ask_with_hook(app, user, text, trigger, "http://127.0.0.1:9/hook").await
+}
+
+/// The same, with the command's `response_url` at `hook`.
+async fn ask_with_hook(
+    app: &Running,
+    user: &str,
+    text: &str,
+    trigger: &str,
+    hook: &str,
+) -> (Value, Duration) {
     let started = Instant::now();
-    let body = slash_body(user, "C1", text, "http://127.0.0.1:9/hook", trigger);
+    let body = slash_body(user, "C1", text, hook, trigger);
     let response = post_slack(
         &format!("http://{}", app.addr),
         "/slack/commands",
@@ -115,6 +126,19 @@ async fn go_request(app: &Running, id: &str, method: reqwest::Method) -> (u16, S
         .unwrap_or_default()
         .to_string();
     (status, location, r.text().await.unwrap_or_default())
+}
+
+/// The body of the first POST `hooks` received at `at`, waiting up to 5 s for it.
+async fn wait_for_post(hooks: &MockServer, at: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = hooks.received_requests().await.unwrap_or_default();
+        if let Some(r) = got.iter().find(|r| r.url.path() == at) {
+            return String::from_utf8_lossy(&r.body).into_owned();
+        }
+        assert!(Instant::now() < until, "nothing was posted to {at}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
@@ -389,17 +413,45 @@ async fn redis_down_keeps_answers_clear_and_timely_and_recovery_needs_no_restart
     let before = go_id(&answer).unwrap_or_else(|| panic!("a /go/ link: {answer}"));
     let before_answer = answer;
 
-    // Redis hangs: commands still get links (minted directly), inside Slack's 3 s.
+    // Redis hangs: commands still get links (minted directly), inside Slack's 3 s, but never
+    // in the HTTP answer: with no shared store to recognise a replayed request, the link goes
+    // to the command's response_url (to the asker, through Slack), not to whoever sent it.
     redis.freeze();
+    let hooks = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+        .mount(&hooks)
+        .await;
     for i in 0..3 {
-        let (answer, took) = ask(&app, "U1", "e1", &format!("trig-out-frozen-{i}")).await;
+        let hook = format!("{}/hook-frozen-{i}", hooks.uri());
+        let trigger = format!("trig-out-frozen-{i}");
+        let (answer, took) = ask_with_hook(&app, "U1", "e1", &trigger, &hook).await;
         assert!(took < Duration::from_secs(2), "answered in {took:?}");
         assert!(
-            answer.to_string().contains("/redirect/outage"),
-            "a link minted directly: {answer}"
+            !answer.to_string().contains("/redirect/"),
+            "no signed URL inline: {answer}"
         );
         assert!(go_id(&answer).is_none(), "no /go/ link without Redis");
+        let delivered = wait_for_post(&hooks, &format!("/hook-frozen-{i}")).await;
+        assert!(
+            delivered.contains("/redirect/outage"),
+            "a link minted directly, delivered to response_url: {delivered}"
+        );
     }
+    // The same signed request sent again (a replay) while Redis still hangs: this replica
+    // remembers what it answered.
+    let (again, _) = ask_with_hook(
+        &app,
+        "U1",
+        "e1",
+        "trig-out-frozen-0",
+        &format!("{}/hook-replayed", hooks.uri()),
+    )
+    .await;
+    assert!(
+        again.to_string().contains("already being answered"),
+        "{again}"
+    );
     // A /go/ click gets "try again" and keeps its id.
     let (status, _, page) = click(&app, &before).await;
     assert_eq!(status, 503, "{page}");
@@ -428,9 +480,12 @@ async fn redis_down_keeps_answers_clear_and_timely_and_recovery_needs_no_restart
     // Redis restarts empty (a crash): the connection is made again, /go/ links come back.
     redis.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (answer, took) = ask(&app, "U1", "e1", "trig-out-dead").await;
+    let hook = format!("{}/hook-dead", hooks.uri());
+    let (answer, took) = ask_with_hook(&app, "U1", "e1", "trig-out-dead", &hook).await;
     assert!(took < Duration::from_secs(2), "answered in {took:?}");
-    assert!(answer.to_string().contains("/redirect/outage"), "{answer}");
+    assert!(!answer.to_string().contains("/redirect/"), "{answer}");
+    let delivered = wait_for_post(&hooks, "/hook-dead").await;
+    assert!(delivered.contains("/redirect/outage"), "{delivered}");
     redis.restart();
     let mut n = 0;
     wait_until("/go/ links again", Duration::from_secs(8), || {
@@ -440,5 +495,143 @@ async fn redis_down_keeps_answers_clear_and_timely_and_recovery_needs_no_restart
         async move { go_id(&ask(app, "U1", "e1", &trigger).await.0).is_some() }
     })
     .await;
+    app.stop().await;
+}
+
+/// What the bot keeps in Redis for a `/go/` id is sealed with a key Redis never holds, and
+/// named by the id's keyed digest: a claim rewritten in Redis (another end user), or one
+/// written without a seal, opens nothing; the attempt is audited and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_record_rewritten_in_redis_is_refused() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "sealed").await;
+    planhat_link(&planhat, "e2", "forged").await;
+    let (url, prefix) = shared();
+    let dir = std::env::temp_dir().join(format!("pb-seal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("seal.jsonl");
+    let _ = std::fs::remove_file(&audit);
+    let app = replica(
+        &planhat,
+        &format!(
+            "{}[audit]\npath = \"{}\"\n",
+            state_toml(&url, &prefix),
+            audit.display()
+        ),
+        true,
+    )
+    .await;
+    let (answer, _) = ask(&app, "U1", "e1", "trig-seal").await;
+    let id = go_id(&answer).unwrap();
+
+    let mut redis = ::redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}go:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        !keys[0].contains(&id),
+        "Redis holds the id's digest, not the id"
+    );
+    let key = &keys[0];
+    let sealed: String = ::redis::cmd("HGET")
+        .arg(key)
+        .arg("c")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!sealed.contains(&id));
+
+    // Someone with write access to Redis points the record at another end user.
+    let rewritten = sealed.replace("\"e1\"", "\"e2\"");
+    assert_ne!(rewritten, sealed);
+    for claim in [rewritten, sealed.split_once('.').unwrap().1.to_string()] {
+        let _: () = ::redis::cmd("HSET")
+            .arg(key)
+            .arg("c")
+            .arg(&claim)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        slack_click(&app, "U1", &answer).await;
+        let (status, _, page) = post_go(&app, &id).await;
+        assert_eq!(status, 404, "{page}");
+        assert!(page.contains("not known here"), "{page}");
+    }
+    assert_eq!(mint_calls(&planhat, "e2").await, 0);
+    assert_eq!(mint_calls(&planhat, "e1").await, 0);
+    let metrics = app.app.metrics.render();
+    assert!(
+        metrics.contains("portal_bot_forged_records_total{what=\"go\"} 2"),
+        "{metrics}"
+    );
+    app.stop().await;
+    let trail = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(
+        trail.matches("\"outcome\":\"forged\"").count(),
+        2,
+        "{trail}"
+    );
+}
+
+/// A Discord expiry edit written into Redis without the bot's seal is never made.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expiry_job_written_into_redis_without_the_seal_is_not_made() {
+    let planhat = MockServer::start().await;
+    let fake = FakeDiscord::start("ws://127.0.0.1:9").await;
+    let (url, prefix) = shared();
+    let app = spawn(config(
+        &planhat.uri(),
+        &format!(
+            "[discord]\nmode = \"http\"\ntoken = \"{DISCORD_TOKEN}\"\napplication_id = \"{APP_ID}\"\n\
+             public_key = \"{}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{}\"\n{}",
+            discord_public_key_hex(),
+            fake.api_url(),
+            state_toml(&url, &prefix)
+        ),
+    ))
+    .await;
+    let mut redis = ::redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let job = "discord-expiry:4242";
+    let payload = r#"{"token":"itok-forged","asker":"1","end_user":"e1"}"#;
+    let _: () = ::redis::pipe()
+        .cmd("ZADD")
+        .arg(format!("{prefix}jobs:due"))
+        .arg(0)
+        .arg(job)
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{prefix}jobs:data"))
+        .arg(job)
+        .arg(payload)
+        .ignore()
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    wait_until("the job is taken", Duration::from_secs(5), || async {
+        app.app
+            .metrics
+            .render()
+            .contains("portal_bot_forged_records_total{what=\"discord_edit\"} 1")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !fake
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("itok-forged")),
+        "no edit made"
+    );
     app.stop().await;
 }

@@ -101,6 +101,24 @@ where
     }
 }
 
+/// Runs `work` in a tracked task whose value goes to `late`, and says to acknowledge now: for a
+/// request whose answer must not go back inline (a delivery the shared store could not check
+/// is maybe a replay: its inline answer would go to whoever sent it, while `late` goes where
+/// the platform routes it, to the asker).
+pub fn later<T, W, L, LF>(tasks: &TaskTracker, work: W, late: L) -> Answer<T>
+where
+    T: Send + 'static,
+    W: Future<Output = T> + Send + 'static,
+    L: FnOnce(T) -> LF + Send + 'static,
+    LF: Future<Output = ()> + Send + 'static,
+{
+    tasks.spawn(async move {
+        let value = work.await;
+        Box::pin(late(value)).await;
+    });
+    Answer::Deferred
+}
+
 /// The reply of `work`, or a clear "something went wrong" if it panicked: the asker must get
 /// an answer either way (inline or late), never silence.
 pub async fn reply_or_internal_error<W>(work: W) -> Reply

@@ -8,24 +8,32 @@
 //! and until then neither `GET` nor `POST` mints, so a copied link opens for no one. Used,
 //! unknown or expired ids get a small page saying what happened and how to ask again, and the
 //! attempt is audited. The id is never logged.
+//!
+//! With `[sign_in]`, a browser without a session is sent to its provider (303, with the sign-in
+//! in progress in an HttpOnly cookie) and comes back to `GET /go/signed-in`, which sets the
+//! session cookie and returns it to the link's page; one signed in as someone else is told so.
+//! The use case is `core::click` and `core::signin`; this file is HTTP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::core::onetime::GoError;
-use crate::core::portal::{GoClient, GoView, Refusal, Reply};
+use crate::core::click::{Cookies, GoClient, GoView};
+use crate::core::onetime::{plausible, GoError};
+use crate::core::portal::{Refusal, Reply};
+use crate::core::signin::{LOGIN_COOKIE, LOGIN_LIFETIME};
 use crate::App;
 
 /// The route (mounted only when `server.public_url` is set).
 pub fn router(app: Arc<App>) -> Router {
     let csp = policy(&app.config.planhat.portal_url);
     Router::new()
+        .route("/go/signed-in", get(signed_in))
         .route("/go/{id}", get(go_get).post(go_post).head(head))
         .with_state(Arc::new(Go { app, csp }))
 }
@@ -110,10 +118,11 @@ impl Go {
 
     fn go_error(&self, e: GoError) -> Response {
         let status = match e {
-            GoError::Unknown => StatusCode::NOT_FOUND,
+            GoError::Unknown | GoError::Forged => StatusCode::NOT_FOUND,
             GoError::Used | GoError::Expired => StatusCode::GONE,
-            // The id stays usable: from Slack (NotArmed), or in a moment (Unavailable).
-            GoError::NotArmed => StatusCode::FORBIDDEN,
+            // The id stays usable: from Slack (NotArmed), for its asker's browser (Early), or
+            // in a moment (Unavailable).
+            GoError::NotArmed | GoError::Early => StatusCode::FORBIDDEN,
             GoError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         self.page(
@@ -123,8 +132,59 @@ impl Go {
         )
     }
 
-    fn view(&self, v: GoView) -> Response {
+    /// A 303 to `location`, setting `cookies`.
+    fn see_other(&self, location: &str, cookies: &[String]) -> Response {
+        let mut response = StatusCode::SEE_OTHER.into_response();
+        let h = response.headers_mut();
+        if let Ok(location) = HeaderValue::from_str(location) {
+            h.insert(header::LOCATION, location);
+        }
+        for c in cookies {
+            if let Ok(c) = HeaderValue::from_str(c) {
+                h.append(header::SET_COOKIE, c);
+            }
+        }
+        private(response, &self.csp)
+    }
+
+    fn view(&self, id: &str, v: GoView) -> Response {
+        let sign_in = self.app.clicks.sign_in();
         match v {
+            GoView::SignIn { url, login, .. } => {
+                let cookie = sign_in
+                    .map(|s| s.set_cookie(LOGIN_COOKIE, &login, LOGIN_LIFETIME))
+                    .unwrap_or_default();
+                self.see_other(&url, &[cookie])
+            }
+            GoView::Again if plausible(id) => self.see_other(&format!("/go/{id}"), &[]),
+            GoView::Again => self.go_error(GoError::Unknown),
+            GoView::SignedIn { name, cookie, go } if plausible(&go) => {
+                let Some(s) = sign_in else {
+                    return self.go_error(GoError::Unknown);
+                };
+                let cookies = [
+                    s.set_cookie(name, &cookie, s.lifetime()),
+                    s.set_cookie(LOGIN_COOKIE, "", std::time::Duration::ZERO),
+                ];
+                self.see_other(&format!("/go/{go}"), &cookies)
+            }
+            GoView::SignedIn { .. } => self.go_error(GoError::Unknown),
+            GoView::NotYours { who } => self.page(
+                StatusCode::FORBIDDEN,
+                "This link is someone else's",
+                &format!(
+                    "This browser is signed in as <b>{}</b>, and the link belongs to the person who asked for it: it opens only in their browser. It was not used, and still works for them. Ask the bot for a link of your own.",
+                    escape(&who)
+                ),
+            ),
+            GoView::NoEmail => self.page(
+                StatusCode::FORBIDDEN,
+                "The bot can't tell who you are",
+                "Your company's sign-in is matched against your email in chat, and the bot does not know yours. Ask the bot's admins to add it. The link was not used.",
+            ),
+            GoView::SignInFailed(line) => {
+                self.page(StatusCode::FORBIDDEN, "The sign-in did not complete", line)
+            }
             GoView::Confirm => self.confirm(),
             GoView::Refused(e) => self.go_error(e),
             GoView::Done(Reply::Link(link)) => match HeaderValue::from_str(link.url.expose()) {
@@ -175,7 +235,82 @@ fn client(peer: SocketAddr, headers: &HeaderMap) -> GoClient {
     GoClient {
         address: Some(forwarded.unwrap_or_else(|| peer.ip().to_string())),
         user_agent: text("user-agent"),
+        began: std::time::SystemTime::now(),
+        signed_in_as: None,
     }
+}
+
+/// The request's cookies that are the bot's (`portal_bot_*`), from every `Cookie` header.
+struct Jar(Vec<(String, String)>);
+
+impl Jar {
+    fn of(headers: &HeaderMap) -> Jar {
+        let mut found = Vec::new();
+        for value in headers.get_all(header::COOKIE) {
+            let Ok(text) = value.to_str() else { continue };
+            for pair in text.split(';') {
+                if let Some((name, value)) = pair.trim().split_once('=') {
+                    if name.starts_with("portal_bot_") && found.len() < 8 {
+                        found.push((name.to_string(), value.to_string()));
+                    }
+                }
+            }
+        }
+        Jar(found)
+    }
+}
+
+impl Cookies for Jar {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Text for HTML (a name a provider gave).
+fn escape(text: &str) -> String {
+    text.chars()
+        .take(200)
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&#39;".to_string(),
+            c if c.is_control() => " ".to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// What the provider sends back to `/go/signed-in`.
+#[derive(serde::Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+async fn signed_in(
+    State(go): State<Arc<Go>>,
+    Query(q): Query<Callback>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let view = go
+        .app
+        .clicks
+        .signed_in(
+            q.code.as_deref(),
+            q.state.as_deref(),
+            q.error.as_deref(),
+            &client(peer, &headers),
+            &Jar::of(&headers),
+        )
+        .await;
+    go.view("", view)
 }
 
 async fn go_get(
@@ -184,7 +319,12 @@ async fn go_get(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    go.view(go.app.portal.go_get(&id, &client(peer, &headers)).await)
+    let view = go
+        .app
+        .clicks
+        .get(&id, &client(peer, &headers), &Jar::of(&headers))
+        .await;
+    go.view(&id, view)
 }
 
 async fn go_post(
@@ -193,11 +333,21 @@ async fn go_post(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    go.view(go.app.portal.go_post(&id, &client(peer, &headers)).await)
+    let view = go
+        .app
+        .clicks
+        .post(&id, &client(peer, &headers), &Jar::of(&headers))
+        .await;
+    go.view(&id, view)
 }
 
-async fn head(State(go): State<Arc<Go>>, Path(id): Path<String>) -> Response {
-    match go.app.portal.peek_go(&id).await {
+async fn head(
+    State(go): State<Arc<Go>>,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    match go.app.clicks.head(&id, &client(peer, &headers)).await {
         Ok(()) => private(StatusCode::OK.into_response(), &go.csp),
         Err(e) => go.go_error(e),
     }

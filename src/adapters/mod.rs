@@ -6,6 +6,7 @@ pub mod go;
 pub mod http;
 pub mod notice;
 pub mod serve;
+pub mod signin;
 pub mod slack;
 pub mod state;
 pub mod throttle;

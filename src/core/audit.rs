@@ -26,7 +26,7 @@ use self::rotate::{Rotation, TrailFile};
 use super::config::AuditConfig;
 
 /// One request, as the audit trail records it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditEvent {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
@@ -54,6 +54,10 @@ pub struct AuditEvent {
     pub client: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// For a `/go/` attempt with `[sign_in]`: who the browser was signed in as
+    /// (`slack:U123`, `discord:…`, `oidc:jane@acme.com`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_in_as: Option<String>,
 }
 
 impl AuditEvent {
@@ -257,6 +261,7 @@ mod tests {
             company: Some("Acme".into()),
             client: None,
             user_agent: None,
+            signed_in_as: None,
         }
     }
 

@@ -44,8 +44,14 @@ struct ConnectionLabels {
 pub const PLATFORMS: [&str; 4] = ["slack", "discord", "cli", "web"];
 /// Every outcome a request can have ([`crate::core::portal`]'s replies and refusals, and the
 /// adapters' own refusals).
-pub const OUTCOMES: [&str; 23] = [
+pub const OUTCOMES: [&str; 29] = [
     "out_of_scope",
+    "opened_before_click",
+    "forged",
+    "not_yours",
+    "sign_in",
+    "signed_in",
+    "sign_in_failed",
     "used",
     "unknown",
     "expired",
@@ -123,6 +129,12 @@ pub struct Metrics {
     unsigned: Family<PlatformLabels, Counter>,
     notices_failed: Family<ReasonLabels, Counter>,
     lookups_skipped: Counter,
+    forged: Family<WhatLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabels {
+    what: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,6 +182,12 @@ impl Metrics {
         let deliveries_failed = Family::<PlatformLabels, Counter>::default();
         let in_flight = Gauge::default();
         let lookups_skipped = Counter::default();
+        let forged = Family::<WhatLabels, Counter>::default();
+        registry.register(
+            "forged_records",
+            "Records in shared state whose seal did not verify (refused): someone wrote to the store without the key",
+            forged.clone(),
+        );
         registry.register(
             "requests",
             "Link requests by platform and outcome",
@@ -257,6 +275,7 @@ impl Metrics {
             deliveries_failed,
             in_flight,
             lookups_skipped,
+            forged,
         }
     }
 
@@ -348,6 +367,11 @@ impl Metrics {
         self.unsigned
             .get_or_create(&PlatformLabels { platform })
             .inc();
+    }
+
+    /// Counts a record in shared state whose seal did not verify (`what`: `go`, `discord_edit`).
+    pub fn forged_record(&self, what: &'static str) {
+        self.forged.get_or_create(&WhatLabels { what }).inc();
     }
 
     /// Counts a transparency-channel line that was not posted.

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod asker;
 pub mod audit;
+pub mod click;
 pub mod command;
 pub mod config;
 pub mod directory;
@@ -17,5 +18,7 @@ pub mod ownership;
 pub mod planhat;
 pub mod portal;
 pub mod ratelimit;
+pub mod seal;
 pub mod secret;
+pub mod signin;
 pub mod state;

@@ -16,26 +16,45 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use super::asker::Asker;
-use super::enduser::EndUserId;
 use super::onetime::GoError;
 
-/// What a `/go/` id stands for: who asked, for which end user.
-#[derive(Debug, Clone)]
-pub struct GoClaim {
-    pub asker: Asker,
-    pub end_user: EndUserId,
-    /// True for Slack: the id mints only after its asker's own click on the button reached
-    /// the bot ([`SharedState::arm_go`]), so a copied link opens for no one.
-    pub needs_arming: bool,
+/// What the store keeps for a `/go/` id, under the id's keyed digest (never the id): the sealed
+/// claim, opaque to the store ([`super::onetime`] seals and opens it), and what happened to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoRecord {
+    pub sealed: String,
+    /// Slack's time (unix ms) of the latest click on its button by its asker, once the click
+    /// reached the bot ([`SharedState::arm_go`]).
+    pub clicked_ms: Option<u64>,
+    /// Browsers that asked for it while it was not armed: the first request of each (at most
+    /// [`MAX_SIGHTINGS`]).
+    pub sightings: Vec<Sighting>,
+    /// More browsers than that asked for it while it was not armed.
+    pub crowded: bool,
 }
 
-/// What a look at a `/go/` id found (it is usable).
+/// A browser's request for a `/go/` id: a keyed digest of who it is and when it began (unix ms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GoPeek {
-    pub needs_arming: bool,
-    /// Its asker's click arrived within the arming window.
-    pub armed: bool,
+pub struct Sighting {
+    pub client: u64,
+    pub began_ms: u64,
+}
+
+/// Browsers a `/go/` record remembers before it is armed; one more makes it `crowded`.
+pub const MAX_SIGHTINGS: usize = 16;
+
+/// What a delivery claim found ([`SharedState::claim_delivery`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Nobody answered this delivery before: answer it.
+    First,
+    /// Already claimed (a retry, a redelivered envelope, another replica): don't answer again.
+    Duplicate,
+    /// The shared store can't answer, and this process has not seen it: answer (silence is
+    /// worse than a rare duplicate), but only where the platform routes the answer to the
+    /// asker (Slack's `response_url`, Discord's edit), never inline to whoever sent it: during
+    /// a store outage a replayed request is not recognised.
+    Unchecked,
 }
 
 /// The store can't answer right now (unreachable, too slow, or full). The caller falls back.
@@ -72,10 +91,12 @@ pub trait SharedState: Send + Sync {
     /// `"memory"` or `"redis"`, for logs and `check`.
     fn kind(&self) -> &'static str;
 
-    /// True the first time `id` is claimed within `ttl` across every replica: a redelivered
-    /// request, or an interaction that reached two replicas, is answered by whoever claims it
-    /// first. Fails open (true) when the store can't answer: a rare duplicate beats silence.
-    async fn claim_delivery(&self, id: &str, ttl: Duration) -> bool;
+    /// Claims the delivery `id` for `ttl` across every replica: a redelivered request, or an
+    /// interaction that reached two replicas, is answered by whoever claims it first. Every
+    /// claim is also remembered by this process, so a store outage doesn't make it forget what
+    /// it answered; when the store can't answer and this process hasn't seen `id`, the answer
+    /// is [`Delivery::Unchecked`].
+    async fn claim_delivery(&self, id: &str, ttl: Duration) -> Delivery;
 
     /// Takes one request from `key`'s rate limit of `per_minute` (when `count` is false, only
     /// reads the Planhat pause), and reports Planhat's shared pause.
@@ -84,28 +105,34 @@ pub trait SharedState: Send + Sync {
     /// Planhat said 429: pause every replica for `wait` (a longer pause already set stays).
     async fn pause_planhat(&self, wait: Duration);
 
-    /// Stores a new `/go/` id for `lifetime`.
+    /// Stores a new `/go/` record under `name` (its id's digest) for `lifetime`.
     async fn issue_go(
         &self,
-        id: &str,
-        claim: &GoClaim,
+        name: &str,
+        sealed: &str,
         lifetime: Duration,
     ) -> Result<(), StateError>;
 
-    /// Uses `id` up, atomically (exactly one of two simultaneous takes on two replicas wins),
-    /// and returns what it stands for. An id that needs arming and isn't armed is refused
-    /// ([`GoError::NotArmed`]) and, like [`GoError::Unavailable`], left unused.
-    async fn take_go(&self, id: &str) -> Result<GoClaim, GoError>;
+    /// The record under `name` if it can still be used (not used, not expired), without using
+    /// it. `seen`, when given, is noted among its sightings while it is not armed (no click
+    /// within `arm_window` of now): the first request of each browser.
+    async fn look_go(
+        &self,
+        name: &str,
+        seen: Option<Sighting>,
+        arm_window: Duration,
+    ) -> Result<GoRecord, GoError>;
 
-    /// Whether `id` could be used, without using it.
-    async fn peek_go(&self, id: &str) -> Result<GoPeek, GoError>;
+    /// Uses the record under `name` up, atomically (exactly one of two simultaneous takes on
+    /// two replicas wins), and returns it. The caller decided beforehand that it may.
+    async fn take_go(&self, name: &str) -> Result<GoRecord, GoError>;
 
-    /// The Slack user `user_id` clicked the button of `id`: if that user is its asker, the id
-    /// may mint for a browser within `window`. False when it is not theirs, or not usable.
-    async fn arm_go(&self, id: &str, user_id: &str, window: Duration) -> bool;
+    /// Its asker clicked its button in Slack at `clicked_ms` (Slack's time): noted, if the
+    /// record is usable. The caller checked that the clicker is its asker.
+    async fn arm_go(&self, name: &str, clicked_ms: u64) -> bool;
 
-    /// Makes a taken id usable again (its click failed for a passing reason).
-    async fn release_go(&self, id: &str);
+    /// Makes a taken record usable again (its click failed for a passing reason).
+    async fn release_go(&self, name: &str);
 
     /// Schedules a job under `key` for `due` (a job already under `key` is replaced). Durable
     /// on Redis: a job survives the replica that scheduled it, and exactly one replica runs it.

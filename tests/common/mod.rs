@@ -4,6 +4,8 @@
 
 pub mod browser;
 pub mod discord;
+pub mod idp;
+pub mod portal;
 pub mod redis;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -258,12 +260,33 @@ pub fn listening_addr(child: &mut std::process::Child) -> String {
         .expect("the server starts and says where it listens")
 }
 
-/// A `block_actions` interaction form body, as Slack sends it for a click.
+/// A `block_actions` interaction form body, as Slack sends it for a click (made now).
 pub fn block_actions(user: &str, action_id: &str, value: &str, response_url: &str) -> String {
     let payload = block_actions_payload(user, action_id, value, response_url);
     url::form_urlencoded::Serializer::new(String::new())
         .append_pair("payload", &payload.to_string())
         .finish()
+}
+
+/// The same, for a click Slack stamped at `clicked` (its `action_ts`).
+pub fn block_actions_at(
+    user: &str,
+    action_id: &str,
+    value: &str,
+    response_url: &str,
+    clicked: SystemTime,
+) -> String {
+    let mut payload = block_actions_payload(user, action_id, value, response_url);
+    payload["actions"][0]["action_ts"] = json!(action_ts(clicked));
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &payload.to_string())
+        .finish()
+}
+
+/// Slack's `action_ts` for `t`: seconds and microseconds.
+pub fn action_ts(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap();
+    format!("{}.{:06}", d.as_secs(), d.subsec_micros())
 }
 
 /// The JSON of a `block_actions` click (the form's `payload`, or a Socket Mode envelope's).
@@ -286,7 +309,7 @@ pub fn block_actions_payload(
         "actions": [{
             "type": "button", "action_id": action_id, "block_id": "b1",
             "text": {"type": "plain_text", "text": "button"},
-            "value": value, "action_ts": "1700000001.000200"
+            "value": value, "action_ts": action_ts(SystemTime::now())
         }]
     })
 }

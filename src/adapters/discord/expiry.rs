@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::{render, rest, DiscordState};
+use crate::core::seal::{Forged, Purpose, Sealer};
 use crate::shutdown::Shutdown;
 
 /// The longest the worker sleeps without looking (jobs of other replicas are due on time to
@@ -41,14 +42,17 @@ pub struct Job {
 }
 
 impl Job {
-    /// The job as stored.
-    pub fn encode(&self) -> String {
+    /// The job as stored under `key`: sealed, so no one who writes to the store can schedule
+    /// an edit the bot would make.
+    pub fn encode(&self, sealer: &Sealer, key: &str) -> String {
         // Serialising three strings can't fail.
-        serde_json::to_string(self).unwrap_or_default()
+        let json = serde_json::to_string(self).unwrap_or_default();
+        sealer.seal(Purpose::DiscordEdit, key, &json)
     }
 
-    fn decode(payload: &str) -> Option<Job> {
-        serde_json::from_str(payload).ok()
+    fn decode(sealer: &Sealer, key: &str, payload: &str) -> Result<Option<Job>, Forged> {
+        let json = sealer.open(Purpose::DiscordEdit, key, payload)?;
+        Ok(serde_json::from_str(json).ok())
     }
 }
 
@@ -59,9 +63,16 @@ pub async fn run(state: Arc<DiscordState>, mut shutdown: Shutdown) {
         let due = state.app.state.take_due(SystemTime::now(), BATCH).await;
         let full = due.len() == BATCH;
         for job in due {
-            let Some(job) = Job::decode(&job.payload) else {
-                tracing::warn!("an expiry job could not be read; skipped");
-                continue;
+            let job = match Job::decode(&state.app.sealer, &job.key, &job.payload) {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    tracing::warn!("an expiry job could not be read; skipped");
+                    continue;
+                }
+                Err(Forged) => {
+                    state.app.portal.record_forged("discord_edit").await;
+                    continue;
+                }
             };
             // The next batch is taken only once this one has slots: at most a batch waits
             // here, the rest stays in the (shared) store. Taken jobs are edited even when

@@ -23,11 +23,12 @@ use serenity::all::{
 };
 use serenity::http::Http;
 
-use super::deliver::{inline_or_later, reply_or_internal_error, with_retries, Answer};
+use super::deliver::{inline_or_later, later, reply_or_internal_error, with_retries, Answer};
 use super::Started;
 use crate::core::asker::{Asker, Groups, Platform};
 use crate::core::config::DiscordMode;
 use crate::core::portal::{id_of, Action, Reply};
+use crate::core::state::Delivery;
 use crate::{App, StartError};
 
 /// How long an interaction id is remembered: a gateway can redeliver across a resume, and two
@@ -144,8 +145,8 @@ fn ephemeral_line(text: &str) -> CreateInteractionResponse {
 }
 
 impl DiscordState {
-    /// True when this replica is the first to see this interaction (see `SharedState`).
-    async fn first_time(&self, id: u64) -> bool {
+    /// Whether this replica is the first to see this interaction (see `SharedState`).
+    async fn claim(&self, id: u64) -> Delivery {
         self.app
             .state
             .claim_delivery(&format!("discord:{id}"), REDELIVERY_WINDOW)
@@ -162,18 +163,28 @@ impl DiscordState {
         match interaction {
             Interaction::Ping(_) => Some(CreateInteractionResponse::Pong),
             Interaction::Command(c) if c.data.name == "portal" => {
-                if !self.first_time(c.id.get()).await {
-                    tracing::info!("duplicate delivery of an interaction; answered once already");
-                    return None;
-                }
+                let budget = match self.claim(c.id.get()).await {
+                    Delivery::Duplicate => {
+                        tracing::info!(
+                            "duplicate delivery of an interaction; answered once already"
+                        );
+                        return None;
+                    }
+                    // Perhaps a replay (the shared store can't say): never answer it inline,
+                    // where the answer goes to whoever sent it; the edit goes to the asker.
+                    Delivery::Unchecked => None,
+                    Delivery::First => Some(budget),
+                };
                 // Boxed, like each path below: a request's future then holds a pointer, not
                 // kilobytes of every path's state, and is cheaper to move at each level.
                 Some(Box::pin(self.command(c, budget)).await)
             }
             Interaction::Component(c) => {
-                if !self.first_time(c.id.get()).await {
-                    return None;
-                }
+                let budget = match self.claim(c.id.get()).await {
+                    Delivery::Duplicate => return None,
+                    Delivery::Unchecked => None,
+                    Delivery::First => Some(budget),
+                };
                 Some(Box::pin(self.component(c, budget)).await)
             }
             _ => None,
@@ -183,7 +194,7 @@ impl DiscordState {
     async fn command(
         self: &Arc<Self>,
         c: CommandInteraction,
-        budget: Duration,
+        budget: Option<Duration>,
     ) -> CreateInteractionResponse {
         let Some(asker) = asker_of(c.guild_id, c.channel_id, c.member.as_deref()) else {
             return ephemeral_line("/portal works in a server, not in direct messages.");
@@ -220,7 +231,7 @@ impl DiscordState {
     async fn component(
         self: &Arc<Self>,
         c: ComponentInteraction,
-        budget: Duration,
+        budget: Option<Duration>,
     ) -> CreateInteractionResponse {
         let Some(asker) = asker_of(c.guild_id, c.channel_id, c.member.as_ref()) else {
             return ephemeral_line("These buttons work in a server, not in direct messages.");
@@ -263,14 +274,15 @@ impl DiscordState {
         }
     }
 
-    /// Inline within the reply budget, else the answer edits `@original` when it is ready.
+    /// Inline within the reply budget, else the answer edits `@original` when it is ready
+    /// (always, without a budget).
     async fn answer<W>(
         self: &Arc<Self>,
         work: W,
         asker: String,
         token: String,
         key: u64,
-        budget: Duration,
+        budget: Option<Duration>,
     ) -> Answer<Reply>
     where
         W: std::future::Future<Output = Reply> + Send + 'static,
@@ -292,7 +304,10 @@ impl DiscordState {
             }
         };
         let work = Box::pin(reply_or_internal_error(work));
-        inline_or_later(&self.app.tasks, budget, work, late).await
+        match budget {
+            Some(budget) => inline_or_later(&self.app.tasks, budget, work, late).await,
+            None => later(&self.app.tasks, work, late),
+        }
     }
 
     /// After a link expires, replace the message with "expired" + New link, so no dead (or
@@ -308,10 +323,12 @@ impl DiscordState {
             asker: asker.to_string(),
             end_user: link.end_user.to_string(),
         };
+        let job_key = expiry::job_key(key);
+        let payload = job.encode(&self.app.sealer, &job_key);
         match self
             .app
             .state
-            .schedule(&expiry::job_key(key), link.expires_at, &job.encode())
+            .schedule(&job_key, link.expires_at, &payload)
             .await
         {
             // The worker looks at least every `POLL` and sleeps exactly until a job due

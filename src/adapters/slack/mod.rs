@@ -19,11 +19,12 @@ use slack_morphism::prelude::*;
 
 use self::client::SlackApi;
 use self::groups::GroupCache;
-use super::deliver::{inline_or_later, reply_or_internal_error, with_retries, Answer};
+use super::deliver::{inline_or_later, later, reply_or_internal_error, with_retries, Answer};
 use super::Started;
 use crate::core::asker::{Asker, Groups, Platform};
 use crate::core::config::SlackMode;
 use crate::core::portal::{id_of, Action, Reply};
+use crate::core::state::Delivery;
 use crate::{App, StartError};
 
 pub use client::connector;
@@ -142,8 +143,8 @@ impl SlackState {
         }
     }
 
-    /// True when this replica is the first to see this delivery (see `SharedState`).
-    async fn first_time(&self, id: &str) -> bool {
+    /// Whether this replica is the first to see this delivery (see `SharedState`).
+    async fn claim(&self, id: &str) -> Delivery {
         self.app
             .state
             .claim_delivery(&format!("slack:{id}"), REDELIVERY_WINDOW)
@@ -168,7 +169,8 @@ impl SlackState {
     /// A slash command, from either transport: the inline answer, or a short acknowledgement
     /// when the answer will follow through `response_url`.
     pub async fn command(self: &Arc<Self>, ev: SlashCommand) -> SlackCommandEventResponse {
-        if !self.first_time(&ev.trigger_id).await {
+        let delivery = self.claim(&ev.trigger_id).await;
+        if delivery == Delivery::Duplicate {
             tracing::info!(user = %ev.user_id, "duplicate delivery of a slash command; answered once already");
             return render::command_response(render::line(
                 "This request is already being answered.",
@@ -193,17 +195,26 @@ impl SlackState {
             let content = render::reply(&reply, &user, None);
             me.deliver_to(&response_url, content, false).await;
         };
-        match inline_or_later(
-            &self.app.tasks,
-            self.app.config.server.reply_budget,
-            work,
-            late,
-        )
-        .await
-        {
+        // Unchecked (shared state down, not seen here): perhaps a replay, whose inline answer
+        // would go to whoever sent it; `response_url` goes to the asker.
+        let answer = if delivery == Delivery::Unchecked {
+            later(&self.app.tasks, work, late)
+        } else {
+            inline_or_later(
+                &self.app.tasks,
+                self.app.config.server.reply_budget,
+                work,
+                late,
+            )
+            .await
+        };
+        match answer {
             Answer::Inline(reply) => {
                 render::command_response(render::reply(&reply, &user_id, None))
             }
+            Answer::Deferred if delivery == Delivery::Unchecked => render::command_response(
+                render::line("Working on it; your answer will appear here in a moment."),
+            ),
             Answer::Deferred => render::command_response(render::line(
                 "Planhat is taking a moment; your answer will appear here shortly.",
             )),
@@ -219,7 +230,8 @@ impl SlackState {
         let me = self.clone();
         self.app.tasks.spawn(async move {
             // A click delivered twice (retry, redelivered envelope, two replicas) is acted on once.
-            if me.first_time(&format!("click:{}", ev.trigger_id.0)).await {
+            // Its answer goes to `response_url` (the asker) in any case: only a duplicate stops.
+            if me.claim(&format!("click:{}", ev.trigger_id.0)).await != Delivery::Duplicate {
                 Box::pin(me.block_actions(ev)).await;
             }
         });
@@ -240,10 +252,27 @@ impl SlackState {
         let response_url = response_url.0.clone();
         let value = action.value.clone().unwrap_or_default();
         let action_id = action.action_id.0.clone();
-        self.button(asker, &action_id, &value, response_url).await;
+        // Slack's time of the click (seconds with a fraction), which the `/go/` id is opened
+        // against; the time it arrived when Slack gave none.
+        let clicked_ms = action
+            .action_ts
+            .as_ref()
+            .and_then(|ts| ts.0.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(|s| (s * 1000.0) as u64)
+            .unwrap_or_else(crate::core::onetime::now_ms);
+        self.button(asker, &action_id, &value, response_url, clicked_ms)
+            .await;
     }
 
-    async fn button(&self, asker: Asker, action_id: &str, value: &str, response_url: url::Url) {
+    async fn button(
+        &self,
+        asker: Asker,
+        action_id: &str,
+        value: &str,
+        response_url: url::Url,
+        clicked_ms: u64,
+    ) {
         // Button values are `{asker}:{end user}` (Open portal on a `/go/` link: `|{id}` after
         // it): only the person who asked may press them.
         let (value, go) = match value.rsplit_once('|') {
@@ -256,7 +285,7 @@ impl SlackState {
         if action_id == render::OPEN_PORTAL {
             // The asker's own click arms the one-time id: the browser it opened may now mint.
             if let Some(id) = go {
-                if !self.app.portal.arm_go(id, &asker.user_id).await {
+                if !self.app.clicks.arm(id, &asker.user_id, clicked_ms).await {
                     tracing::info!("an Open portal click did not arm its link (not the asker's, or no longer usable)");
                 }
             }

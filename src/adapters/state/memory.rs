@@ -13,10 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
-use crate::core::asker::Platform;
-use crate::core::onetime::GoError;
+use crate::core::onetime::{now_ms, GoError};
 use crate::core::ratelimit::RateLimiter;
-use crate::core::state::{Admission, Due, GoClaim, GoPeek, SharedState, StateError};
+use crate::core::state::{
+    Admission, Delivery, Due, GoRecord, SharedState, Sighting, StateError, MAX_SIGHTINGS,
+};
 
 /// Delivery ids remembered at once; when full, the oldest is forgotten first (a redelivery
 /// that old has long been answered). Each is held as a 64-bit keyed digest, not as its text:
@@ -83,18 +84,25 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
 }
 
 struct GoEntry {
-    claim: GoClaim,
+    record: GoRecord,
     expires: Instant,
     used: bool,
-    /// Until when its asker's click lets it mint (Slack ids).
-    armed_until: Option<Instant>,
 }
 
 impl GoEntry {
-    fn peek(&self, now: Instant) -> GoPeek {
-        GoPeek {
-            needs_arming: self.claim.needs_arming,
-            armed: self.armed_until.is_some_and(|t| t > now),
+    /// Notes a browser's first request while the id is not armed (see [`GoRecord`]).
+    fn saw(&mut self, seen: Sighting, arm_window: Duration) {
+        let r = &mut self.record;
+        let armed = r
+            .clicked_ms
+            .is_some_and(|c| now_ms() <= c.saturating_add(arm_window.as_millis() as u64));
+        if armed || r.sightings.iter().any(|s| s.client == seen.client) {
+            return;
+        }
+        if r.sightings.len() >= MAX_SIGHTINGS {
+            r.crowded = true;
+        } else {
+            r.sightings.push(seen);
         }
     }
 }
@@ -115,7 +123,7 @@ pub struct MemoryState {
     deliveries: Mutex<Expiring<u64, ()>>,
     digest: RandomState,
     limiter: RateLimiter,
-    /// `/go/` ids by their text: they are credentials, and a digest would shorten them.
+    /// `/go/` records by their ids' keyed digests (never the ids).
     go: Mutex<Expiring<String, GoEntry>>,
     jobs: Mutex<Jobs>,
 }
@@ -158,7 +166,7 @@ impl MemoryState {
         }
     }
 
-    fn issue_now(&self, id: &str, claim: &GoClaim, lifetime: Duration) -> Result<(), StateError> {
+    fn issue_now(&self, name: &str, sealed: &str, lifetime: Duration) -> Result<(), StateError> {
         let now = Instant::now();
         let mut go = lock(&self.go);
         go.purge(now);
@@ -167,23 +175,27 @@ impl MemoryState {
         }
         // Kept for twice its lifetime, so "used" and "expired" stay precise until then.
         let entry = GoEntry {
-            claim: claim.clone(),
+            record: GoRecord {
+                sealed: sealed.to_string(),
+                clicked_ms: None,
+                sightings: Vec::new(),
+                crowded: false,
+            },
             expires: now + lifetime,
             used: false,
-            armed_until: None,
         };
-        go.insert(id.to_string(), now + lifetime * 2, entry);
+        go.insert(name.to_string(), now + lifetime * 2, entry);
         Ok(())
     }
 
     fn go_entry<T>(
         &self,
-        id: &str,
-        f: impl FnOnce(&mut GoEntry, Instant) -> Result<T, GoError>,
+        name: &str,
+        f: impl FnOnce(&mut GoEntry) -> Result<T, GoError>,
     ) -> Result<T, GoError> {
         let now = Instant::now();
         let mut go = lock(&self.go);
-        let Some((forget, entry)) = go.map.get_mut(id) else {
+        let Some((forget, entry)) = go.map.get_mut(name) else {
             return Err(GoError::Unknown);
         };
         if *forget <= now {
@@ -195,7 +207,7 @@ impl MemoryState {
         if entry.expires <= now {
             return Err(GoError::Expired);
         }
-        f(entry, now)
+        f(entry)
     }
 
     pub(super) fn schedule_sync(
@@ -257,8 +269,12 @@ impl SharedState for MemoryState {
         "memory"
     }
 
-    async fn claim_delivery(&self, id: &str, ttl: Duration) -> bool {
-        self.claim_sync(id, ttl)
+    async fn claim_delivery(&self, id: &str, ttl: Duration) -> Delivery {
+        if self.claim_sync(id, ttl) {
+            Delivery::First
+        } else {
+            Delivery::Duplicate
+        }
     }
 
     async fn admit(&self, key: &str, _per_minute: u32, count: bool) -> Admission {
@@ -270,43 +286,44 @@ impl SharedState for MemoryState {
 
     async fn issue_go(
         &self,
-        id: &str,
-        claim: &GoClaim,
+        name: &str,
+        sealed: &str,
         lifetime: Duration,
     ) -> Result<(), StateError> {
-        self.issue_now(id, claim, lifetime)
+        self.issue_now(name, sealed, lifetime)
     }
 
-    async fn take_go(&self, id: &str) -> Result<GoClaim, GoError> {
-        self.go_entry(id, |e, now| {
-            let peek = e.peek(now);
-            if peek.needs_arming && !peek.armed {
-                return Err(GoError::NotArmed);
+    async fn look_go(
+        &self,
+        name: &str,
+        seen: Option<Sighting>,
+        arm_window: Duration,
+    ) -> Result<GoRecord, GoError> {
+        self.go_entry(name, |e| {
+            if let Some(seen) = seen {
+                e.saw(seen, arm_window);
             }
-            e.used = true;
-            Ok(e.claim.clone())
+            Ok(e.record.clone())
         })
     }
 
-    async fn peek_go(&self, id: &str) -> Result<GoPeek, GoError> {
-        self.go_entry(id, |e, now| Ok(e.peek(now)))
+    async fn take_go(&self, name: &str) -> Result<GoRecord, GoError> {
+        self.go_entry(name, |e| {
+            e.used = true;
+            Ok(e.record.clone())
+        })
     }
 
-    async fn arm_go(&self, id: &str, user_id: &str, window: Duration) -> bool {
-        self.go_entry(id, |e, now| {
-            let asker = &e.claim.asker;
-            if asker.platform == Platform::Slack && asker.user_id == user_id {
-                e.armed_until = Some(now + window);
-                Ok(())
-            } else {
-                Err(GoError::NotArmed)
-            }
+    async fn arm_go(&self, name: &str, clicked_ms: u64) -> bool {
+        self.go_entry(name, |e| {
+            e.record.clicked_ms = Some(clicked_ms);
+            Ok(())
         })
         .is_ok()
     }
 
-    async fn release_go(&self, id: &str) {
-        if let Some((_, e)) = lock(&self.go).map.get_mut(id) {
+    async fn release_go(&self, name: &str) {
+        if let Some((_, e)) = lock(&self.go).map.get_mut(name) {
             e.used = false;
         }
     }
@@ -342,35 +359,34 @@ impl SharedState for MemoryState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::asker::Asker;
-    use crate::core::portal::id_of;
 
-    fn claim(end_user: &str) -> GoClaim {
-        GoClaim {
-            asker: Asker::local_user(),
-            end_user: id_of(end_user).unwrap(),
-            needs_arming: false,
-        }
+    fn seen(client: u64) -> Option<Sighting> {
+        Some(Sighting {
+            client,
+            began_ms: now_ms(),
+        })
     }
 
     #[tokio::test]
-    async fn go_ids_are_single_use_precise_and_bounded() {
+    async fn go_records_are_single_use_precise_and_bounded() {
         let s = MemoryState::new(10);
         let life = Duration::from_secs(60);
-        s.issue_go("a", &claim("e1"), life).await.unwrap();
+        let window = Duration::from_secs(60);
+        s.issue_go("a", "sealed-a", life).await.unwrap();
         assert_eq!(
-            s.peek_go("a").await,
-            Ok(GoPeek {
-                needs_arming: false,
-                armed: false
-            })
+            s.look_go("a", None, window).await.unwrap().sealed,
+            "sealed-a"
         );
-        assert_eq!(s.take_go("a").await.unwrap().end_user.as_str(), "e1");
+        assert_eq!(s.take_go("a").await.unwrap().sealed, "sealed-a");
         assert_eq!(s.take_go("a").await.unwrap_err(), GoError::Used);
+        assert_eq!(
+            s.look_go("a", None, window).await.unwrap_err(),
+            GoError::Used
+        );
         s.release_go("a").await;
         assert!(s.take_go("a").await.is_ok(), "released ids work again");
         assert_eq!(s.take_go("nope").await.unwrap_err(), GoError::Unknown);
-        s.issue_go("b", &claim("e1"), Duration::from_millis(50))
+        s.issue_go("b", "sealed-b", Duration::from_millis(50))
             .await
             .unwrap();
         std::thread::sleep(Duration::from_millis(60));
@@ -378,31 +394,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn slack_ids_mint_only_once_armed_by_their_own_asker() {
+    async fn sightings_are_noted_until_armed_once_per_browser_and_bounded() {
         let s = MemoryState::new(10);
-        let mut c = claim("e1");
-        c.asker.platform = Platform::Slack;
-        c.asker.user_id = "U1".into();
-        c.needs_arming = true;
-        s.issue_go("a", &c, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(s.take_go("a").await.unwrap_err(), GoError::NotArmed);
-        assert!(
-            !s.arm_go("a", "U2", Duration::from_secs(60)).await,
-            "not theirs"
-        );
-        assert_eq!(s.take_go("a").await.unwrap_err(), GoError::NotArmed);
-        assert!(s.arm_go("a", "U1", Duration::from_secs(60)).await);
-        assert!(s.peek_go("a").await.unwrap().armed);
-        assert!(s.take_go("a").await.is_ok());
-        assert!(!s.arm_go("a", "U1", Duration::from_secs(60)).await, "used");
+        let window = Duration::from_secs(60);
+        s.issue_go("a", "x", Duration::from_secs(60)).await.unwrap();
+        s.look_go("a", seen(1), window).await.unwrap();
+        s.look_go("a", seen(1), window).await.unwrap();
+        s.look_go("a", seen(2), window).await.unwrap();
+        let r = s.look_go("a", None, window).await.unwrap();
+        assert_eq!(r.sightings.len(), 2, "the first request of each browser");
+        assert!(s.arm_go("a", now_ms()).await);
+        s.look_go("a", seen(3), window).await.unwrap();
+        let r = s.look_go("a", None, window).await.unwrap();
+        assert_eq!(r.sightings.len(), 2, "none noted while armed");
+        assert!(r.clicked_ms.is_some());
+
+        s.issue_go("b", "x", Duration::from_secs(60)).await.unwrap();
+        for client in 0..(MAX_SIGHTINGS as u64 + 5) {
+            s.look_go("b", seen(client), window).await.unwrap();
+        }
+        let r = s.look_go("b", None, window).await.unwrap();
+        assert_eq!(r.sightings.len(), MAX_SIGHTINGS);
+        assert!(r.crowded);
     }
 
     #[tokio::test]
     async fn deliveries_are_claimed_once_and_memory_stays_bounded() {
         let s = MemoryState::new(10);
         let ttl = Duration::from_secs(60);
-        assert!(s.claim_delivery("x", ttl).await);
-        assert!(!s.claim_delivery("x", ttl).await);
+        assert_eq!(s.claim_delivery("x", ttl).await, Delivery::First);
+        assert_eq!(s.claim_delivery("x", ttl).await, Delivery::Duplicate);
         for i in 0..(MAX_DELIVERIES + 10) {
             s.claim_delivery(&i.to_string(), ttl).await;
         }

@@ -9,9 +9,10 @@
 //! Redis down or slow never fails a request. Every call is bounded by a short timeout; the
 //! first failure marks the store unhealthy (a warning in the log, `portal_bot_redis_up` 0),
 //! after which calls don't wait on Redis at all but fall back at once (each counted in
-//! `portal_bot_state_fallbacks_total{op}`): deliveries are claimed (fail open), rate limits
-//! are this process's own, jobs are kept in this process, `/go/` ids are neither issued (the
-//! asker gets a link minted directly) nor used (the page says "try again"). A background
+//! `portal_bot_state_fallbacks_total{op}`): deliveries are checked against this process's
+//! memory alone (and answered only where the platform routes the answer to the asker), rate
+//! limits are this process's own, jobs are kept in this process, `/go/` ids are neither issued
+//! (the asker gets a link minted directly) nor used (the page says "try again"). A background
 //! probe PINGs every second and marks the store healthy again when Redis answers: recovery
 //! needs no restart.
 //!
@@ -19,29 +20,27 @@
 //!
 //! | key | what | TTL |
 //! | --- | --- | --- |
-//! | `P seen:{delivery}` | a delivery claimed by one replica | 10-15 min (the platform's redelivery window) |
+//! | `P seen:{delivery}` | a delivery claimed by one replica (and remembered by it in memory too) | 10-15 min (the platform's redelivery window) |
 //! | `P rl:{platform}:{user}` | token bucket: `tokens`, `ts` | 60 s (a full refill) |
 //! | `P pause:planhat` | Planhat said 429 | Retry-After |
-//! | `P go:{id}` | `/go/` id: claim, `exp`, `used` | 2 × its lifetime |
+//! | `P go:{digest}` | `/go/` id's record under the id's keyed digest: sealed claim, `exp`, `used`, click, browsers seen | 2 × its lifetime |
 //! | `P jobs:due`, `P jobs:data` | scheduled jobs (Discord expiry edits) by due time, and their payloads | 15 min past the last job's due time |
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::memory::MemoryState;
+use crate::core::metrics::Metrics;
+use crate::core::onetime::GoError;
+use crate::core::secret::Secret;
+use crate::core::state::{
+    Admission, Delivery, Due, GoRecord, SharedState, Sighting, StateError, MAX_SIGHTINGS,
+};
+use crate::shutdown::Shutdown;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use serde::{Deserialize, Serialize};
-
-use super::memory::MemoryState;
-use crate::core::asker::Asker;
-use crate::core::metrics::Metrics;
-use crate::core::onetime::GoError;
-use crate::core::portal::id_of;
-use crate::core::secret::Secret;
-use crate::core::state::{Admission, Due, GoClaim, GoPeek, SharedState, StateError};
-use crate::shutdown::Shutdown;
 
 /// How long one Redis call may take before the store counts as unavailable. Loopback or a
 /// nearby Redis answers in well under a millisecond, a busy one in a few; the chat's
@@ -78,46 +77,57 @@ end
 return 1
 ";
 
-/// Fields: `c` the claim (JSON), `exp` when it stops working, `used`, `na` needs arming,
-/// `arm` until when its asker's click lets it mint (all times Redis's own, in ms).
+/// Fields: `c` the sealed record (opaque here), `exp` when it stops working, `used`, `clk` its
+/// asker's click (Slack's time, ms), `seen` the browsers seen before it was armed
+/// (`client:began,…`), `crowd` more of them than are kept. Times are Redis's own, in ms.
 const GO_ISSUE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'c', ARGV[1], 'exp', now + tonumber(ARGV[2]), 'used', '0', 'na', ARGV[3], 'arm', '0')
+redis.call('HSET', KEYS[1], 'c', ARGV[1], 'exp', now + tonumber(ARGV[2]), 'used', '0')
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
 return 1
 ";
 
-/// ARGV[1] = '1' to use the id up, '0' to only look. Answers {state, claim, needs arming,
-/// armed}.
-const GO_TAKE: &str = r"
-local h = redis.call('HMGET', KEYS[1], 'c', 'exp', 'used', 'na', 'arm')
+/// Checks that the record is usable and answers {state, sealed, clk, seen, crowd}. ARGV[1] =
+/// '1' to use it up; ARGV[2] = a browser to note ('' for none), ARGV[3] = when its request
+/// began, ARGV[4] = the arming window (ms), ARGV[5] = how many browsers are kept. A browser is
+/// noted once (its first request), and only while the record is not armed.
+const GO_LOOK: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'c', 'exp', 'used', 'clk', 'seen', 'crowd')
 if not h[1] then return {'unknown'} end
 if h[3] == '1' then return {'used'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now >= tonumber(h[2]) then return {'expired'} end
-local armed = '0'
-if tonumber(h[5] or '0') > now then armed = '1' end
-if ARGV[1] == '1' then
-  if h[4] == '1' and armed == '0' then return {'not_armed'} end
-  redis.call('HSET', KEYS[1], 'used', '1')
+local seen = h[5] or ''
+local crowd = h[6] or '0'
+if ARGV[2] ~= '' then
+  local clk = tonumber(h[4] or '')
+  local armed = clk ~= nil and now <= clk + tonumber(ARGV[4])
+  if not armed and not string.find(',' .. seen, ',' .. ARGV[2] .. ':', 1, true) then
+    local count = 0
+    for _ in string.gmatch(seen, '[^,]+') do count = count + 1 end
+    if count >= tonumber(ARGV[5]) then
+      crowd = '1'
+      redis.call('HSET', KEYS[1], 'crowd', '1')
+    else
+      if seen == '' then seen = ARGV[2] .. ':' .. ARGV[3] else seen = seen .. ',' .. ARGV[2] .. ':' .. ARGV[3] end
+      redis.call('HSET', KEYS[1], 'seen', seen)
+    end
+  end
 end
-return {'ok', h[1], h[4] or '0', armed}
+if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'used', '1') end
+return {'ok', h[1], h[4] or '', seen, crowd}
 ";
 
-/// ARGV[1] = the clicking Slack user, ARGV[2] = the window (ms). Arms only the asker's own,
-/// usable id.
+/// ARGV[1] = Slack's time of the asker's click (ms). Arms a usable record.
 const GO_ARM: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'c', 'exp', 'used')
 if not h[1] or h[3] == '1' then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now >= tonumber(h[2]) then return 0 end
-local ok, claim = pcall(cjson.decode, h[1])
-if not ok or type(claim) ~= 'table' or type(claim.asker) ~= 'table' then return 0 end
-if claim.asker.platform ~= 'slack' or claim.asker.user_id ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'arm', now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'clk', ARGV[1])
 return 1
 ";
 
@@ -148,13 +158,6 @@ end
 return out
 ";
 
-/// A `/go/` claim as stored in Redis.
-#[derive(Serialize, Deserialize)]
-struct StoredClaim {
-    asker: Asker,
-    end_user: String,
-}
-
 /// The Redis store, with an in-process fallback for while Redis can't be reached.
 pub struct RedisState {
     conn: ConnectionManager,
@@ -165,7 +168,7 @@ pub struct RedisState {
     admit: Script,
     pause: Script,
     go_issue: Script,
-    go_take: Script,
+    go_look: Script,
     go_arm: Script,
     go_release: Script,
     schedule: Script,
@@ -208,7 +211,7 @@ impl RedisState {
             admit: Script::new(ADMIT),
             pause: Script::new(PAUSE),
             go_issue: Script::new(GO_ISSUE),
-            go_take: Script::new(GO_TAKE),
+            go_look: Script::new(GO_LOOK),
             go_arm: Script::new(GO_ARM),
             go_release: Script::new(GO_RELEASE),
             schedule: Script::new(SCHEDULE),
@@ -267,7 +270,7 @@ impl RedisState {
             &self.admit,
             &self.pause,
             &self.go_issue,
-            &self.go_take,
+            &self.go_look,
             &self.go_arm,
             &self.go_release,
             &self.schedule,
@@ -316,48 +319,64 @@ impl RedisState {
         }
     }
 
-    async fn go_script(&self, id: &str, take: bool) -> Result<(GoClaim, GoPeek), GoError> {
-        if !crate::core::onetime::plausible(id) {
-            return Err(GoError::Unknown);
-        }
-        let key = self.key(&["go:", id]);
+    /// Runs [`GO_LOOK`]: looks at the record under `name` (noting `seen`), or uses it up.
+    async fn go_look(
+        &self,
+        name: &str,
+        take: bool,
+        seen: Option<Sighting>,
+        arm_window: Duration,
+    ) -> Result<GoRecord, GoError> {
+        let key = self.key(&["go:", name]);
         let mut conn = self.conn.clone();
-        let op = if take { "go_take" } else { "go_peek" };
+        let op = if take { "go_take" } else { "go_look" };
+        let (client, began) = match seen {
+            Some(s) => (s.client.to_string(), s.began_ms.to_string()),
+            None => (String::new(), String::new()),
+        };
         let answer: Vec<String> = self
             .call(op, async {
-                self.go_take
+                self.go_look
                     .key(&key)
                     .arg(if take { "1" } else { "0" })
+                    .arg(&client)
+                    .arg(&began)
+                    .arg(ms(arm_window))
+                    .arg(MAX_SIGHTINGS)
                     .invoke_async(&mut conn)
                     .await
             })
             .await
             .map_err(|_| GoError::Unavailable)?;
-        match answer.first().map(String::as_str) {
+        let mut it = answer.into_iter();
+        match it.next().as_deref() {
             Some("ok") => {
-                let stored: Option<StoredClaim> =
-                    answer.get(1).and_then(|c| serde_json::from_str(c).ok());
-                let peek = GoPeek {
-                    needs_arming: answer.get(2).is_some_and(|v| v == "1"),
-                    armed: answer.get(3).is_some_and(|v| v == "1"),
-                };
-                stored
-                    .and_then(|s| {
-                        Some(GoClaim {
-                            end_user: id_of(&s.end_user)?,
-                            asker: s.asker,
-                            needs_arming: peek.needs_arming,
-                        })
-                    })
-                    .map(|claim| (claim, peek))
-                    .ok_or(GoError::Unknown)
+                let (sealed, clicked, seen, crowd) = (it.next(), it.next(), it.next(), it.next());
+                Ok(GoRecord {
+                    sealed: sealed.unwrap_or_default(),
+                    clicked_ms: clicked.and_then(|c| c.parse().ok()),
+                    sightings: seen.as_deref().map(parse_sightings).unwrap_or_default(),
+                    crowded: crowd.as_deref() == Some("1"),
+                })
             }
             Some("used") => Err(GoError::Used),
             Some("expired") => Err(GoError::Expired),
-            Some("not_armed") => Err(GoError::NotArmed),
             _ => Err(GoError::Unknown),
         }
     }
+}
+
+/// `client:began,…` as [`GO_LOOK`] keeps it (anything unreadable is skipped).
+fn parse_sightings(text: &str) -> Vec<Sighting> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (client, began) = pair.split_once(':')?;
+            Some(Sighting {
+                client: client.parse().ok()?,
+                began_ms: began.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// Marks the store healthy or not, every [`PROBE_EVERY`], until shutdown or the store is gone.
@@ -394,7 +413,18 @@ impl SharedState for RedisState {
         "redis"
     }
 
-    async fn claim_delivery(&self, id: &str, ttl: Duration) -> bool {
+    async fn claim_delivery(&self, id: &str, ttl: Duration) -> Delivery {
+        // Written through to this process's own memory as well: during a Redis outage this
+        // replica still knows what it answered.
+        let here_first = self.fallback.claim_sync(id, ttl);
+        if !self.up() {
+            self.metrics.state_fallback("dedupe");
+            return if here_first {
+                Delivery::Unchecked
+            } else {
+                Delivery::Duplicate
+            };
+        }
         let key = self.key(&["seen:", id]);
         let mut conn = self.conn.clone();
         let set = self
@@ -410,9 +440,10 @@ impl SharedState for RedisState {
             })
             .await;
         match set {
-            Ok(answer) => answer.is_some(),
-            // Fail open, but still dedupe what this process has seen.
-            Err(_) => self.fallback.claim_sync(id, ttl),
+            Ok(Some(_)) => Delivery::First,
+            Ok(None) => Delivery::Duplicate,
+            Err(_) if here_first => Delivery::Unchecked,
+            Err(_) => Delivery::Duplicate,
         }
     }
 
@@ -455,23 +486,17 @@ impl SharedState for RedisState {
 
     async fn issue_go(
         &self,
-        id: &str,
-        claim: &GoClaim,
+        name: &str,
+        sealed: &str,
         lifetime: Duration,
     ) -> Result<(), StateError> {
-        let stored = serde_json::to_string(&StoredClaim {
-            asker: claim.asker.clone(),
-            end_user: claim.end_user.to_string(),
-        })
-        .map_err(|e| StateError::Unavailable(e.to_string()))?;
-        let key = self.key(&["go:", id]);
+        let key = self.key(&["go:", name]);
         let mut conn = self.conn.clone();
         self.call("go_issue", async {
             self.go_issue
                 .key(&key)
-                .arg(&stored)
+                .arg(sealed)
                 .arg(ms(lifetime))
-                .arg(if claim.needs_arming { "1" } else { "0" })
                 .invoke_async::<i64>(&mut conn)
                 .await
         })
@@ -479,25 +504,26 @@ impl SharedState for RedisState {
         .map(|_| ())
     }
 
-    async fn take_go(&self, id: &str) -> Result<GoClaim, GoError> {
-        self.go_script(id, true).await.map(|(claim, _)| claim)
+    async fn look_go(
+        &self,
+        name: &str,
+        seen: Option<Sighting>,
+        arm_window: Duration,
+    ) -> Result<GoRecord, GoError> {
+        self.go_look(name, false, seen, arm_window).await
     }
 
-    async fn peek_go(&self, id: &str) -> Result<GoPeek, GoError> {
-        self.go_script(id, false).await.map(|(_, peek)| peek)
+    async fn take_go(&self, name: &str) -> Result<GoRecord, GoError> {
+        self.go_look(name, true, None, Duration::ZERO).await
     }
 
-    async fn arm_go(&self, id: &str, user_id: &str, window: Duration) -> bool {
-        if !crate::core::onetime::plausible(id) {
-            return false;
-        }
-        let key = self.key(&["go:", id]);
+    async fn arm_go(&self, name: &str, clicked_ms: u64) -> bool {
+        let key = self.key(&["go:", name]);
         let mut conn = self.conn.clone();
         self.call("go_arm", async {
             self.go_arm
                 .key(&key)
-                .arg(user_id)
-                .arg(ms(window))
+                .arg(clicked_ms)
                 .invoke_async::<i64>(&mut conn)
                 .await
         })
@@ -505,11 +531,8 @@ impl SharedState for RedisState {
         .is_ok_and(|armed| armed == 1)
     }
 
-    async fn release_go(&self, id: &str) {
-        if !crate::core::onetime::plausible(id) {
-            return;
-        }
-        let key = self.key(&["go:", id]);
+    async fn release_go(&self, name: &str) {
+        let key = self.key(&["go:", name]);
         let mut conn = self.conn.clone();
         let _ = self
             .call("go_release", async {

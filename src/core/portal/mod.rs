@@ -7,9 +7,9 @@
 //!
 //! The use case is split by what each part does: this file admits, runs and records a
 //! request; [`round`] is the Planhat round (access check, mint, name and scope beside them);
-//! [`reply`] is what the asker sees; [`click`] is a `/go/` click finishing a request.
+//! [`reply`] is what the asker sees. A `/go/` click finishing a request is a use case of its
+//! own ([`crate::core::click`]), which comes back here for the mint.
 
-mod click;
 mod reply;
 mod round;
 
@@ -19,16 +19,17 @@ use std::time::{Duration, Instant};
 use super::access::AccessPolicy;
 use super::asker::{Asker, Platform};
 use super::audit::{Audit, AuditEvent};
+use super::click::GoClient;
 use super::command::{parse_command, Command};
 use super::directory::Directory;
 use super::enduser::{BadEndUser, EndUserId, Target};
 use super::metrics::Metrics;
 use super::names::NameCache;
+use super::onetime::GoIds;
 use super::ownership::{Ownership, ScopeDenied};
 use super::planhat::Planhat;
 use super::state::SharedState;
 
-pub use self::click::{GoClient, GoView};
 pub use self::reply::{
     access_line, choose_line, id_of, Action, PortalLink, Refusal, Reply, MAX_CHOICES,
 };
@@ -45,8 +46,10 @@ pub struct PortalService {
     link_lifetime: Duration,
     /// Set: links are `/go/` links under this base, minted at click time.
     public_url: Option<String>,
-    /// How long a `/go/` id lives.
-    go_lifetime: Duration,
+    /// The one-time ids a `/go/` link carries.
+    ids: Arc<GoIds>,
+    /// False with `[sign_in]`: the browser proves who is there, so Slack ids need no arming.
+    slack_arming: bool,
     names: Arc<NameCache>,
     /// `scope = "owned"`: who owns which company.
     ownership: Ownership,
@@ -71,7 +74,8 @@ impl PortalService {
         metrics: Arc<Metrics>,
         link_lifetime: Duration,
         public_url: Option<&url::Url>,
-        go_lifetime: Duration,
+        ids: Arc<GoIds>,
+        slack_arming: bool,
     ) -> Self {
         planhat.share_pauses(state.clone());
         let names = Arc::new(NameCache::new(MAX_NAMES, Duration::from_secs(3600)));
@@ -85,7 +89,8 @@ impl PortalService {
             metrics,
             link_lifetime,
             public_url: public_url.map(|u| u.as_str().trim_end_matches('/').to_string()),
-            go_lifetime,
+            ids,
+            slack_arming,
             ownership,
             names,
             directories: Default::default(),
@@ -93,7 +98,8 @@ impl PortalService {
         }
     }
 
-    fn directory(&self, platform: Platform) -> Option<Arc<dyn Directory>> {
+    /// The directory of `platform`'s chat, when its adapter registered one.
+    pub fn directory(&self, platform: Platform) -> Option<Arc<dyn Directory>> {
         self.directories
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -169,10 +175,7 @@ impl PortalService {
         self.state.housekeep();
     }
 
-    /// `GET /go/{id}`: no side effect, except where the id's own asker has armed it with their
-    /// click in Slack (that click is the deliberate act): then it mints and redirects. A Slack
-    /// id whose click event hasn't arrived yet waits for it up to [`ARM_WAIT`]. Anything else
-
+    /// `/portal <text>` from `asker`.
     pub async fn handle(&self, asker: &Asker, text: &str) -> Reply {
         self.handle_command(asker, parse_command(text)).await
     }
@@ -203,8 +206,8 @@ impl PortalService {
         let mut audited = match &target {
             Some(Target::EndUser(id)) => Audited::id(id),
             Some(Target::Email(email)) => Audited {
-                end_user: None,
                 email: Some(email.clone()),
+                ..Audited::default()
             },
             _ => Audited::default(),
         };
@@ -236,6 +239,24 @@ impl PortalService {
         self.finish(asker, action, audited, reply, started).await
     }
 
+    /// A `/go/` click's mint for its asker (as they are now): like [`Self::link_for`], with the
+    /// browser in the audit event.
+    pub async fn link_at_click(&self, asker: &Asker, id: EndUserId, client: &GoClient) -> Reply {
+        let started = Instant::now();
+        let audited = Audited {
+            client: client.address.clone(),
+            user_agent: client.user_agent.clone(),
+            signed_in_as: client.signed_in_as.clone(),
+            ..Audited::id(&id)
+        };
+        let reply = match self.admit(asker, Action::Go).await {
+            Err(refusal) => Reply::Refused(refusal),
+            Ok(()) => self.run(asker, id, None, Action::Go).await,
+        };
+        self.finish(asker, Action::Go, audited, reply, started)
+            .await
+    }
+
     /// Records a refusal that happened before the use case (e.g. someone pressing a button on
     /// another person's message), so the audit trail has every attempt.
     pub async fn record_refusal(
@@ -258,12 +279,43 @@ impl PortalService {
             company: None,
             client: None,
             user_agent: None,
+            signed_in_as: None,
         };
         if let Err(e) = self.audit.record(event).await {
             tracing::error!(error = %e, "audit event lost");
         }
         self.metrics
             .request(asker.platform.name(), outcome, Duration::ZERO);
+    }
+
+    /// A record in shared state whose seal did not verify (`what`: `go`, `discord_edit`):
+    /// refused by the caller; audited, counted and logged here. Someone wrote to the store
+    /// without the key.
+    pub async fn record_forged(&self, what: &'static str) {
+        self.metrics.forged_record(what);
+        tracing::warn!(
+            what,
+            "a record in shared state does not carry the bot's seal: refused (someone wrote to the store without the key)"
+        );
+        let event = AuditEvent {
+            time: AuditEvent::now(),
+            platform: "web",
+            team: None,
+            channel: None,
+            asker: "-".into(),
+            action: what,
+            end_user: None,
+            email: None,
+            outcome: "forged",
+            latency_ms: 0,
+            company: None,
+            client: None,
+            user_agent: None,
+            signed_in_as: None,
+        };
+        if let Err(e) = self.audit.record(event).await {
+            tracing::error!(error = %e, "audit event lost");
+        }
     }
 
     /// Authorise, then rate limit, then Planhat's pause (one shared-state round trip for
@@ -289,8 +341,7 @@ impl PortalService {
         Ok(())
     }
 
-    /// An email's end user: the reply, and the id it resolved to (for the audit trail) when it
-
+    /// Audit (refusing the link if a required audit fails), count, log.
     async fn finish(
         &self,
         asker: &Asker,
@@ -320,8 +371,9 @@ impl PortalService {
             outcome,
             latency_ms: took.as_millis() as u64,
             company: reply.company(),
-            client: None,
-            user_agent: None,
+            client: audited.client,
+            user_agent: audited.user_agent,
+            signed_in_as: audited.signed_in_as,
         };
         let reply = match self.audit.record(event).await {
             Ok(()) => reply,
@@ -358,13 +410,17 @@ struct Audited {
     end_user: Option<String>,
     /// The email typed, for a lookup by email.
     email: Option<String>,
+    /// A `/go/` click's browser: address and User-Agent, and whom it was signed in as.
+    client: Option<String>,
+    user_agent: Option<String>,
+    signed_in_as: Option<String>,
 }
 
 impl Audited {
     fn id(id: &EndUserId) -> Self {
         Audited {
             end_user: Some(id.to_string()),
-            email: None,
+            ..Audited::default()
         }
     }
 }

@@ -7,15 +7,15 @@ use std::time::{Duration, SystemTime};
 use super::{Action, PortalLink, PortalService, Refusal, Reply, MAX_CHOICES};
 use crate::core::asker::{Asker, Platform};
 use crate::core::enduser::EndUserId;
-use crate::core::onetime::new_id;
 use crate::core::ownership::{OwnershipError, ScopeDenied};
 use crate::core::planhat::{EndUserSummary, PlanhatError};
 use crate::core::secret::Secret;
-use crate::core::state::GoClaim;
 
 use super::id_of;
 
 impl PortalService {
+    /// An email's end user: the reply, and the id it resolved to (for the audit trail) when it
+    /// matched exactly one.
     pub(super) async fn by_email(
         &self,
         asker: &Asker,
@@ -227,22 +227,20 @@ impl PortalService {
         who: Option<EndUserSummary>,
     ) -> Option<Reply> {
         let base = self.public_url.as_ref()?;
-        let go = new_id();
-        let claim = GoClaim {
-            asker: asker.clone(),
-            end_user: id.clone(),
-            // Slack tells the bot about its asker's own click; Discord's link buttons don't.
-            needs_arming: asker.platform == Platform::Slack,
+        // Slack tells the bot about its asker's own click; Discord's link buttons don't.
+        let needs_arming = self.slack_arming && asker.platform == Platform::Slack;
+        let go = match self.ids.issue(asker, &id, needs_arming).await {
+            Ok(go) => go,
+            Err(e) => {
+                tracing::warn!(error = %e, "no /go/ link this time; the link is minted directly");
+                return None;
+            }
         };
-        if let Err(e) = self.state.issue_go(&go, &claim, self.go_lifetime).await {
-            tracing::warn!(error = %e, "no /go/ link this time; the link is minted directly");
-            return None;
-        }
         Some(Reply::Link(PortalLink {
             url: Secret::new(format!("{base}/go/{go}")),
             end_user: id,
             who,
-            expires_at: SystemTime::now() + self.go_lifetime,
+            expires_at: SystemTime::now() + self.ids.lifetime(),
             at_click: true,
         }))
     }

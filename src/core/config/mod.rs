@@ -15,6 +15,10 @@ use url::Url;
 
 use super::secret::Secret;
 
+mod sign_in;
+
+pub use self::sign_in::{DiscordProvider, OidcProvider, SignInConfig};
+
 /// A configuration problem, phrased for the operator: one line naming the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -36,6 +40,14 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("discord.token", "DISCORD_TOKEN"),
     ("discord.public_key", "DISCORD_PUBLIC_KEY"),
     ("state.redis_url", "PORTAL_BOT_REDIS_URL"),
+    ("state.seal_key", "PORTAL_BOT_SEAL_KEY"),
+    ("sign_in.cookie_key", "PORTAL_BOT_COOKIE_KEY"),
+    ("sign_in.slack.client_secret", "SLACK_CLIENT_SECRET"),
+    ("sign_in.discord.client_secret", "DISCORD_CLIENT_SECRET"),
+    (
+        "sign_in.oidc.client_secret",
+        "PORTAL_BOT_OIDC_CLIENT_SECRET",
+    ),
 ];
 
 /// The validated configuration of one bot process.
@@ -50,6 +62,8 @@ pub struct Config {
     pub audit: AuditConfig,
     pub state: StateConfig,
     pub notify: NotifyConfig,
+    /// `[sign_in]`: who is at the browser of a `/go/` link; `None`: no sign-in.
+    pub sign_in: Option<SignInConfig>,
 }
 
 /// `[notify]`: the transparency channel; each set channel gets one line per link, `/go/`
@@ -70,6 +84,10 @@ pub struct StateConfig {
     pub redis_url: Option<Secret>,
     /// Put before every key, so several bots can share one Redis.
     pub key_prefix: String,
+    /// The key that seals what replicas keep in the store (`/go/` records, Discord edits), so
+    /// write access to Redis alone can't forge one. Unset: derived from `sign_in.cookie_key`,
+    /// else from the Planhat token (see [`Config::seal_root`]).
+    pub seal_key: Option<Secret>,
 }
 
 /// `[server]`: where the HTTP endpoints listen and how long a chat reply may wait inline.
@@ -270,6 +288,17 @@ impl Config {
         raw.validate(env)
     }
 
+    /// The secret the seals of shared state derive from ([`crate::core::seal::Sealer`]): one
+    /// every replica has and Redis never does. `state.seal_key` when set, else
+    /// `sign_in.cookie_key`, else the Planhat token; `None` when there is neither (one process: a random key does).
+    pub fn seal_root(&self) -> Option<&Secret> {
+        self.state
+            .seal_key
+            .as_ref()
+            .or(self.sign_in.as_ref().map(|s| &s.cookie_key))
+            .or((!self.planhat.token.is_empty()).then_some(&self.planhat.token))
+    }
+
     /// A configuration for the built-in sandbox Planhat at `base` (demo, `serve --sandbox`).
     pub fn point_at_sandbox(&mut self, base: &Url, token: Secret) {
         self.planhat.api_url = base.clone();
@@ -313,6 +342,7 @@ struct RawConfig {
     state: RawState,
     #[serde(default)]
     notify: RawNotify,
+    sign_in: Option<sign_in::RawSignIn>,
 }
 
 #[derive(Deserialize, Default)]
@@ -326,6 +356,7 @@ struct RawNotify {
 #[serde(deny_unknown_fields)]
 struct RawState {
     redis_url: Option<SecretText>,
+    seal_key: Option<SecretText>,
     #[serde(default = "default_key_prefix")]
     key_prefix: String,
 }
@@ -334,6 +365,7 @@ impl Default for RawState {
     fn default() -> Self {
         RawState {
             redis_url: None,
+            seal_key: None,
             key_prefix: default_key_prefix(),
         }
     }
@@ -1093,9 +1125,24 @@ impl RawConfig {
                 ));
             }
         }
+        let sign_in = self
+            .sign_in
+            .map(|raw| {
+                raw.validate(
+                    sign_in::Context {
+                        public_url: public_url.as_ref(),
+                        slack_on: slack.is_some(),
+                        discord_on: discord.is_some(),
+                        discord_emails: !access.discord_emails.is_empty(),
+                    },
+                    env,
+                )
+            })
+            .transpose()?;
         Ok(Config {
             notify,
             state,
+            sign_in,
             server: ServerConfig {
                 listen,
                 metrics_listen,
@@ -1146,9 +1193,21 @@ impl RawState {
                 "must be at most 64 characters, without spaces",
             ));
         }
+        let seal_key = secret("state.seal_key", self.seal_key.unwrap_or_default(), env);
+        let seal_key = if seal_key.is_empty() {
+            None
+        } else if seal_key.expose().len() < 32 {
+            return Err(ConfigError::at(
+                "state.seal_key",
+                "must be at least 32 characters (e.g. `openssl rand -base64 32`)",
+            ));
+        } else {
+            Some(seal_key)
+        };
         Ok(StateConfig {
             redis_url,
             key_prefix,
+            seal_key,
         })
     }
 }
@@ -1335,10 +1394,13 @@ mod tests {
 
     #[test]
     fn the_example_config_parses() {
-        let text = include_str!("../../config.example.toml");
+        let text = include_str!("../../../config.example.toml");
         let env = |name: &str| match name {
             "DISCORD_PUBLIC_KEY" => Some("ab".repeat(32)),
             "PORTAL_BOT_REDIS_URL" => Some("redis://127.0.0.1:6379/0".into()),
+            "PORTAL_BOT_SEAL_KEY" | "PORTAL_BOT_COOKIE_KEY" => {
+                Some(format!("env-{name}-{}", "k".repeat(32)))
+            }
             _ => Some(format!("env-{name}")),
         };
         let c = Config::parse(text, &env).expect("config.example.toml must stay valid");
