@@ -442,3 +442,43 @@ async fn audit_lines_survive_a_crash_whole_or_not_at_all() {
     }
     assert!(!text.contains("crash-token"));
 }
+
+/// With `[sign_in]`, `check` says whether each provider's discovery answers, and fails when
+/// one does not, printing no client secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_whether_each_sign_in_provider_answers() {
+    let planhat = MockServer::start().await;
+    Mock::given(path("/endusers"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("[]"))
+        .mount(&planhat)
+        .await;
+    let idp = common::idp::FakeOidc::start(false).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}")
+    };
+    let section = |issuer: &str| {
+        format!(
+            "[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\n\
+             [server]\npublic_url = \"https://bot.example.test\"\n[audit]\n\
+             [sign_in]\ncookie_key = \"{}\"\n[sign_in.oidc]\nissuer = \"{issuer}\"\n\
+             client_id = \"c1\"\nclient_secret = \"oidc-secret-never-printed\"\n",
+            planhat.uri(),
+            "k".repeat(40)
+        )
+    };
+    let good = write_config("check-signin-good.toml", &section(&idp.issuer));
+    let out = run(&["check", "--config", good.to_str().unwrap()], &[]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("sign-in oidc: the provider answers"), "{said}");
+
+    let bad = write_config("check-signin-dead.toml", &section(&dead));
+    let out = run(&["check", "--config", bad.to_str().unwrap()], &[]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(5), "{said}");
+    assert!(said.contains("sign-in oidc:"), "{said}");
+    assert!(!said.contains("oidc-secret-never-printed"), "{said}");
+}

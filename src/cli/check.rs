@@ -65,7 +65,8 @@ pub async fn run(path: &Path) -> u8 {
         }
     };
     let redis_ok = check_redis(&config).await;
-    if planhat_ok && redis_ok {
+    let sign_in_ok = check_sign_in(&config).await;
+    if planhat_ok && redis_ok && sign_in_ok {
         exit::OK
     } else {
         exit::UPSTREAM
@@ -110,6 +111,34 @@ async fn check_redis(config: &crate::Config) -> bool {
             false
         }
     }
+}
+
+/// With `[sign_in]`: whether each identity provider answers (OpenID Connect discovery; for
+/// Discord, its authorize page). Nothing secret is printed.
+async fn check_sign_in(config: &crate::Config) -> bool {
+    let sign_in = match crate::adapters::signin::build(config) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            println!("sign-in: off (a /go/ link opens in whichever browser has it; see [sign_in])");
+            return true;
+        }
+        Err(e) => {
+            println!("sign-in: {e}");
+            return false;
+        }
+    };
+    let mut ok = true;
+    for provider in sign_in.providers() {
+        let name = provider.kind().name();
+        match provider.check().await {
+            Ok(()) => println!("sign-in {name}: the provider answers"),
+            Err(e) => {
+                println!("sign-in {name}: {e}. Check its issuer / oauth_url and this machine's network.");
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 fn explain(e: &PlanhatError, timeout: &std::time::Duration) -> String {
