@@ -473,7 +473,10 @@ async fn check_reports_whether_each_sign_in_provider_answers() {
     let out = run(&["check", "--config", good.to_str().unwrap()], &[]);
     let said = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains("sign-in oidc: the provider answers"), "{said}");
+    assert!(
+        said.contains("sign-in oidc: the provider answers"),
+        "{said}"
+    );
 
     let bad = write_config("check-signin-dead.toml", &section(&dead));
     let out = run(&["check", "--config", bad.to_str().unwrap()], &[]);

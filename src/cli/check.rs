@@ -133,7 +133,9 @@ async fn check_sign_in(config: &crate::Config) -> bool {
         match provider.check().await {
             Ok(()) => println!("sign-in {name}: the provider answers"),
             Err(e) => {
-                println!("sign-in {name}: {e}. Check its issuer / oauth_url and this machine's network.");
+                println!(
+                    "sign-in {name}: {e}. Check its issuer / oauth_url and this machine's network."
+                );
                 ok = false;
             }
         }

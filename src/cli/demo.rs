@@ -281,16 +281,44 @@ async fn go_leg(
         "The same link copied elsewhere (a paste, a screenshot): it opens for no one, stays usable",
     );
     let t = Instant::now();
-    let copied = http.post(&go).send().await.map_err(|e| e.to_string())?;
+    // Someone else's browser with a copy: it is told no, and remembered.
+    const COPY: &str = "Mozilla/5.0 (someone else's browser, with a copy)";
+    const ASKER: &str = "Mozilla/5.0 (the asker's browser)";
+    let copied = http
+        .post(&go)
+        .header("user-agent", COPY)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = copied.status().as_u16();
     let page = copied.text().await.map_err(|e| e.to_string())?;
     println!("  HTTP {status}: {}", between(&page, "<p>", "</p>"));
     took(t);
 
-    step("The asker clicks it in Slack: Slack tells the bot, which checks access, mints now, and redirects");
+    // A moment passes before the asker clicks.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    step("The asker clicks it in Slack; the copy opened before that click still opens nothing");
     let t = Instant::now();
     slack.click("open_portal", &value).await?;
-    let click = http.get(&go).send().await.map_err(|e| e.to_string())?;
+    let raced = http
+        .get(&go)
+        .header("user-agent", COPY)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = raced.status().as_u16();
+    let page = raced.text().await.map_err(|e| e.to_string())?;
+    println!("  HTTP {status}: {}", between(&page, "<p>", "</p>"));
+    took(t);
+
+    step("The browser the asker's click opened: the bot checks access, mints now, and redirects");
+    let t = Instant::now();
+    let click = http
+        .get(&go)
+        .header("user-agent", ASKER)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let location = click
         .headers()
         .get("location")
@@ -311,7 +339,12 @@ async fn go_leg(
 
     step("Clicking the same link again");
     let t = Instant::now();
-    let again = http.get(&go).send().await.map_err(|e| e.to_string())?;
+    let again = http
+        .get(&go)
+        .header("user-agent", ASKER)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = again.status().as_u16();
     let page = again.text().await.map_err(|e| e.to_string())?;
     println!("  HTTP {status}: {}", between(&page, "<p>", "</p>"));
@@ -404,7 +437,8 @@ impl Slack {
             "api_app_id": "A0DEMO", "trigger_id": format!("demo-click-{action_id}"),
             "container": {"type": "message", "message_ts": "1.2"}, "channel": {"id": "C0DEMO"},
             "response_url": format!("{}/slack/response/click", self.chat),
-            "actions": [{"type": "button", "action_id": action_id, "value": value, "action_ts": "1.3"}]
+            "actions": [{"type": "button", "action_id": action_id, "value": value,
+                         "action_ts": format!("{:.6}", crate::core::onetime::now_ms() as f64 / 1000.0)}]
         });
         let body = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("payload", &payload.to_string())

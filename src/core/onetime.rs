@@ -37,8 +37,10 @@ pub const ARM_WAIT: Duration = Duration::from_secs(3);
 
 /// How much earlier than Slack's time of the click a browser's request may have begun and
 /// still count as opened by that click: Slack stamps the click when it reaches Slack, the
-/// browser it opened may reach the bot sooner, and clocks differ a little.
-pub const CLICK_LEEWAY: Duration = Duration::from_secs(2);
+/// browser it opened may reach the bot a little sooner (both are one network hop from the
+/// person's machine), and clocks differ by milliseconds. A browser first seen earlier than
+/// this before the click is refused, whenever it comes back.
+pub const CLICK_LEEWAY: Duration = Duration::from_secs(1);
 
 /// Why an id can't be used. `Display` is what the page says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -254,13 +254,16 @@ impl SlackState {
         let action_id = action.action_id.0.clone();
         // Slack's time of the click (seconds with a fraction), which the `/go/` id is opened
         // against; the time it arrived when Slack gave none.
+        // A time far from now (a clock gone wrong) counts as now.
+        let now = crate::core::onetime::now_ms();
         let clicked_ms = action
             .action_ts
             .as_ref()
             .and_then(|ts| ts.0.parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s > 0.0)
             .map(|s| (s * 1000.0) as u64)
-            .unwrap_or_else(crate::core::onetime::now_ms);
+            .filter(|ms| ms.abs_diff(now) < 300_000)
+            .unwrap_or(now);
         self.button(asker, &action_id, &value, response_url, clicked_ms)
             .await;
     }
