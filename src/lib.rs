@@ -112,8 +112,8 @@ impl App {
             config.planhat.link_lifetime,
             config.server.public_url.as_ref(),
             ids.clone(),
-            // Signed-in browsers prove who is there; without sign-in, Slack's click event does.
-            sign_in.is_none(),
+            // Signed-in browsers prove who is there (without sign-in, for Slack, its click event).
+            sign_in.is_some(),
         ));
         let clicks = Arc::new(Clicks::new(
             portal.clone(),

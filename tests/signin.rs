@@ -455,3 +455,56 @@ async fn signed_in_through_one_replica_the_link_opens_on_another() {
     a.stop().await;
     b.stop().await;
 }
+
+/// With sign-in, no link is handed out without the browser's proof: while Redis (where `/go/`
+/// ids live) does not answer, the asker is told to try again, and nothing is minted directly.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_sign_in_no_link_is_minted_directly_while_redis_is_down() {
+    let portal = Portal::start().await;
+    portal.end_user("e1", "never-direct").await;
+    let idp = FakeOidc::start(true).await;
+    let redis = common::redis::OwnRedis::start();
+    let app = app(
+        &portal,
+        &format!(
+            "{}{}{}",
+            slack("http://127.0.0.1:9/api"),
+            sign_in_slack(&idp, ""),
+            state_toml(&redis.url(), "signin-down:")
+        ),
+    )
+    .await;
+    redis.freeze();
+    let hooks = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&hooks)
+        .await;
+    let base = format!("http://{}", app.addr);
+    let body = slash_body(
+        "U1",
+        "C1",
+        "e1",
+        &format!("{}/hook", hooks.uri()),
+        "trig-down",
+    );
+    let answer = post_slack(&base, "/slack/commands", SIGNING_SECRET, body)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let delivered = loop {
+        let got = hooks.received_requests().await.unwrap_or_default();
+        if let Some(r) = got.first() {
+            break String::from_utf8_lossy(&r.body).into_owned();
+        }
+        assert!(std::time::Instant::now() < until, "no answer delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(delivered.contains("one-time link"), "{delivered}");
+    assert!(!delivered.contains("/redirect/") && !answer.contains("/redirect/"));
+    assert_eq!(portal.mints("e1").await, 0);
+    redis.thaw();
+    app.stop().await;
+}

@@ -44,14 +44,15 @@ struct ConnectionLabels {
 pub const PLATFORMS: [&str; 4] = ["slack", "discord", "cli", "web"];
 /// Every outcome a request can have ([`crate::core::portal`]'s replies and refusals, and the
 /// adapters' own refusals).
-pub const OUTCOMES: [&str; 29] = [
+pub const OUTCOMES: [&str; 30] = [
     "out_of_scope",
+    "state_unavailable",
     "opened_before_click",
     "forged",
     "not_yours",
-    "sign_in",
     "signed_in",
     "sign_in_failed",
+    "no_email",
     "used",
     "unknown",
     "expired",

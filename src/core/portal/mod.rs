@@ -48,8 +48,10 @@ pub struct PortalService {
     public_url: Option<String>,
     /// The one-time ids a `/go/` link carries.
     ids: Arc<GoIds>,
-    /// False with `[sign_in]`: the browser proves who is there, so Slack ids need no arming.
-    slack_arming: bool,
+    /// True with `[sign_in]`: the browser proves who is there, so Slack ids need no arming, and
+    /// no link is handed out without that proof (none minted directly when no `/go/` id can be
+    /// issued).
+    signed_in_browsers: bool,
     names: Arc<NameCache>,
     /// `scope = "owned"`: who owns which company.
     ownership: Ownership,
@@ -75,7 +77,7 @@ impl PortalService {
         link_lifetime: Duration,
         public_url: Option<&url::Url>,
         ids: Arc<GoIds>,
-        slack_arming: bool,
+        signed_in_browsers: bool,
     ) -> Self {
         planhat.share_pauses(state.clone());
         let names = Arc::new(NameCache::new(MAX_NAMES, Duration::from_secs(3600)));
@@ -90,7 +92,7 @@ impl PortalService {
             link_lifetime,
             public_url: public_url.map(|u| u.as_str().trim_end_matches('/').to_string()),
             ids,
-            slack_arming,
+            signed_in_browsers,
             ownership,
             names,
             directories: Default::default(),

@@ -113,6 +113,8 @@ pub enum Refusal {
     Unusable,
     #[error("The audit trail can't be written, so no link was handed out. Please tell the bot's admins.")]
     AuditUnavailable,
+    #[error("The bot can't make a one-time link right now (its shared store is not answering); try again in a moment.")]
+    NoOneTimeLink,
     #[error("Something went wrong inside the bot, so no link was made; try again, and tell its admins if it keeps happening.")]
     Internal,
     #[error("{0}")]
@@ -135,6 +137,7 @@ impl Refusal {
             Refusal::TokenRejected => "token_rejected",
             Refusal::Unusable => "upstream_unusable",
             Refusal::AuditUnavailable => "audit_failed",
+            Refusal::NoOneTimeLink => "state_unavailable",
             Refusal::Internal => "internal_error",
             Refusal::OutOfScope(_) => "out_of_scope",
         }
@@ -173,6 +176,7 @@ impl Refusal {
                 | Refusal::UpstreamUnreachable
                 | Refusal::UpstreamFailed
                 | Refusal::AuditUnavailable
+                | Refusal::NoOneTimeLink
                 | Refusal::OutOfScope(ScopeDenied::LookupFailed)
                 | Refusal::NotAllowed(Denied::MembershipUnknown)
         )

@@ -72,6 +72,8 @@ impl PortalService {
                 (Ok(false), _) => Reply::Refused(Refusal::NoAccess),
                 (Ok(true), Ok(who)) => match self.at_click(asker, id.clone(), who.clone()).await {
                     Some(reply) => reply,
+                    // With sign-in, no link without the browser's proof.
+                    None if self.signed_in_browsers => Reply::Refused(Refusal::NoOneTimeLink),
                     // The store is full or unreachable: fall back to a link minted now (the
                     // scope was checked a moment ago).
                     None => self.mint_now(asker, id, who, false).await,
@@ -228,7 +230,7 @@ impl PortalService {
     ) -> Option<Reply> {
         let base = self.public_url.as_ref()?;
         // Slack tells the bot about its asker's own click; Discord's link buttons don't.
-        let needs_arming = self.slack_arming && asker.platform == Platform::Slack;
+        let needs_arming = !self.signed_in_browsers && asker.platform == Platform::Slack;
         let go = match self.ids.issue(asker, &id, needs_arming).await {
             Ok(go) => go,
             Err(e) => {
