@@ -102,19 +102,26 @@ impl App {
             sealer.clone(),
             config.server.go_lifetime,
         ));
-        let portal = Arc::new(PortalService::new(
-            planhat,
-            AccessPolicy::new(&config.access),
-            state.clone(),
-            config.limits.per_user_per_minute,
-            audit.clone(),
-            metrics.clone(),
-            config.planhat.link_lifetime,
-            config.server.public_url.as_ref(),
-            ids.clone(),
-            // Signed-in browsers prove who is there (without sign-in, for Slack, its click event).
-            sign_in.is_some(),
-        ));
+        let search = config
+            .search
+            .as_ref()
+            .map(|s| Arc::new(crate::core::search::Search::new(s.max_end_users)));
+        let portal = Arc::new(
+            PortalService::new(
+                planhat,
+                AccessPolicy::new(&config.access),
+                state.clone(),
+                config.limits.per_user_per_minute,
+                audit.clone(),
+                metrics.clone(),
+                config.planhat.link_lifetime,
+                config.server.public_url.as_ref(),
+                ids.clone(),
+                // Signed-in browsers prove who is there (without sign-in, for Slack, its click event).
+                sign_in.is_some(),
+            )
+            .with_search(search),
+        );
         let clicks = Arc::new(Clicks::new(
             portal.clone(),
             ids,
@@ -174,6 +181,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut background = vec![tokio::spawn(housekeeping(app.clone(), app.shutdown()))];
     if app.config.access.scope == crate::core::config::Scope::Owned {
         background.push(tokio::spawn(refresh_owners(app.clone(), app.shutdown())));
+    }
+    if app.portal.search().is_some() {
+        background.push(tokio::spawn(refresh_search(app.clone(), app.shutdown())));
     }
     // Warm the pool so the first asker after a deploy doesn't pay DNS + TCP + TLS.
     let planhat = app.portal.planhat().clone();
@@ -292,6 +302,65 @@ async fn refresh_owners(app: Arc<App>, mut shutdown: Shutdown) {
             _ = tick.tick() => app.portal.ownership().refresh_users().await,
             _ = shutdown.fired() => return,
         }
+    }
+}
+
+/// `[search]`: reads the end-user index at start and every `search.refresh`, off the request
+/// path. Each replica starts at a random moment of its first minute and refreshes at a
+/// randomised interval (±10 %), so replicas sharing a Planhat token never all read at once. A
+/// failed read keeps the index it had and is tried again a minute later.
+async fn refresh_search(app: Arc<App>, mut shutdown: Shutdown) {
+    use rand::RngExt;
+    let (Some(search), Some(config)) = (app.portal.search().cloned(), app.config.search.clone())
+    else {
+        return;
+    };
+    let owners = app.config.access.scope == crate::core::config::Scope::Owned;
+    let mut wait = Duration::from_millis(rand::rng().random_range(0..2_000));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.fired() => return,
+        }
+        let users = if owners {
+            app.portal.ownership().user_emails().await
+        } else {
+            Vec::new()
+        };
+        let read =
+            crate::core::search::refresh::refresh(&search, app.portal.planhat(), owners, users);
+        let outcome = tokio::select! {
+            r = read => r,
+            _ = shutdown.fired() => return,
+        };
+        wait = match outcome {
+            Ok(r) => {
+                tracing::info!(
+                    end_users = r.end_users,
+                    companies = r.companies,
+                    planhat_calls = r.calls,
+                    took_ms = r.took.as_millis() as u64,
+                    heap_kib = r.heap_bytes / 1024,
+                    "search index read"
+                );
+                if r.end_users >= config.max_end_users {
+                    tracing::warn!(
+                        max = config.max_end_users,
+                        "the search index is full: end users beyond search.max_end_users are not searchable"
+                    );
+                }
+                if config.refresh.is_zero() {
+                    return;
+                }
+                let jitter = config.refresh.as_millis() as u64 / 10;
+                config.refresh - Duration::from_millis(jitter)
+                    + Duration::from_millis(rand::rng().random_range(0..=2 * jitter))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the search index could not be read; trying again in a minute (ids and emails work meanwhile)");
+                Duration::from_secs(60)
+            }
+        };
     }
 }
 

@@ -15,6 +15,8 @@
 //! `LOAD_CALLGRIND=1 cargo bench --bench load -- --drive bot slack 1 2000` starts the server
 //! under `valgrind --tool=callgrind`, warms it up, counts only the `2000` requests, and prints
 //! instructions per request (and where the profile was written, for `callgrind_annotate`).
+//! `cargo bench --bench load -- --go` runs only the browser hop: commands with `/go/` links
+//! without and with `[sign_in]`, and `/go/` clicks from signed-in browsers.
 //! With `LOAD_PERF=1` instead, the server runs as usual and `perf record -e cpu-clock -g`
 //! samples it during the counted requests (kernel time included), for `perf report`.
 
@@ -189,8 +191,50 @@ async fn start_bot(
     response_url_base: &str,
     planhat_extra: &str,
 ) -> Server {
+    start_bot_with(
+        latency,
+        discord_key,
+        response_url_base,
+        planhat_extra,
+        Hop::Direct,
+    )
+    .await
+}
+
+/// How the bot's buttons reach the portal: the signed URL itself, or a `/go/` link (with or
+/// without sign-in at the browser).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    Direct,
+    Go,
+    GoSignedIn,
+}
+
+/// The cookie key of the benchmark's signed-in bot.
+const COOKIE_KEY: &str = "bench-cookie-key-0123456789abcdef0123456789";
+
+async fn start_bot_with(
+    latency: Duration,
+    discord_key: &SigningKey,
+    response_url_base: &str,
+    planhat_extra: &str,
+    hop: Hop,
+) -> Server {
     let sandbox = sandbox(latency).await;
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let public_url = match hop {
+        Hop::Direct => String::new(),
+        _ => format!("public_url = \"http://{addr}\"\n"),
+    };
+    // The providers are never asked: the benchmark's browsers come with a session.
+    let sign_in = match hop {
+        Hop::GoSignedIn => format!(
+            "[sign_in]\ncookie_key = \"{COOKIE_KEY}\"\n[sign_in.slack]\nclient_id = \"bench\"\n\
+             client_secret = \"bench\"\nissuer = \"http://127.0.0.1:9\"\n[sign_in.discord]\n\
+             client_id = \"bench\"\nclient_secret = \"bench\"\noauth_url = \"http://127.0.0.1:9\"\n"
+        ),
+        _ => String::new(),
+    };
     let dir = std::env::temp_dir().join(format!("pb-bench-{}-{}", std::process::id(), addr.port()));
     std::fs::create_dir_all(&dir).unwrap();
     let users: Vec<String> = (0..ASKERS).map(|i| format!("\"U{i}\"")).collect();
@@ -200,8 +244,8 @@ async fn start_bot(
     let config = format!(
         // Every request comes from one loopback address, up to 2,000 at once (the burst): the
         // per-peer cap (meant for the internet) would close most of them.
-        "[server]\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:0\"\nmax_connections = 4096\nmax_connections_per_peer = 4096\n\
-         [planhat]\napi_url = \"{base}\"\nportal_url = \"{base}\"\ntoken = \"{SANDBOX_TOKEN}\"\ntimeout = \"5s\"\nmax_in_flight = 32\n{planhat_extra}\n\
+        "[server]\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:0\"\nmax_connections = 4096\nmax_connections_per_peer = 4096\n{public_url}\
+         {sign_in}[planhat]\napi_url = \"{base}\"\nportal_url = \"{base}\"\ntoken = \"{SANDBOX_TOKEN}\"\ntimeout = \"5s\"\nmax_in_flight = 32\n{planhat_extra}\n\
          [slack]\nmode = \"http\"\nsigning_secret = \"{SECRET}\"\nbot_token = \"xoxb-bench\"\napi_url = \"{response_url_base}/api\"\n\
          [discord]\nmode = \"http\"\ntoken = \"bench\"\napplication_id = \"{APP_ID}\"\npublic_key = \"{key}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{response_url_base}/api/v10\"\n\
          [access]\nslack_users = [{users}]\ndiscord_users = [{discord_users}]\n\
@@ -498,6 +542,7 @@ async fn run(server: &Server, reqs: &Arc<Vec<Req>>, concurrency: usize, rate: Op
                     .await
                     .map(|b| {
                         b.contains("/redirect/")
+                            || b.contains("/go/")
                             || b.contains("\"type\":5")
                             || b.contains("taking a moment")
                     })
@@ -968,6 +1013,7 @@ async fn full() {
     );
     drop(bot);
     drop(floor);
+    go_hop(&key, &rx_base).await;
     summary(&rows);
 }
 
@@ -1092,6 +1138,141 @@ async fn drive(args: &[String]) {
     }
 }
 
+/// The browser hop: Slack commands with `public_url` without and with `[sign_in]` (sign-in
+/// must cost nothing on the command path), then `/go/` clicks from browsers that are signed
+/// in: the page's `GET` and the `POST` that mints (latency and server CPU per click).
+async fn go_hop(key: &SigningKey, rx_base: &str) {
+    let n = scaled(10_000);
+    println!("\n## The browser hop: {n} Slack commands with /go/ links, 64 concurrent");
+    println!("| bot | CPU µs/command | p50 ms | p99 ms | errors |");
+    println!("| --- | --- | --- | --- | --- |");
+    let mut servers = Vec::new();
+    for (hop, name) in [
+        (Hop::Go, "public_url"),
+        (Hop::GoSignedIn, "public_url + [sign_in]"),
+    ] {
+        let server = start_bot_with(Duration::ZERO, key, rx_base, "", hop).await;
+        let warm = requests(Chat::Slack, scaled(2000), 1000, "gowarm", rx_base, key);
+        run(&server, &warm, 32, None).await;
+        let reqs = requests(Chat::Slack, n, 1000, "gocmd", rx_base, key);
+        let r = run(&server, &reqs, 64, None).await;
+        println!(
+            "| {name} | {:.1} | {:.2} | {:.2} | {} |",
+            r.cpu_us(),
+            ms(r.pct(0.5)),
+            ms(r.pct(0.99)),
+            r.errors
+        );
+        servers.push(server);
+    }
+    let server = &servers[1];
+
+    // Signed-in browsers: one session cookie per asker, made with the bot's key.
+    let config = portal_bot::core::config::SignInConfig {
+        cookie_key: portal_bot::core::secret::Secret::new(COOKIE_KEY),
+        session_lifetime: Duration::from_secs(3600),
+        slack: None,
+        discord: None,
+        oidc: None,
+    };
+    let public = url::Url::parse(&format!("http://{}", server.addr)).unwrap();
+    let sign_in = portal_bot::core::signin::SignIn::new(&config, &public, Vec::new());
+    let unix = now();
+    let cookies: Vec<String> = (0..ASKERS)
+        .map(|i| {
+            let session = portal_bot::core::signin::Session {
+                provider: portal_bot::core::signin::ProviderKind::Slack,
+                subject: format!("U{i}"),
+                team: Some("T1".into()),
+                name: None,
+                authenticated_at: unix,
+                expires: unix + 3600,
+            };
+            format!(
+                "{}={}",
+                portal_bot::core::signin::SignIn::cookie_name(session.provider),
+                sign_in.session_cookie(&session)
+            )
+        })
+        .collect();
+
+    // The links: one command each (asker i % ASKERS), answered inline with a /go/ URL.
+    let clicks = scaled(2_000);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(16)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let reqs = requests(Chat::Slack, clicks, 1000, "goclick", rx_base, key);
+    let mut links = Vec::with_capacity(clicks);
+    for (i, req) in reqs.iter().enumerate() {
+        let mut rb = client
+            .post(format!("http://{}/slack/commands", server.addr))
+            .body(req.body.clone());
+        for (k, v) in &req.headers {
+            rb = rb.header(k, v);
+        }
+        let body = rb.send().await.unwrap().text().await.unwrap();
+        if let Some(at) = body.find("/go/") {
+            let id = &body[at + 4..(at + 44).min(body.len())];
+            links.push((
+                format!("http://{}/go/{id}", server.addr),
+                cookies[i % ASKERS].clone(),
+            ));
+        }
+    }
+    let pid = server.pid();
+    let limit = Arc::new(Semaphore::new(16));
+    let cpu0 = cpu_seconds(pid);
+    let mut tasks = Vec::new();
+    for (url, cookie) in links {
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let page = client.get(&url).header("cookie", &cookie).send().await;
+            let get = t.elapsed();
+            let t = Instant::now();
+            let post = client.post(&url).header("cookie", &cookie).send().await;
+            let minted = t.elapsed();
+            drop(permit);
+            let ok = matches!(&page, Ok(r) if r.status() == 200)
+                && matches!(&post, Ok(r) if r.status() == 302);
+            (get, minted, ok)
+        }));
+    }
+    let (mut gets, mut posts, mut failed) = (Vec::new(), Vec::new(), 0);
+    for t in tasks {
+        let (g, p, ok) = t.await.unwrap();
+        if ok {
+            gets.push(g);
+            posts.push(p);
+        } else {
+            failed += 1;
+        }
+    }
+    let cpu = cpu_seconds(pid) - cpu0;
+    gets.sort();
+    posts.sort();
+    let pct = |v: &[Duration], p: f64| {
+        v.get(((v.len().max(1) - 1) as f64 * p).round() as usize)
+            .map_or(0.0, |d| ms(*d))
+    };
+    println!(
+        "\n/go/ clicks, signed-in browsers, 16 concurrent: {} opened, {failed} failed; \
+         page GET p50 {:.2} ms, p99 {:.2} ms; minting POST (access check + mint + 302) p50 {:.2} ms, \
+         p99 {:.2} ms; server CPU {:.1} µs per click (GET + POST)",
+        posts.len(),
+        pct(&gets, 0.5),
+        pct(&gets, 0.99),
+        pct(&posts, 0.5),
+        pct(&posts, 0.99),
+        cpu * 1e6 / posts.len().max(1) as f64
+    );
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
@@ -1110,6 +1291,11 @@ fn main() -> std::process::ExitCode {
     rt.block_on(async {
         match args.iter().position(|a| a == "--drive") {
             Some(i) => drive(&args[i + 1..]).await,
+            None if args.iter().any(|a| a == "--go") => {
+                let key = SigningKey::from_bytes(&[9u8; 32]);
+                let (rx_base, _) = receiver().await;
+                go_hop(&key, &rx_base).await;
+            }
             None => full().await,
         }
     });

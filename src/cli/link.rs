@@ -91,11 +91,11 @@ fn report(reply: Reply) -> u8 {
             }
         }
         Reply::Choose {
-            email,
+            query,
             matches,
             more,
         } => {
-            eprintln!("{email} matches several end users; run again with one of these ids:");
+            eprintln!("{query} matches several end users; run again with one of these ids:");
             for m in &matches {
                 eprintln!("  {}  {}", m.id, m.label());
             }

@@ -14,14 +14,21 @@ pub enum Command {
     Link(Target),
     /// Only whether the end user has portal access; nothing is minted.
     Check(Target),
+    /// Find end users by name, email or company (`find <words>`).
+    Find(String),
 }
 
 /// How to use the bot, for every platform (no markup: adapters add their own).
-pub const USAGE: &str = "/portal <end-user id or email>: a login link to the customer's portal as that end user, visible only to you; it works for 30 seconds.\n/portal check <end-user id or email>: whether that end user has portal access (nothing is minted).";
+pub const USAGE: &str = "/portal <end-user id or email>: a login link to the customer's portal as that end user, visible only to you; it works for 30 seconds.\n/portal check <end-user id or email>: whether that end user has portal access (nothing is minted).\n/portal find <name, email or company>: find the end user by name (where search is set up), then pick.";
 
 /// Parses the command text.
 pub fn parse_command(text: &str) -> Result<Command, BadEndUser> {
     let t = text.trim();
+    if let Some((first, rest)) = t.split_once(char::is_whitespace) {
+        if first.eq_ignore_ascii_case("find") && !rest.trim().is_empty() {
+            return Ok(Command::Find(rest.trim().chars().take(200).collect()));
+        }
+    }
     let (is_check, rest) = match t.split_once(char::is_whitespace) {
         Some((first, rest)) if first.eq_ignore_ascii_case("check") => (true, rest),
         None if t.eq_ignore_ascii_case("check") => (true, ""),
@@ -56,6 +63,14 @@ mod tests {
             Ok(Command::Check(Target::Email(_)))
         ));
         assert!(parse_command("check a b").is_err());
+        assert_eq!(
+            parse_command("find  Jane Doe "),
+            Ok(Command::Find("Jane Doe".into()))
+        );
+        assert!(matches!(
+            parse_command("find"),
+            Ok(Command::Link(Target::EndUser(_)))
+        ));
     }
 
     proptest! {

@@ -44,8 +44,10 @@ struct ConnectionLabels {
 pub const PLATFORMS: [&str; 4] = ["slack", "discord", "cli", "web"];
 /// Every outcome a request can have ([`crate::core::portal`]'s replies and refusals, and the
 /// adapters' own refusals).
-pub const OUTCOMES: [&str; 30] = [
+pub const OUTCOMES: [&str; 32] = [
     "out_of_scope",
+    "no_match",
+    "search_unavailable",
     "state_unavailable",
     "opened_before_click",
     "forged",
@@ -77,7 +79,7 @@ pub const OUTCOMES: [&str; 30] = [
     "not_owner",
 ];
 /// The Planhat calls the bot makes.
-pub const CALLS: [&str; 3] = ["access", "mint", "lookup"];
+pub const CALLS: [&str; 4] = ["access", "mint", "lookup", "index"];
 /// How a Planhat call can end.
 pub const RESULTS: [&str; 8] = [
     "ok",

@@ -19,6 +19,7 @@ pub mod planhat;
 pub mod portal;
 pub mod ratelimit;
 pub mod seal;
+pub mod search;
 pub mod secret;
 pub mod signin;
 pub mod state;

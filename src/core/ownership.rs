@@ -211,6 +211,21 @@ impl Ownership {
             .is_none_or(|at| at.elapsed() >= age)
     }
 
+    /// Planhat's users (id, email) as last fetched (fetched now if never): the search index
+    /// matches companies' owners to askers through them.
+    pub async fn user_emails(&self) -> Vec<(String, String)> {
+        if self.users.read().await.fetched.is_none() {
+            self.refresh_users().await;
+        }
+        self.users
+            .read()
+            .await
+            .emails
+            .iter()
+            .map(|(id, email)| (id.clone(), email.clone()))
+            .collect()
+    }
+
     /// Fetches Planhat's user list (one at a time; a caller that waited for another's refresh
     /// uses its result).
     pub async fn refresh_users(&self) {

@@ -293,6 +293,12 @@ impl SignIn {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(data).ok()?).ok()
     }
 
+    /// The cookie value of `session`, as a sign-in sets it (also for tools that need a
+    /// signed-in browser, such as the load benchmark).
+    pub fn session_cookie(&self, session: &Session) -> String {
+        self.encode("s", session)
+    }
+
     /// The session in `cookie`, if it is signed with this key, unexpired, for `kind`, and (for
     /// the company's provider with `max_age`) recent enough.
     pub fn session(&self, kind: ProviderKind, cookie: Option<&str>) -> Option<Session> {
@@ -367,7 +373,7 @@ impl SignIn {
             authenticated_at: who.authenticated_at.min(now),
             expires: now + self.lifetime.as_secs(),
         };
-        let cookie = self.encode("s", &session);
+        let cookie = self.session_cookie(&session);
         Ok((session, cookie, login.go))
     }
 

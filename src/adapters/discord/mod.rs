@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serenity::all::{
-    ChannelId, CommandInteraction, ComponentInteraction, CreateInteractionResponse,
-    CreateInteractionResponseMessage, GuildId, Interaction, Member, Message,
-    MessageInteractionMetadata,
+    ChannelId, CommandInteraction, ComponentInteraction, CreateAutocompleteResponse,
+    CreateInteractionResponse, CreateInteractionResponseMessage, GuildId, Interaction, Member,
+    Message, MessageInteractionMetadata,
 };
 use serenity::http::Http;
 
@@ -66,7 +66,11 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         )),
     );
     let mut tasks = vec![
-        tokio::spawn(register::register(http.clone(), config.guild_ids.clone())),
+        tokio::spawn(register::register(
+            http.clone(),
+            config.guild_ids.clone(),
+            app.portal.search().is_some(),
+        )),
         tokio::spawn(expiry::run(state.clone(), app.shutdown())),
     ];
     if let Some(channel) = app.config.notify.discord_channel {
@@ -179,6 +183,11 @@ impl DiscordState {
                 // kilobytes of every path's state, and is cheaper to move at each level.
                 Some(Box::pin(self.command(c, budget)).await)
             }
+            // Suggestions while the asker types: answered from memory, never deduplicated
+            // (Discord doesn't redeliver them) and never audited (they are not requests).
+            Interaction::Autocomplete(c) if c.data.name == "portal" => {
+                Some(Box::pin(self.autocomplete(c)).await)
+            }
             Interaction::Component(c) => {
                 let budget = match self.claim(c.id.get()).await {
                     Delivery::Duplicate => return None,
@@ -226,6 +235,40 @@ impl DiscordState {
                 CreateInteractionResponseMessage::new().ephemeral(true),
             ),
         }
+    }
+
+    /// `APPLICATION_COMMAND_AUTOCOMPLETE`: up to 25 end users matching what is typed in
+    /// `enduser` (after a leading `check`), the asker's own companies first.
+    async fn autocomplete(&self, c: CommandInteraction) -> CreateInteractionResponse {
+        let mut choices = CreateAutocompleteResponse::new();
+        let Some(asker) = asker_of(c.guild_id, c.channel_id, c.member.as_deref()) else {
+            return CreateInteractionResponse::Autocomplete(choices);
+        };
+        let typed = c
+            .data
+            .autocomplete()
+            .map(|o| o.value.to_string())
+            .unwrap_or_default();
+        let (check, query) = match typed.trim().split_once(char::is_whitespace) {
+            Some((first, rest)) if first.eq_ignore_ascii_case("check") => (true, rest.to_string()),
+            _ => (false, typed.clone()),
+        };
+        for found in self
+            .app
+            .portal
+            .suggest(&asker, &query, crate::core::search::MAX_SUGGESTIONS)
+            .await
+        {
+            let value = if check {
+                format!("check {}", found.id)
+            } else {
+                found.id.clone()
+            };
+            if value.len() <= 100 {
+                choices = choices.add_string_choice(render::choice(&found), value);
+            }
+        }
+        CreateInteractionResponse::Autocomplete(choices)
     }
 
     async fn component(

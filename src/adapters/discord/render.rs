@@ -76,6 +76,33 @@ pub struct Message {
 }
 
 /// What a reply looks like.
+/// An autocomplete choice's name: "Jane Doe · jane@acme.com · Acme", one line of plain text
+/// (Discord shows it as it is, up to 100 characters).
+pub fn choice(found: &crate::core::search::Found) -> String {
+    let parts: Vec<&str> = [
+        found.name.as_deref(),
+        found.email.as_deref(),
+        found.company.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let text = if parts.is_empty() {
+        found.id.clone()
+    } else {
+        parts.join(" · ")
+    };
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut out: String = one_line.chars().take(100).collect();
+    if out.trim().is_empty() {
+        out = found.id.chars().take(100).collect();
+    }
+    out
+}
+
 pub fn message(reply: &Reply, asker: &str) -> Message {
     let text = |content: String| Message {
         content,
@@ -117,7 +144,7 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
             scope.as_ref(),
         )),
         Reply::Choose {
-            email,
+            query,
             matches,
             more,
         } => {
@@ -131,7 +158,7 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
                 })
                 .collect();
             Message {
-                content: choose_line(&code(email), matches.len(), *more),
+                content: choose_line(&code(query), matches.len(), *more),
                 // Discord refuses an empty row (every match's id too long for a button).
                 rows: if buttons.is_empty() {
                     Vec::new()

@@ -177,11 +177,11 @@ pub fn reply(reply: &Reply, asker: &str, button_url: Option<&url::Url>) -> Slack
             scope.as_ref(),
         )),
         Reply::Choose {
-            email,
+            query,
             matches,
             more,
         } => {
-            let text = choose_line(&code(email), matches.len(), *more);
+            let text = choose_line(&code(query), matches.len(), *more);
             let buttons: Vec<SlackActionBlockElement> = matches
                 .iter()
                 .enumerate()

@@ -64,6 +64,17 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// `[sign_in]`: who is at the browser of a `/go/` link; `None`: no sign-in.
     pub sign_in: Option<SignInConfig>,
+    /// `[search]`: find end users by name; `None`: ids and emails only.
+    pub search: Option<SearchConfig>,
+}
+
+/// `[search]`: the local index of Planhat's end users.
+#[derive(Debug, Clone)]
+pub struct SearchConfig {
+    /// How often the index is read again in full; zero: only at start.
+    pub refresh: Duration,
+    /// The most end users the index holds (the rest are left out, and said so in the log).
+    pub max_end_users: usize,
 }
 
 /// `[notify]`: the transparency channel; each set channel gets one line per link, `/go/`
@@ -343,6 +354,24 @@ struct RawConfig {
     #[serde(default)]
     notify: RawNotify,
     sign_in: Option<sign_in::RawSignIn>,
+    search: Option<RawSearch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSearch {
+    #[serde(default = "default_search_refresh")]
+    refresh: HumanDuration,
+    #[serde(default = "default_max_end_users")]
+    max_end_users: i64,
+}
+
+fn default_search_refresh() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
+
+fn default_max_end_users() -> i64 {
+    500_000
 }
 
 #[derive(Deserialize, Default)]
@@ -1139,10 +1168,28 @@ impl RawConfig {
                 )
             })
             .transpose()?;
+        let search = match self.search {
+            None => None,
+            Some(raw) => {
+                let refresh = raw.refresh.0;
+                if !refresh.is_zero() && refresh < Duration::from_secs(60) {
+                    return Err(ConfigError::at(
+                        "search.refresh",
+                        "must be 0 (read at start only) or at least 1m: each read costs Planhat calls",
+                    ));
+                }
+                Some(SearchConfig {
+                    refresh,
+                    max_end_users: positive("search.max_end_users", raw.max_end_users, 5_000_000)?
+                        as usize,
+                })
+            }
+        };
         Ok(Config {
             notify,
             state,
             sign_in,
+            search,
             server: ServerConfig {
                 listen,
                 metrics_listen,

@@ -143,7 +143,7 @@ pub fn parse_company(body: &[u8]) -> Option<CompanyOwners> {
     })
 }
 
-fn collect_ids(value: Option<&Value>, into: &mut Vec<String>) {
+pub(super) fn collect_ids(value: Option<&Value>, into: &mut Vec<String>) {
     match value {
         Some(Value::String(s)) if !s.trim().is_empty() => into.push(s.trim().to_string()),
         Some(Value::Array(items)) => items.iter().for_each(|v| collect_ids(Some(v), into)),

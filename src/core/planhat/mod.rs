@@ -9,6 +9,7 @@
 
 pub mod answer;
 pub mod budget;
+pub mod list;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,12 +69,14 @@ impl PlanhatError {
 /// answers are a boolean, a URL or a short list; anything bigger is not one of them.
 pub const MAX_ANSWER: usize = 64 * 1024;
 
-/// The three Planhat calls the bot makes, by name (metrics label).
+/// The Planhat calls the bot makes, by name (metrics label).
 #[derive(Clone, Copy)]
 enum Call {
     Access,
     Mint,
     Lookup,
+    /// A page of a list, for the search index.
+    Index,
 }
 
 impl Call {
@@ -82,6 +85,7 @@ impl Call {
             Call::Access => "access",
             Call::Mint => "mint",
             Call::Lookup => "lookup",
+            Call::Index => "index",
         }
     }
 }
@@ -282,14 +286,24 @@ impl Planhat {
 
     /// One GET with the shared limits: global 429 pause, `max_in_flight`, overall timeout.
     async fn get(&self, call: Call, url: &reqwest::Url) -> Result<bytes_body::Body, PlanhatError> {
+        self.get_capped(call, url, MAX_ANSWER).await
+    }
+
+    /// [`Self::get`] reading at most `cap` bytes (list pages are larger than other answers).
+    async fn get_capped(
+        &self,
+        call: Call,
+        url: &reqwest::Url,
+        cap: usize,
+    ) -> Result<bytes_body::Body, PlanhatError> {
         let started = Instant::now();
         // One retry, only for a connection that could not be made (nothing reached Planhat, so
         // repeating the GET is safe), and only inside the same time budget.
         let attempts = async {
-            match self.get_unbounded(url).await {
+            match self.get_unbounded(url, cap).await {
                 Err(PlanhatError::Unreachable(_)) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    self.get_unbounded(url).await
+                    self.get_unbounded(url, cap).await
                 }
                 other => other,
             }
@@ -308,7 +322,11 @@ impl Planhat {
         result
     }
 
-    async fn get_unbounded(&self, url: &reqwest::Url) -> Result<bytes_body::Body, PlanhatError> {
+    async fn get_unbounded(
+        &self,
+        url: &reqwest::Url,
+        cap: usize,
+    ) -> Result<bytes_body::Body, PlanhatError> {
         self.refuse_if_paused()?;
         let permit = self
             .inner
@@ -327,7 +345,7 @@ impl Planhat {
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         match status {
-            s if s.is_success() => self.read_capped(response).await,
+            s if s.is_success() => self.read_capped(response, cap).await,
             StatusCode::NOT_FOUND => Err(PlanhatError::NotFound),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 Err(PlanhatError::TokenRejected(status.as_u16()))
@@ -356,23 +374,18 @@ impl Planhat {
         }
     }
 
-    /// Reads a body of at most [`MAX_ANSWER`] bytes, chunk by chunk; a longer one is an
-    /// unusable answer and is not read further (the connection is dropped with the response).
-    /// reqwest has no size limit of its own, and `bytes()` would buffer whatever arrives.
+    /// Reads a body of at most `cap` bytes ([`MAX_ANSWER`] but for list pages), chunk by
+    /// chunk; a longer one is an unusable answer and is not read further (the connection is
+    /// dropped with the response). reqwest has no size limit of its own, and `bytes()` would
+    /// buffer whatever arrives.
     async fn read_capped(
         &self,
         mut response: reqwest::Response,
+        cap: usize,
     ) -> Result<bytes_body::Body, PlanhatError> {
-        let too_big = || {
-            PlanhatError::Unusable(format!(
-                "the answer is larger than {} KiB",
-                MAX_ANSWER / 1024
-            ))
-        };
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_ANSWER as u64)
-        {
+        let too_big =
+            || PlanhatError::Unusable(format!("the answer is larger than {} KiB", cap / 1024));
+        if response.content_length().is_some_and(|n| n > cap as u64) {
             return Err(too_big());
         }
         let mut body = bytes::BytesMut::new();
@@ -381,7 +394,7 @@ impl Planhat {
             .await
             .map_err(|e| self.transport_error(e))?
         {
-            if body.len() + chunk.len() > MAX_ANSWER {
+            if body.len() + chunk.len() > cap {
                 return Err(too_big());
             }
             body.extend_from_slice(&chunk);

@@ -10,6 +10,7 @@
 //! [`reply`] is what the asker sees. A `/go/` click finishing a request is a use case of its
 //! own ([`crate::core::click`]), which comes back here for the mint.
 
+mod find;
 mod reply;
 mod round;
 
@@ -48,6 +49,8 @@ pub struct PortalService {
     public_url: Option<String>,
     /// The one-time ids a `/go/` link carries.
     ids: Arc<GoIds>,
+    /// `[search]`: the end-user index, when on.
+    search: Option<Arc<crate::core::search::Search>>,
     /// True with `[sign_in]`: the browser proves who is there, so Slack ids need no arming, and
     /// no link is handed out without that proof (none minted directly when no `/go/` id can be
     /// issued).
@@ -93,11 +96,23 @@ impl PortalService {
             public_url: public_url.map(|u| u.as_str().trim_end_matches('/').to_string()),
             ids,
             signed_in_browsers,
+            search: None,
             ownership,
             names,
             directories: Default::default(),
             notifier: Default::default(),
         }
+    }
+
+    /// Turns on finding end users by name, from `search`'s index.
+    pub fn with_search(mut self, search: Option<Arc<crate::core::search::Search>>) -> Self {
+        self.search = search;
+        self
+    }
+
+    /// The end-user index, when `[search]` is on.
+    pub fn search(&self) -> Option<&Arc<crate::core::search::Search>> {
+        self.search.as_ref()
     }
 
     /// The directory of `platform`'s chat, when its adapter registered one.
@@ -177,9 +192,16 @@ impl PortalService {
         self.state.housekeep();
     }
 
-    /// `/portal <text>` from `asker`.
+    /// `/portal <text>` from `asker`. With `[search]`, text that is not an id or an email (it
+    /// has spaces, say) is a search for the end user by name.
     pub async fn handle(&self, asker: &Asker, text: &str) -> Reply {
-        self.handle_command(asker, parse_command(text)).await
+        let command = match parse_command(text) {
+            Err(BadEndUser::Whitespace | BadEndUser::BadCharacter) if self.search.is_some() => {
+                Ok(Command::Find(text.trim().chars().take(200).collect()))
+            }
+            other => other,
+        };
+        self.handle_command(asker, command).await
     }
 
     /// A command already parsed (the terminal parses its own arguments).
@@ -203,6 +225,15 @@ impl PortalService {
             }
             Ok(Command::Link(t)) => (Action::Link, Some(t.clone())),
             Ok(Command::Check(t)) => (Action::Check, Some(t.clone())),
+            Ok(Command::Find(query)) => {
+                let reply = match self.admit_without_counting(asker) {
+                    Err(refusal) => Reply::Refused(refusal),
+                    Ok(()) => Box::pin(self.find(asker, query)).await,
+                };
+                return self
+                    .finish(asker, Action::Find, Audited::default(), reply, started)
+                    .await;
+            }
             Err(_) => (Action::Link, None),
         };
         let mut audited = match &target {
@@ -217,7 +248,10 @@ impl PortalService {
             (Err(refusal), _) => Reply::Refused(refusal),
             (Ok(()), Err(bad)) => Reply::Refused(Refusal::BadInput(bad)),
             (Ok(()), Ok(_)) => match target {
-                Some(Target::EndUser(id)) => self.run(asker, id, None, action).await,
+                Some(Target::EndUser(id)) => match self.find_instead(asker, id.as_str()).await {
+                    Some(choices) if action == Action::Link => choices,
+                    _ => self.run(asker, id, None, action).await,
+                },
                 Some(Target::Email(email)) => {
                     let (resolved, reply) = self.by_email(asker, email, action).await;
                     audited.end_user = resolved.map(|id| id.to_string());
@@ -318,6 +352,11 @@ impl PortalService {
         if let Err(e) = self.audit.record(event).await {
             tracing::error!(error = %e, "audit event lost");
         }
+    }
+
+    /// A search spends no Planhat call: only who may ask is checked (not the rate limit).
+    fn admit_without_counting(&self, asker: &Asker) -> Result<(), Refusal> {
+        self.policy.authorize(asker).map_err(Refusal::NotAllowed)
     }
 
     /// Authorise, then rate limit, then Planhat's pause (one shared-state round trip for

@@ -27,6 +27,8 @@ pub enum Action {
     Help,
     /// A button on someone else's message.
     Button,
+    /// `/portal find <words>`.
+    Find,
 }
 
 impl Action {
@@ -38,10 +40,14 @@ impl Action {
             Action::Go => "go",
             Action::Help => "help",
             Action::Button => "button",
+            Action::Find => "find",
         }
     }
     pub(super) fn mints(self) -> bool {
-        !matches!(self, Action::Check | Action::Help | Action::Button)
+        !matches!(
+            self,
+            Action::Check | Action::Help | Action::Button | Action::Find
+        )
     }
 }
 
@@ -74,9 +80,10 @@ pub enum Reply {
         /// Set: this asker may not open that portal (`scope = "owned"`), and why.
         scope: Option<ScopeDenied>,
     },
-    /// An email matched several end users: let the asker pick.
+    /// An email matched several end users, or a search found some: let the asker pick.
     Choose {
-        email: String,
+        /// The email, or the words searched for.
+        query: String,
         matches: Vec<EndUserSummary>,
         more: bool,
     },
@@ -113,6 +120,12 @@ pub enum Refusal {
     Unusable,
     #[error("The audit trail can't be written, so no link was handed out. Please tell the bot's admins.")]
     AuditUnavailable,
+    #[error("No end user's name, email or company matches that. Try part of their name, their email, or their Planhat id.")]
+    NoMatch,
+    #[error("Finding end users by name is not set up here: use their Planhat id or their email.")]
+    NoSearch,
+    #[error("The bot is still reading Planhat's end users for search: use their Planhat id or their email, or try again in a minute.")]
+    SearchCold,
     #[error("The bot can't make a one-time link right now (its shared store is not answering); try again in a moment.")]
     NoOneTimeLink,
     #[error("Something went wrong inside the bot, so no link was made; try again, and tell its admins if it keeps happening.")]
@@ -137,6 +150,8 @@ impl Refusal {
             Refusal::TokenRejected => "token_rejected",
             Refusal::Unusable => "upstream_unusable",
             Refusal::AuditUnavailable => "audit_failed",
+            Refusal::NoMatch => "no_match",
+            Refusal::NoSearch | Refusal::SearchCold => "search_unavailable",
             Refusal::NoOneTimeLink => "state_unavailable",
             Refusal::Internal => "internal_error",
             Refusal::OutOfScope(_) => "out_of_scope",
@@ -159,10 +174,16 @@ pub fn access_line(
     }
 }
 
-/// The heading above an email's matches, worded once for every platform (`email` escaped).
-pub fn choose_line(email: &str, matches: usize, more: bool) -> String {
-    let cut = if more { " (the first shown)" } else { "" };
-    format!("{email} matches {matches} end users{cut}; pick one:")
+/// The heading above an email's or a search's matches, worded once for every platform
+/// (`query` escaped).
+pub fn choose_line(query: &str, matches: usize, more: bool) -> String {
+    let cut = if more { " (the best shown)" } else { "" };
+    let n = if matches == 1 {
+        "1 end user".to_string()
+    } else {
+        format!("{matches} end users")
+    };
+    format!("{query} matches {n}{cut}; pick one:")
 }
 
 impl Refusal {

@@ -45,7 +45,7 @@ impl PortalService {
                 (
                     None,
                     Reply::Choose {
-                        email,
+                        query: email,
                         matches,
                         more: n > MAX_CHOICES,
                     },
