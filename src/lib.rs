@@ -182,6 +182,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if app.config.access.scope == crate::core::config::Scope::Owned {
         background.push(tokio::spawn(refresh_owners(app.clone(), app.shutdown())));
     }
+    if app.config.state.redis_url.is_some() {
+        background.push(tokio::spawn(share_budget(app.clone(), app.shutdown())));
+    }
     if app.portal.search().is_some() {
         background.push(tokio::spawn(refresh_search(app.clone(), app.shutdown())));
     }
@@ -361,6 +364,20 @@ async fn refresh_search(app: Arc<App>, mut shutdown: Shutdown) {
                 Duration::from_secs(60)
             }
         };
+    }
+}
+
+/// With Redis: once a second, this replica's Planhat calls go into the cluster's count and the
+/// cluster's minute comes back, so every replica's optional calls (name lookups, the search
+/// index) wait for the same budget.
+async fn share_budget(app: Arc<App>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => app.portal.planhat().share_budget(app.state.as_ref()).await,
+            _ = shutdown.fired() => return,
+        }
     }
 }
 

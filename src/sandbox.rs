@@ -231,6 +231,122 @@ fn find(id: &str) -> Option<&'static SandboxUser> {
     END_USERS.iter().find(|u| u.id == id)
 }
 
+/// The crowd for search: `person-0` … `person-19999`, with names and companies that repeat the
+/// way a real tenant's do (many Janes, many people at each company), each answering like `jane`.
+pub const CROWD: usize = 20_000;
+const CROWD_PREFIX: &str = "person-";
+const FIRST: [&str; 24] = [
+    "Jane", "John", "Ana", "Jöns", "Pat", "Sam", "Lee", "Kim", "Maria", "José", "Aiko", "Noah",
+    "Emma", "Liam", "Olivia", "Mateo", "Zoë", "Ravi", "Chloé", "Omar", "Ingrid", "Tomás", "Mia",
+    "Élodie",
+];
+const LAST: [&str; 20] = [
+    "Doe",
+    "Smith",
+    "Ångström",
+    "Roe",
+    "Lee",
+    "Park",
+    "García",
+    "Müller",
+    "Okafor",
+    "Tanaka",
+    "Nguyen",
+    "Rossi",
+    "Novak",
+    "Silva",
+    "Dubois",
+    "Kowalski",
+    "Haddad",
+    "Larsen",
+    "Costa",
+    "Ivanova",
+];
+const COMPANY_WORDS: [&str; 25] = [
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Stark",
+    "Wayne",
+    "Wonka",
+    "Tyrell",
+    "Cyberdyne",
+    "Soylent",
+    "Hooli",
+    "Vandelay",
+    "Pied Piper",
+    "Gringotts",
+    "Monarch",
+    "Oscorp",
+    "Nakatomi",
+    "Aperture",
+    "Massive",
+    "Dunder",
+    "Vehement",
+    "Krusty",
+    "Blue Sun",
+    "Virtucon",
+    "Duff",
+];
+const COMPANY_KINDS: [&str; 8] = [
+    "Labs",
+    "Industries",
+    "Group",
+    "Analytics",
+    "Logistics",
+    "Health",
+    "Finance",
+    "Media",
+];
+
+/// Person `n` of the crowd: (name, email, company id, company name). Names and companies are
+/// drawn by a hash of `n`, so they repeat the way a real tenant's do, not in a cycle.
+fn crowd(n: usize) -> (String, String, String, String) {
+    let h = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
+    let first = FIRST[(h % FIRST.len() as u64) as usize];
+    let last = LAST[((h >> 8) % LAST.len() as u64) as usize];
+    let c = ((h >> 16) % (COMPANY_WORDS.len() * COMPANY_KINDS.len()) as u64) as usize;
+    let company = format!(
+        "{} {}",
+        COMPANY_WORDS[c % COMPANY_WORDS.len()],
+        COMPANY_KINDS[c / COMPANY_WORDS.len()]
+    );
+    let domain: String = company
+        .to_lowercase()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let ascii = |t: &str| -> String {
+        t.to_lowercase()
+            .chars()
+            .map(|ch| match ch {
+                'ö' => 'o',
+                'å' => 'a',
+                'é' | 'è' => 'e',
+                'í' => 'i',
+                'á' => 'a',
+                'ü' => 'u',
+                'ë' => 'e',
+                c => c,
+            })
+            .collect()
+    };
+    (
+        format!("{first} {last}"),
+        format!("{}.{}{n}@{domain}.example", ascii(first), ascii(last)),
+        format!("co-{c}"),
+        company,
+    )
+}
+
+fn crowd_user(id: &str) -> Option<usize> {
+    id.strip_prefix(CROWD_PREFIX)?
+        .parse()
+        .ok()
+        .filter(|n| *n < CROWD)
+}
+
 /// The number of a synthetic load-benchmark end user (`load-17` → 17).
 fn load_user(id: &str) -> Option<u64> {
     id.strip_prefix(LOAD_USER_PREFIX)?.parse().ok()
@@ -240,6 +356,9 @@ fn load_user(id: &str) -> Option<u64> {
 fn who(id: &str) -> Option<(Cow<'static, str>, Cow<'static, str>, &'static str, bool)> {
     if let Some(u) = find(id) {
         return Some((u.id.into(), u.name.into(), u.company, u.id != "noaccess"));
+    }
+    if let Some(n) = crowd_user(id) {
+        return Some((id.to_string().into(), crowd(n).0.into(), "the crowd", true));
     }
     let n = load_user(id)?;
     Some((
@@ -327,12 +446,33 @@ async fn endusers(
         return r;
     }
     let email = query.get("email").map(|e| e.to_ascii_lowercase());
-    let found: Vec<_> = END_USERS
+    let cast = END_USERS
         .iter()
         .filter(|u| email.as_deref().is_none_or(|e| e == u.email))
-        .map(|u| json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company }))
-        .collect();
-    axum::Json(found).into_response()
+        .map(|u| {
+            json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company,
+                    "companyId": format!("cast-{}", u.company.to_lowercase().replace(' ', "-")) })
+        });
+    if email.is_some() {
+        return axum::Json(cast.collect::<Vec<_>>()).into_response();
+    }
+    // The whole list, paged as Planhat pages it: the cast, then the crowd.
+    let offset: usize = query
+        .get("offset")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = query
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+        .min(5_000);
+    let crowd_people = (0..CROWD).map(|n| {
+        let (name, email, company_id, company) = crowd(n);
+        json!({ "_id": format!("{CROWD_PREFIX}{n}"), "name": name, "email": email,
+                "companyId": company_id, "companyName": company })
+    });
+    let page: Vec<_> = cast.chain(crowd_people).skip(offset).take(limit).collect();
+    axum::Json(page).into_response()
 }
 
 async fn enduser(
@@ -347,6 +487,12 @@ async fn enduser(
         return axum::Json(
             json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company }),
         )
+        .into_response();
+    }
+    if let Some(n) = crowd_user(&id) {
+        let (name, email, company_id, company) = crowd(n);
+        return axum::Json(json!({ "_id": id, "name": name, "email": email,
+                                  "companyId": company_id, "companyName": company }))
         .into_response();
     }
     match who(&id) {

@@ -635,3 +635,45 @@ async fn an_expiry_job_written_into_redis_without_the_seal_is_not_made() {
     );
     app.stop().await;
 }
+
+/// Replicas sharing a Planhat token share its budget: the calls one replica made count against
+/// every replica's optional calls (name lookups, the search index), so together they stay under
+/// Planhat's limit, links first.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_planhat_s_budget() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "budget").await;
+    let (url, prefix) = shared();
+    // 20 calls a minute: optional calls stop at 15.
+    let extra = format!(
+        "calls_per_minute = 20\n{}{}[limits]\nper_user_per_minute = 1000\n",
+        slack_toml(),
+        state_toml(&url, &prefix)
+    );
+    let a = spawn(config(&planhat.uri(), &extra)).await;
+    let b = spawn(config(&planhat.uri(), &extra)).await;
+    for i in 0..8 {
+        let (answer, _) = ask(&a, "U1", "e1", &format!("trig-budget-{i}")).await;
+        assert!(answer.to_string().contains("/redirect/budget"), "{answer}");
+    }
+    let spent_by_a = planhat_calls(&planhat, "/").await as u64;
+    assert!(spent_by_a >= 16, "{spent_by_a}");
+    wait_until("B sees A's calls", Duration::from_secs(5), || async {
+        b.app.portal.planhat().calls_last_minute() >= 16
+    })
+    .await;
+    assert!(
+        !b.app.portal.planhat().room_for_optional(),
+        "B made no call itself, and still holds back"
+    );
+    // B's next link skips its optional name lookup; the link itself goes through.
+    let (answer, _) = ask(&b, "U2", "e1", "trig-budget-b").await;
+    assert!(answer.to_string().contains("/redirect/budget"), "{answer}");
+    let metrics = b.app.metrics.render();
+    assert!(
+        metrics.contains("portal_bot_planhat_lookups_skipped_total 1"),
+        "{metrics}"
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -81,7 +81,7 @@ async fn demo() -> Result<(), String> {
          [slack]\nmode = \"http\"\nsigning_secret = \"{signing_secret}\"\nbot_token = \"xoxb-demo\"\napi_url = \"{chat_url}/slack-api\"\n\
          [discord]\nmode = \"http\"\ntoken = \"demo\"\napplication_id = \"{APP_ID}\"\npublic_key = \"{}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{chat_url}/api/v10\"\n\
          [access]\nslack_users = [\"{SLACK_USER}\"]\ndiscord_users = [\"{DISCORD_USER}\"]\n\
-         [audit]\n",
+         [search]\n[audit]\n",
         DEMO_LINK_LIFETIME.as_secs(),
         hex::encode(discord_key.verifying_key().to_bytes()),
     );
@@ -156,6 +156,23 @@ async fn demo() -> Result<(), String> {
     show_slack(&slack.command("check noaccess", 9).await?);
     took(t);
 
+    // The index of the sandbox's 20,000 people is read at start; wait for it (a few seconds).
+    if let Some(search) = running.app.portal.search() {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !search.warm() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    step("Slack: /portal find jöns ångström umbrella   (by name: the sandbox has 20,000 people)");
+    let t = Instant::now();
+    show_slack(&slack.command("find jöns ångström umbrella", 10).await?);
+    took(t);
+
+    step("Slack: /portal Doe, Jane   (not an id: a search, forgiving order and case)");
+    let t = Instant::now();
+    show_slack(&slack.command("Doe, Jane", 11).await?);
+    took(t);
+
     if let Some(value) = open_button_value {
         step("Slack: the asker clicks \"Open portal\" (the used URL leaves the chat)");
         let t = Instant::now();
@@ -188,6 +205,25 @@ async fn demo() -> Result<(), String> {
     let t = Instant::now();
     let response = discord.command("jane", 1).await?;
     show_discord(&response["data"]);
+    took(t);
+
+    step(
+        "Discord: typing \"mria garc\" in /portal's enduser option (autocomplete, a typo and all)",
+    );
+    let t = Instant::now();
+    let choices = discord.autocomplete("mria garc", 3).await?;
+    for c in choices["data"]["choices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(5)
+    {
+        println!(
+            "  {}  → {}",
+            c["name"].as_str().unwrap_or(""),
+            c["value"].as_str().unwrap_or("")
+        );
+    }
     took(t);
 
     step(&format!(
@@ -465,12 +501,21 @@ struct Discord {
 
 impl Discord {
     async fn command(&self, enduser: &str, n: u64) -> Result<Value, String> {
+        self.interaction(2, enduser, n).await
+    }
+
+    /// What Discord sends while the asker types in the `enduser` option.
+    async fn autocomplete(&self, typed: &str, n: u64) -> Result<Value, String> {
+        self.interaction(4, typed, n).await
+    }
+
+    async fn interaction(&self, kind: u8, enduser: &str, n: u64) -> Result<Value, String> {
         let body = json!({
-            "id": (1100000000000000000u64 + n).to_string(), "application_id": APP_ID.to_string(), "type": 2,
+            "id": (1100000000000000000u64 + n).to_string(), "application_id": APP_ID.to_string(), "type": kind,
             "token": format!("demo-interaction-{n}"), "version": 1, "guild_id": GUILD.to_string(),
             "channel_id": "1400000000000000004", "locale": "en-US", "entitlements": [], "attachment_size_limit": 8388608,
             "member": {"user": {"id": DISCORD_USER.to_string(), "username": "csm"}, "roles": [], "deaf": false, "mute": false, "flags": 0},
-            "data": {"id": "1700000000000000007", "name": "portal", "type": 1, "options": [{"name": "enduser", "type": 3, "value": enduser}]}
+            "data": {"id": "1700000000000000007", "name": "portal", "type": 1, "options": [{"name": "enduser", "type": 3, "value": enduser, "focused": kind == 4}]}
         })
         .to_string();
         let ts = std::time::SystemTime::now()

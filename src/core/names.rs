@@ -125,6 +125,7 @@ mod tests {
             name: Some("Jane".into()),
             company: None,
             company_id: None,
+            email: None,
         })
     }
 

@@ -148,6 +148,13 @@ pub trait SharedState: Send + Sync {
     /// periodically, so jobs another replica scheduled are never missed).
     async fn next_due(&self) -> Option<SystemTime>;
 
+    /// Adds `calls` (Planhat calls this replica made since its last report) to the cluster's
+    /// count, and answers the cluster's calls in the last minute. `None`: there is no cluster
+    /// (in memory) or the store can't answer; each replica then counts its own.
+    async fn count_planhat_calls(&self, _calls: u64) -> Option<u64> {
+        None
+    }
+
     /// Periodic clean-up off the request path (expired rate-limit buckets and the like).
     fn housekeep(&self) {}
 

@@ -148,10 +148,11 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
             matches,
             more,
         } => {
+            let labels = EndUserSummary::labels(matches);
             let buttons: Vec<CreateButton> = matches
                 .iter()
-                .filter_map(|m| {
-                    let label = m.label();
+                .zip(labels)
+                .filter_map(|(m, label)| {
                     button_id(PICK, asker, &m.id).map(|id| {
                         CreateButton::new(id).label(label.chars().take(80).collect::<String>())
                     })

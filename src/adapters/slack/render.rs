@@ -182,11 +182,12 @@ pub fn reply(reply: &Reply, asker: &str, button_url: Option<&url::Url>) -> Slack
             more,
         } => {
             let text = choose_line(&code(query), matches.len(), *more);
+            let labels = EndUserSummary::labels(matches);
             let buttons: Vec<SlackActionBlockElement> = matches
                 .iter()
+                .zip(labels)
                 .enumerate()
-                .map(|(i, m)| {
-                    let label = m.label();
+                .map(|(i, (m, label))| {
                     SlackBlockButtonElement::new(pt!(label.chars().take(70).collect::<String>()))
                         .with_action_id(format!("{PICK}_{i}").into())
                         .with_value(format!("{asker}:{}", m.id))

@@ -24,6 +24,7 @@
 //! | `P rl:{platform}:{user}` | token bucket: `tokens`, `ts` | 60 s (a full refill) |
 //! | `P pause:planhat` | Planhat said 429 | Retry-After |
 //! | `P go:{digest}` | `/go/` id's record under the id's keyed digest: sealed claim, `exp`, `used`, click, browsers seen | 2 × its lifetime |
+//! | `P planhat-calls:{second}` | Planhat calls the cluster made in that second (the shared budget) | 70 s |
 //! | `P jobs:due`, `P jobs:data` | scheduled jobs (Discord expiry edits) by due time, and their payloads | 15 min past the last job's due time |
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,6 +137,24 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'used', '
 return 1
 ";
 
+/// Planhat's calls per second for the cluster: KEYS[1] is the prefix of the per-second keys;
+/// ARGV[1] calls to add to this second. Answers the last 60 seconds' total.
+const BUDGET: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+local add = tonumber(ARGV[1])
+if add > 0 then
+  redis.call('INCRBY', KEYS[1] .. now, add)
+  redis.call('EXPIRE', KEYS[1] .. now, 70)
+end
+local total = 0
+for s = now - 59, now do
+  local v = redis.call('GET', KEYS[1] .. s)
+  if v then total = total + tonumber(v) end
+end
+return total
+";
+
 const SCHEDULE: &str = r"
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
@@ -173,6 +192,7 @@ pub struct RedisState {
     go_release: Script,
     schedule: Script,
     take_due: Script,
+    budget: Script,
 }
 
 /// Why the store could not be built (a URL redis-rs can't use). Never echoes the URL: it may
@@ -216,6 +236,7 @@ impl RedisState {
             go_release: Script::new(GO_RELEASE),
             schedule: Script::new(SCHEDULE),
             take_due: Script::new(TAKE_DUE),
+            budget: Script::new(BUDGET),
         });
         tokio::spawn(probe(Arc::downgrade(&state), shutdown));
         Ok(state)
@@ -275,6 +296,7 @@ impl RedisState {
             &self.go_release,
             &self.schedule,
             &self.take_due,
+            &self.budget,
         ] {
             tokio::time::timeout(CALL_TIMEOUT, script.prepare_invoke().load_async(&mut conn))
                 .await
@@ -646,6 +668,20 @@ impl SharedState for RedisState {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    async fn count_planhat_calls(&self, calls: u64) -> Option<u64> {
+        let prefix = self.key(&["planhat-calls:"]);
+        let mut conn = self.conn.clone();
+        self.call("budget", async {
+            self.budget
+                .key(&prefix)
+                .arg(calls)
+                .invoke_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+        .ok()
     }
 
     fn housekeep(&self) {

@@ -68,9 +68,28 @@ pub struct EndUserSummary {
     pub company: Option<String>,
     /// The company's Planhat id (`companyId`): the first link of the ownership chain.
     pub company_id: Option<String>,
+    /// The end user's email, when the answer had it (tells two people of one name apart).
+    pub email: Option<String>,
 }
 
 impl EndUserSummary {
+    /// Button labels for picking among `matches`: each [`Self::label`], with the email added to
+    /// those whose label another match shares (two Jane Does at Acme).
+    pub fn labels(matches: &[EndUserSummary]) -> Vec<String> {
+        let plain: Vec<String> = matches.iter().map(Self::label).collect();
+        plain
+            .iter()
+            .zip(matches)
+            .map(|(label, m)| {
+                let shared = plain.iter().filter(|l| *l == label).count() > 1;
+                match (&m.email, shared) {
+                    (Some(email), true) => format!("{label} · {email}"),
+                    _ => label.clone(),
+                }
+            })
+            .collect()
+    }
+
     /// "Name (Company)", or what there is of it, or the id: a button label for picking.
     pub fn label(&self) -> String {
         match (&self.name, &self.company) {
@@ -112,11 +131,18 @@ fn summary(item: &Value) -> Option<EndUserSummary> {
         .and_then(Value::as_str)
         .filter(|c| !c.trim().is_empty())
         .map(str::to_string);
+    let email = item
+        .get("email")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string);
     Some(EndUserSummary {
         id: id.to_string(),
         name,
         company,
         company_id,
+        email,
     })
 }
 

@@ -7,7 +7,10 @@
 //!
 //! The window is 60 one-second buckets, each an atomic (second, count) pair: recording a call
 //! is one atomic update, reading the minute sums 60 atomics: both constant, whatever the load.
-//! It counts this process only; replicas sharing a token each see their own share.
+//! With `[state]` on Redis, replicas sharing a token also share the count: each reports the
+//! calls it made since its last report once a second, and reads back the cluster's minute
+//! ([`CallWindow::set_cluster`]), so N replicas' index reads, name lookups and links together
+//! stay under the one limit Planhat applies to the token. Without Redis it counts this process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -24,7 +27,16 @@ pub struct CallWindow {
     /// Bucket `s % 60` holds `(s << 32) | count` for second `s` since `started`.
     buckets: [AtomicU64; BUCKETS],
     started: Instant,
+    /// Calls made and not yet reported to the cluster's count.
+    unreported: AtomicU64,
+    /// The cluster's calls in the last minute as last read, and the second it was read at
+    /// (`u64::MAX`: never).
+    cluster: AtomicU64,
+    cluster_at: AtomicU64,
 }
+
+/// How long the cluster's count is trusted after it was read.
+const CLUSTER_FRESH: u64 = 3;
 
 impl Default for CallWindow {
     fn default() -> Self {
@@ -38,6 +50,9 @@ impl CallWindow {
         CallWindow {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             started: Instant::now(),
+            unreported: AtomicU64::new(0),
+            cluster: AtomicU64::new(0),
+            cluster_at: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -47,7 +62,24 @@ impl CallWindow {
 
     /// Counts one call made now.
     pub fn record(&self) {
+        self.unreported.fetch_add(1, Ordering::Relaxed);
         self.record_at(self.second());
+    }
+
+    /// The calls made since the last call of this (for the cluster's count).
+    pub fn take_unreported(&self) -> u64 {
+        self.unreported.swap(0, Ordering::Relaxed)
+    }
+
+    /// Gives back calls that could not be reported (they go with the next report).
+    pub fn unreport(&self, calls: u64) {
+        self.unreported.fetch_add(calls, Ordering::Relaxed);
+    }
+
+    /// The cluster's calls in the last minute, as the shared store just counted them.
+    pub fn set_cluster(&self, calls: u64) {
+        self.cluster.store(calls, Ordering::Relaxed);
+        self.cluster_at.store(self.second(), Ordering::Relaxed);
     }
 
     fn record_at(&self, second: u64) {
@@ -67,9 +99,17 @@ impl CallWindow {
         }
     }
 
-    /// Calls made in the last 60 seconds (this second included).
+    /// Calls made in the last 60 seconds (this second included): by the whole cluster when a
+    /// recent count of it is known (never less than this process's own), else by this process.
     pub fn last_minute(&self) -> u64 {
-        self.last_minute_at(self.second())
+        let now = self.second();
+        let mine = self.last_minute_at(now);
+        let at = self.cluster_at.load(Ordering::Relaxed);
+        if at != u64::MAX && now.saturating_sub(at) <= CLUSTER_FRESH {
+            mine.max(self.cluster.load(Ordering::Relaxed))
+        } else {
+            mine
+        }
     }
 
     fn last_minute_at(&self, second: u64) -> u64 {
@@ -115,6 +155,23 @@ mod tests {
         w.record_at(60); // reuses second 0's bucket
         assert_eq!(w.last_minute_at(60), 2);
         assert_eq!(w.last_minute_at(200), 0);
+    }
+
+    #[test]
+    fn the_cluster_count_counts_while_it_is_fresh() {
+        let w = CallWindow::new();
+        w.record();
+        w.record();
+        assert_eq!(w.take_unreported(), 2);
+        assert_eq!(w.take_unreported(), 0);
+        assert_eq!(w.last_minute(), 2);
+        w.set_cluster(150);
+        assert_eq!(w.last_minute(), 150, "the cluster's minute");
+        w.cluster_at.store(0, Ordering::Relaxed);
+        let stale = w.second() > CLUSTER_FRESH;
+        if stale {
+            assert_eq!(w.last_minute(), 2);
+        }
     }
 
     #[test]

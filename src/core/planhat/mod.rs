@@ -275,9 +275,19 @@ impl Planhat {
         self.inner.calls.last_minute() < self.inner.optional_below
     }
 
-    /// Calls sent to Planhat in the last 60 seconds.
+    /// Calls sent to Planhat in the last 60 seconds (by the cluster, when it shares a count).
     pub fn calls_last_minute(&self) -> u64 {
         self.inner.calls.last_minute()
+    }
+
+    /// Reports this process's calls since the last report to `state` and takes back the
+    /// cluster's count (once a second, with `[state]`; see [`budget`]).
+    pub async fn share_budget(&self, state: &dyn SharedState) {
+        let calls = self.inner.calls.take_unreported();
+        match state.count_planhat_calls(calls).await {
+            Some(total) => self.inner.calls.set_cluster(total),
+            None => self.inner.calls.unreport(calls),
+        }
     }
 
     fn now_ms(&self) -> u64 {

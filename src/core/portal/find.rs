@@ -21,6 +21,7 @@ impl From<Found> for EndUserSummary {
             name: f.name,
             company: f.company,
             company_id: f.company_id,
+            email: f.email,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! user in one arena, entries as offsets into it, companies interned, and the word index as
 //! sorted words with their postings in one array (compressed sparse rows). A word is matched by
 //! prefix (binary search over the sorted words) or, for a typo, by a bounded edit distance over
-//! the words that share its first letter (or its second: a swapped start).
+//! the words of letters that share its first letter and nearly its length.
 
 use std::collections::HashMap;
 
@@ -63,7 +63,8 @@ pub struct Index {
     /// Postings: the entries of word `i` are `postings[posting_starts[i]..posting_starts[i+1]]`.
     postings: Vec<u32>,
     posting_starts: Vec<u32>,
-    /// Words by their first character and by their second (typos), as word numbers.
+    /// Words that may carry a typo, by their first character (as word numbers): words of
+    /// letters only (ids and numbered email names are matched exactly or by prefix).
     by_char: HashMap<char, Vec<u32>>,
     /// Entries by a hash of their id, sorted (a lookup compares the ids in the arena): 12
     /// bytes an entry where a map of strings would take about 90.
@@ -145,6 +146,9 @@ fn distance_within(a: &[char], b: &[char], max: usize) -> Option<usize> {
 /// A yes/no about an end user's company id (`None`: no company).
 pub type CompanyTest<'a> = &'a dyn Fn(Option<&str>) -> bool;
 
+/// The longest word that is matched with a typo.
+const MAX_TYPO_WORD: usize = 32;
+
 /// How well a query word matched an entry's word.
 const EXACT: u32 = 4;
 const PREFIX: u32 = 3;
@@ -225,11 +229,8 @@ impl Index {
             ix.words_arena.push_str(&w);
             ix.posting_starts.push(ix.postings.len() as u32);
             ix.postings.extend_from_slice(&entries);
-            let mut chars = w.chars();
-            if let Some(c) = chars.next() {
-                ix.by_char.entry(c).or_default().push(i as u32);
-            }
-            if let Some(c) = chars.next() {
+            let letters = w.chars().all(char::is_alphabetic) && w.chars().count() <= MAX_TYPO_WORD;
+            if let (true, Some(c)) = (letters, w.chars().next()) {
                 ix.by_char.entry(c).or_default().push(i as u32);
             }
         }
@@ -358,28 +359,26 @@ impl Index {
             }
             out.push((i, if w.len() == q.len() { EXACT } else { PREFIX }));
         }
-        // Typos: words within one edit (two for long words) sharing the first or second char.
+        // Typos: words within one edit (two for long words) sharing the first letter and nearly
+        // the length; a longer word also matches when its head is one edit away (typing on).
         let qc: Vec<char> = q.chars().collect();
-        if qc.len() >= 4 && qc.len() <= 32 {
+        if qc.len() >= 4 && qc.len() <= MAX_TYPO_WORD {
             let max = if qc.len() >= 8 { 2 } else { 1 };
-            let mut seen: Vec<u32> = Vec::new();
-            for c in qc.iter().take(2) {
-                for &i in self.by_char.get(c).map(Vec::as_slice).unwrap_or(&[]) {
-                    if seen.contains(&i) {
-                        continue;
-                    }
-                    seen.push(i);
-                    let w: Vec<char> = self.word(i as usize).chars().collect();
-                    if w.len() > 40 || out.iter().any(|(j, _)| *j == i as usize) {
-                        continue;
-                    }
-                    // A typo in what was typed so far may be followed by more word.
-                    let head = &w[..w.len().min(qc.len())];
-                    if distance_within(&qc, &w, max).is_some()
-                        || (w.len() > qc.len() && distance_within(&qc, head, 1).is_some())
-                    {
-                        out.push((i as usize, TYPO));
-                    }
+            let mut buf = ['\0'; MAX_TYPO_WORD];
+            for &i in self.by_char.get(&qc[0]).map(Vec::as_slice).unwrap_or(&[]) {
+                let word = self.word(i as usize);
+                let n = word.chars().count();
+                if n + max < qc.len() || out.iter().any(|(j, _)| *j == i as usize) {
+                    continue;
+                }
+                for (slot, c) in buf.iter_mut().zip(word.chars()) {
+                    *slot = c;
+                }
+                let w = &buf[..n];
+                let whole = n <= qc.len() + max && distance_within(&qc, w, max).is_some();
+                let head = n > qc.len() && distance_within(&qc, &w[..qc.len()], 1).is_some();
+                if whole || head {
+                    out.push((i as usize, TYPO));
                 }
             }
         }
@@ -438,10 +437,17 @@ impl Index {
             }
             scored.push((e, preferred(company), total));
         }
+        // Best score, then the preferred, then by name, company and id (a stable order).
         scored.sort_by(|a, b| {
             b.2.cmp(&a.2)
                 .then(b.1.cmp(&a.1))
                 .then_with(|| self.found_name(a.0).cmp(self.found_name(b.0)))
+                .then_with(|| {
+                    self.entries[a.0 as usize]
+                        .company
+                        .cmp(&self.entries[b.0 as usize].company)
+                })
+                .then(a.0.cmp(&b.0))
         });
         scored
             .into_iter()
