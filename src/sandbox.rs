@@ -108,6 +108,8 @@ pub struct SandboxOptions {
     pub slow: Duration,
     /// How long a minted link opens the portal.
     pub link_lifetime: Duration,
+    /// How many people of the crowd the end-user list names (search; default [`CROWD`]).
+    pub crowd: usize,
 }
 
 impl Default for SandboxOptions {
@@ -116,6 +118,7 @@ impl Default for SandboxOptions {
             latency: Duration::ZERO,
             slow: Duration::from_secs(4),
             link_lifetime: Duration::from_secs(30),
+            crowd: CROWD,
         }
     }
 }
@@ -231,8 +234,9 @@ fn find(id: &str) -> Option<&'static SandboxUser> {
     END_USERS.iter().find(|u| u.id == id)
 }
 
-/// The crowd for search: `person-0` … `person-19999`, with names and companies that repeat the
-/// way a real tenant's do (many Janes, many people at each company), each answering like `jane`.
+/// The crowd for search: `person-0` … `person-19999` (by default: [`SandboxOptions::crowd`]),
+/// with names and companies that repeat the way a real tenant's do (many Janes, many people at
+/// each company), each answering like `jane`.
 pub const CROWD: usize = 20_000;
 const CROWD_PREFIX: &str = "person-";
 const FIRST: [&str; 24] = [
@@ -300,9 +304,10 @@ const COMPANY_KINDS: [&str; 8] = [
     "Media",
 ];
 
-/// Person `n` of the crowd: (name, email, company id, company name). Names and companies are
+/// Person `n` of the crowd (also for benchmarks that build a search index of the same people):
+/// (name, email, company id, company name). Names and companies are
 /// drawn by a hash of `n`, so they repeat the way a real tenant's do, not in a cycle.
-fn crowd(n: usize) -> (String, String, String, String) {
+pub fn crowd(n: usize) -> (String, String, String, String) {
     let h = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
     let first = FIRST[(h % FIRST.len() as u64) as usize];
     let last = LAST[((h >> 8) % LAST.len() as u64) as usize];
@@ -344,7 +349,7 @@ fn crowd_user(id: &str) -> Option<usize> {
     id.strip_prefix(CROWD_PREFIX)?
         .parse()
         .ok()
-        .filter(|n| *n < CROWD)
+        .filter(|n| *n < 10_000_000)
 }
 
 /// The number of a synthetic load-benchmark end user (`load-17` → 17).
@@ -446,15 +451,16 @@ async fn endusers(
         return r;
     }
     let email = query.get("email").map(|e| e.to_ascii_lowercase());
-    let cast = END_USERS
+    let cast: Vec<_> = END_USERS
         .iter()
         .filter(|u| email.as_deref().is_none_or(|e| e == u.email))
         .map(|u| {
             json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company,
                     "companyId": format!("cast-{}", u.company.to_lowercase().replace(' ', "-")) })
-        });
+        })
+        .collect();
     if email.is_some() {
-        return axum::Json(cast.collect::<Vec<_>>()).into_response();
+        return axum::Json(cast).into_response();
     }
     // The whole list, paged as Planhat pages it: the cast, then the crowd.
     let offset: usize = query
@@ -466,12 +472,18 @@ async fn endusers(
         .and_then(|v| v.parse().ok())
         .unwrap_or(100)
         .min(5_000);
-    let crowd_people = (0..CROWD).map(|n| {
-        let (name, email, company_id, company) = crowd(n);
-        json!({ "_id": format!("{CROWD_PREFIX}{n}"), "name": name, "email": email,
-                "companyId": company_id, "companyName": company })
-    });
-    let page: Vec<_> = cast.chain(crowd_people).skip(offset).take(limit).collect();
+    let total = cast.len() + state.options.crowd;
+    let page: Vec<_> = (offset..total.min(offset.saturating_add(limit)))
+        .map(|i| match cast.get(i) {
+            Some(u) => u.clone(),
+            None => {
+                let n = i - cast.len();
+                let (name, email, company_id, company) = crowd(n);
+                json!({ "_id": format!("{CROWD_PREFIX}{n}"), "name": name, "email": email,
+                        "companyId": company_id, "companyName": company })
+            }
+        })
+        .collect();
     axum::Json(page).into_response()
 }
 

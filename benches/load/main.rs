@@ -15,6 +15,8 @@
 //! `LOAD_CALLGRIND=1 cargo bench --bench load -- --drive bot slack 1 2000` starts the server
 //! under `valgrind --tool=callgrind`, warms it up, counts only the `2000` requests, and prints
 //! instructions per request (and where the profile was written, for `callgrind_annotate`).
+//! `cargo bench --bench load -- --search` runs only the search scenario (the index at 100,000
+//! end users: build time, memory, queries; autocomplete through the bot; commands unchanged).
 //! `cargo bench --bench load -- --go` runs only the browser hop: commands with `/go/` links
 //! without and with `[sign_in]`, and `/go/` clicks from signed-in browsers.
 //! With `LOAD_PERF=1` instead, the server runs as usual and `perf record -e cpu-clock -g`
@@ -174,9 +176,15 @@ async fn wait_healthy(addr: SocketAddr, child: &mut Child) {
 }
 
 async fn sandbox(latency: Duration) -> Sandbox {
+    sandbox_with(latency, portal_bot::sandbox::CROWD).await
+}
+
+/// A sandbox whose end-user list names `crowd` people (the search index reads them).
+async fn sandbox_with(latency: Duration, crowd: usize) -> Sandbox {
     Sandbox::start(SandboxOptions {
         latency,
         slow: Duration::ZERO,
+        crowd,
         ..Default::default()
     })
     .await
@@ -220,7 +228,32 @@ async fn start_bot_with(
     planhat_extra: &str,
     hop: Hop,
 ) -> Server {
-    let sandbox = sandbox(latency).await;
+    start_bot_searching(
+        latency,
+        discord_key,
+        response_url_base,
+        planhat_extra,
+        hop,
+        None,
+    )
+    .await
+}
+
+/// [`start_bot_with`], and with `search = Some(n)` a `[search]` index of a sandbox naming `n`
+/// people.
+async fn start_bot_searching(
+    latency: Duration,
+    discord_key: &SigningKey,
+    response_url_base: &str,
+    planhat_extra: &str,
+    hop: Hop,
+    search: Option<usize>,
+) -> Server {
+    let sandbox = sandbox_with(latency, search.unwrap_or(0)).await;
+    let search_section = match search {
+        Some(_) => "[search]\nmax_end_users = 1000000\n",
+        None => "",
+    };
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let public_url = match hop {
         Hop::Direct => String::new(),
@@ -249,7 +282,7 @@ async fn start_bot_with(
          [slack]\nmode = \"http\"\nsigning_secret = \"{SECRET}\"\nbot_token = \"xoxb-bench\"\napi_url = \"{response_url_base}/api\"\n\
          [discord]\nmode = \"http\"\ntoken = \"bench\"\napplication_id = \"{APP_ID}\"\npublic_key = \"{key}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{response_url_base}/api/v10\"\n\
          [access]\nslack_users = [{users}]\ndiscord_users = [{discord_users}]\n\
-         [limits]\nper_user_per_minute = 10000\n\
+         [limits]\nper_user_per_minute = 10000\n{search_section}\
          [audit]\npath = \"{audit}\"\n",
         base = sandbox.base.as_str().trim_end_matches('/'),
         key = hex::encode(discord_key.verifying_key().to_bytes()),
@@ -1014,6 +1047,7 @@ async fn full() {
     drop(bot);
     drop(floor);
     go_hop(&key, &rx_base).await;
+    search_hop(&key, &rx_base).await;
     summary(&rows);
 }
 
@@ -1273,6 +1307,219 @@ async fn go_hop(key: &SigningKey, rx_base: &str) {
     );
 }
 
+/// A signed Discord autocomplete interaction (type 4) from asker `i` for `typed`.
+fn autocomplete_req(key: &SigningKey, i: usize, typed: &str) -> Req {
+    static NEXT: std::sync::atomic::AtomicU64 =
+        std::sync::atomic::AtomicU64::new(1190000000000000000);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let ts = now().to_string();
+    let body = serde_json::json!({
+        "id": id.to_string(), "application_id": APP_ID.to_string(), "type": 4, "token": format!("tok{id}"),
+        "version": 1, "guild_id": GUILD.to_string(), "channel_id": "1400000000000000004", "locale": "en-US",
+        "entitlements": [], "attachment_size_limit": 8388608,
+        "member": {"user": {"id": (1500000000000000000u64 + (i % ASKERS) as u64).to_string(), "username": "b"},
+                   "roles": [], "deaf": false, "mute": false, "flags": 0},
+        "data": {"id": "1700000000000000007", "name": "portal", "type": 1,
+                 "options": [{"name": "enduser", "type": 3, "value": typed, "focused": true}]}
+    })
+    .to_string();
+    let sig = hex::encode(
+        key.sign(&[ts.as_bytes(), body.as_bytes()].concat())
+            .to_bytes(),
+    );
+    Req {
+        path: "/discord/interactions",
+        body: Bytes::from(body),
+        headers: vec![
+            (
+                HeaderName::from_static("x-signature-ed25519"),
+                HeaderValue::from_str(&sig).unwrap(),
+            ),
+            (
+                HeaderName::from_static("x-signature-timestamp"),
+                HeaderValue::from_str(&ts).unwrap(),
+            ),
+            (
+                HeaderName::from_static("content-type"),
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+    }
+}
+
+/// What people type: prefixes of names, a typo, name and company.
+fn typed(i: usize) -> String {
+    let (name, _, _, company) = portal_bot::sandbox::crowd(i * 7919);
+    let first_word = company.split(' ').next().unwrap_or("");
+    match i % 4 {
+        0 => name.chars().take(3).collect(),
+        1 => name.clone(),
+        2 => format!("{name} {first_word}"),
+        _ => {
+            // A swapped pair of letters in the first name.
+            let mut c: Vec<char> = name.chars().collect();
+            if c.len() > 3 {
+                c.swap(1, 2);
+            }
+            c.into_iter().collect()
+        }
+    }
+}
+
+/// Finding the end user by name at 100,000 end users: the index's build time and memory (built
+/// in this process from the same people the sandbox lists), then the bot itself: how long its
+/// first read takes, Discord autocomplete through it (end to end, p50/p99, server CPU), and
+/// Slack commands with and without `[search]` (the command path must not change).
+async fn search_hop(key: &SigningKey, rx_base: &str) {
+    let n = scaled(100_000).max(10_000);
+    println!("\n## Finding the end user by name, {n} end users");
+    let listed: Vec<portal_bot::core::search::Listed> = (0..n)
+        .map(|i| {
+            let (name, email, company_id, company) = portal_bot::sandbox::crowd(i);
+            portal_bot::core::search::Listed {
+                id: format!("person-{i}"),
+                name: Some(name),
+                email: Some(email),
+                company_id: Some(company_id),
+                company_name: Some(company),
+            }
+        })
+        .collect();
+    let t = Instant::now();
+    let index = portal_bot::core::search::Index::build(listed, 1_000_000);
+    let build = t.elapsed();
+    let bytes = index.heap_bytes();
+    let yes = |_: Option<&str>| true;
+    let mut times: Vec<Duration> = (0..2_000)
+        .map(|i| {
+            let q = typed(i);
+            let t = Instant::now();
+            let found = index.search(&q, 25, &yes, None);
+            std::hint::black_box(found);
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    let p = |v: &[Duration], q: f64| ms(v[((v.len() - 1) as f64 * q).round() as usize]);
+    println!(
+        "index (in process): built in {:.0} ms, {:.1} MB on the heap ({:.0} bytes per end user); \
+         a query: p50 {:.3} ms, p99 {:.3} ms",
+        ms(build),
+        bytes as f64 / 1e6,
+        bytes as f64 / n as f64,
+        p(&times, 0.5),
+        p(&times, 0.99)
+    );
+    drop(index);
+
+    let bot = start_bot_searching(Duration::ZERO, key, rx_base, "", Hop::Direct, Some(n)).await;
+    let started = Instant::now();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    loop {
+        let req = autocomplete_req(key, 0, "jane");
+        let mut rb = client
+            .post(format!("http://{}/discord/interactions", bot.addr))
+            .body(req.body);
+        for (k, v) in req.headers {
+            rb = rb.header(k, v);
+        }
+        let body = rb.send().await.unwrap().text().await.unwrap();
+        if body.contains("person-") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the bot's index was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "the bot: index read from the sandbox ({} pages) and built within {:.1} s of start; RSS {:.1} MB",
+        n.div_ceil(5_000),
+        started.elapsed().as_secs_f64(),
+        status_kb(bot.pid(), "VmRSS:") as f64 / 1024.0
+    );
+    let reqs: Arc<Vec<Req>> = Arc::new(
+        (0..scaled(5_000))
+            .map(|i| autocomplete_req(key, i, &typed(i)))
+            .collect(),
+    );
+    let r = run_any(&bot, &reqs, 16).await;
+    println!(
+        "autocomplete through the bot (signed Discord interactions, 16 concurrent): p50 {:.2} ms, \
+         p99 {:.2} ms, server CPU {:.1} µs per request (Ed25519 check included), {} errors",
+        ms(r.pct(0.5)),
+        ms(r.pct(0.99)),
+        r.cpu_us(),
+        r.errors
+    );
+    let warm = requests(Chat::Slack, scaled(2000), 1000, "swarm", rx_base, key);
+    run(&bot, &warm, 32, None).await;
+    let cmds = requests(Chat::Slack, scaled(10_000), 1000, "scmd", rx_base, key);
+    let with = run(&bot, &cmds, 64, None).await;
+    drop(bot);
+    let plain = start_bot_with(Duration::ZERO, key, rx_base, "", Hop::Direct).await;
+    run(&plain, &warm, 32, None).await;
+    let without = run(&plain, &cmds, 64, None).await;
+    println!(
+        "Slack commands by id, 64 concurrent: with [search] {:.1} µs CPU, p50 {:.2} ms; without {:.1} µs, p50 {:.2} ms",
+        with.cpu_us(),
+        ms(with.pct(0.5)),
+        without.cpu_us(),
+        ms(without.pct(0.5))
+    );
+}
+
+/// Sends `reqs` (any route) with at most `concurrency` in flight; every 200 is an answer.
+async fn run_any(server: &Server, reqs: &Arc<Vec<Req>>, concurrency: usize) -> Run {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let limit = Arc::new(Semaphore::new(concurrency));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let pid = server.pid();
+    let cpu0 = cpu_seconds(pid);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(reqs.len());
+    for req in reqs.iter() {
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        let (client, errors, req) = (client.clone(), errors.clone(), req.clone());
+        let url = format!("http://{}{}", server.addr, req.path);
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let mut rb = client.post(url).body(req.body);
+            for (k, v) in req.headers {
+                rb = rb.header(k, v);
+            }
+            let ok = matches!(rb.send().await, Ok(r) if r.status() == 200);
+            if !ok {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+            t.elapsed()
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        latencies.push(t.await.unwrap());
+    }
+    latencies.sort();
+    let errors = errors.load(Ordering::Relaxed);
+    Run {
+        answered: latencies.len() - errors,
+        latencies,
+        errors,
+        wall: started.elapsed(),
+        server_cpu: cpu_seconds(pid) - cpu0,
+        own_cpu: 0.0,
+        rss_kb: status_kb(pid, "VmRSS:"),
+        hwm_kb: status_kb(pid, "VmHWM:"),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
@@ -1291,6 +1538,11 @@ fn main() -> std::process::ExitCode {
     rt.block_on(async {
         match args.iter().position(|a| a == "--drive") {
             Some(i) => drive(&args[i + 1..]).await,
+            None if args.iter().any(|a| a == "--search") => {
+                let key = SigningKey::from_bytes(&[9u8; 32]);
+                let (rx_base, _) = receiver().await;
+                search_hop(&key, &rx_base).await;
+            }
             None if args.iter().any(|a| a == "--go") => {
                 let key = SigningKey::from_bytes(&[9u8; 32]);
                 let (rx_base, _) = receiver().await;

@@ -115,7 +115,9 @@ impl PortalService {
     /// (`None`: go on with it as an id; Planhat decides).
     pub(super) async fn find_instead(&self, asker: &Asker, word: &str) -> Option<Reply> {
         let search = self.search.as_ref()?;
-        if !search.warm() || search.index().knows(word) {
+        // A word with a digit is an id (Planhat's are hex): names have none.
+        if word.bytes().any(|b| b.is_ascii_digit()) || !search.warm() || search.index().knows(word)
+        {
             return None;
         }
         match self.find(asker, word).await {

@@ -89,13 +89,26 @@ pub fn normalise(text: &str) -> String {
         .collect()
 }
 
-/// The words of `text`, normalised.
+/// The words of `text`, normalised, letters and digits apart ("garcia9096" is "garcia" and
+/// "9096": the name is found, and numbered email names don't each make a word of their own).
 pub fn words(text: &str) -> impl Iterator<Item = String> {
-    normalise(text)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect::<Vec<_>>()
-        .into_iter()
+    let mut out = Vec::new();
+    for w in normalise(text).split_whitespace() {
+        let mut current = String::new();
+        let mut digits = false;
+        for c in w.chars() {
+            let d = c.is_ascii_digit();
+            if !current.is_empty() && d != digits {
+                out.push(std::mem::take(&mut current));
+            }
+            digits = d;
+            current.push(c);
+        }
+        if !current.is_empty() {
+            out.push(current);
+        }
+    }
+    out.into_iter()
 }
 
 /// Strings longer than this are cut (names and emails are short; the arena's lengths are u16).
@@ -157,11 +170,15 @@ const TYPO: u32 = 1;
 impl Index {
     /// Builds the index of `listed` (at most `max` of them; the rest are left out).
     pub fn build(listed: impl IntoIterator<Item = Listed>, max: usize) -> Index {
+        // Entries are numbered in name order, so "best first, then by name" is a comparison of
+        // numbers at query time.
+        let mut listed: Vec<Listed> = listed.into_iter().take(max).collect();
+        listed.sort_by_cached_key(|l| normalise(l.name.as_deref().unwrap_or("")));
         let mut ix = Index::default();
         let mut company_of: HashMap<String, u32> = HashMap::new();
         let mut seen_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut word_entries: HashMap<String, Vec<u32>> = HashMap::new();
-        for l in listed.into_iter().take(max) {
+        for l in listed {
             let id = cut(l.id.trim());
             if id.is_empty() || !seen_ids.insert(id.to_string()) {
                 continue;
@@ -210,10 +227,10 @@ impl Index {
             } else {
                 ix.company_name(company)
             };
+            // The id is not a word: ids are matched whole ([`Index::knows`]).
             let mut mine: Vec<String> = words(name)
                 .chain(words(local))
                 .chain(words(cname))
-                .chain(std::iter::once(normalise(id).replace(' ', "")))
                 .filter(|w| !w.is_empty())
                 .collect();
             mine.sort();
@@ -402,30 +419,47 @@ impl Index {
         if qwords.is_empty() || limit == 0 {
             return Vec::new();
         }
-        // Each query word: the entries it reaches and their best score for it.
-        let mut per_word: Vec<HashMap<u32, u32>> = Vec::with_capacity(qwords.len());
+        // Each query word: the entries it reaches with their best score for it, sorted by entry
+        // (postings are sorted; a few sorts and merges of integers, no hashing).
+        let mut per_word: Vec<Vec<(u32, u32)>> = Vec::with_capacity(qwords.len());
         for q in &qwords {
-            let mut hits: HashMap<u32, u32> = HashMap::new();
+            let mut hits: Vec<u64> = Vec::new();
             for (w, score) in self.matching_words(q) {
-                for &e in self.postings_of(w) {
-                    let best = hits.entry(e).or_insert(0);
-                    *best = (*best).max(score);
-                }
+                hits.extend(
+                    self.postings_of(w)
+                        .iter()
+                        .map(|&e| (u64::from(e) << 8) | u64::from(score)),
+                );
             }
             if hits.is_empty() {
                 return Vec::new();
             }
-            per_word.push(hits);
+            hits.sort_unstable();
+            // The last of each entry's run has its best score.
+            let mut best: Vec<(u32, u32)> = Vec::with_capacity(hits.len());
+            for h in hits {
+                let (e, score) = ((h >> 8) as u32, (h & 0xff) as u32);
+                match best.last_mut() {
+                    Some(last) if last.0 == e => last.1 = score,
+                    _ => best.push((e, score)),
+                }
+            }
+            per_word.push(best);
         }
-        per_word.sort_by_key(HashMap::len);
+        per_word.sort_by_key(Vec::len);
         let (rarest, rest) = per_word.split_first().expect("at least one word");
+        // (score, preferred, entry): entries are numbered in name order, so the best are the
+        // highest score, then preferred, then the lowest number.
         let mut scored: Vec<(u32, bool, u32)> = Vec::new();
-        'entries: for (&e, &s) in rarest {
+        let mut cursors = vec![0usize; rest.len()];
+        'entries: for &(e, s) in rarest {
             let mut total = s;
-            for other in rest {
-                match other.get(&e) {
-                    Some(s) => total += s,
-                    None => continue 'entries,
+            for (other, at) in rest.iter().zip(cursors.iter_mut()) {
+                // Both lists are sorted: move this one's cursor up to `e`.
+                *at += other[*at..].partition_point(|(x, _)| *x < e);
+                match other.get(*at) {
+                    Some((x, s)) if *x == e => total += s,
+                    _ => continue 'entries,
                 }
             }
             let entry = self.entries[e as usize];
@@ -435,31 +469,18 @@ impl Index {
                     continue;
                 }
             }
-            scored.push((e, preferred(company), total));
+            scored.push((total, preferred(company), e));
         }
-        // Best score, then the preferred, then by name, company and id (a stable order).
-        scored.sort_by(|a, b| {
-            b.2.cmp(&a.2)
-                .then(b.1.cmp(&a.1))
-                .then_with(|| self.found_name(a.0).cmp(self.found_name(b.0)))
-                .then_with(|| {
-                    self.entries[a.0 as usize]
-                        .company
-                        .cmp(&self.entries[b.0 as usize].company)
-                })
-                .then(a.0.cmp(&b.0))
-        });
-        scored
-            .into_iter()
-            .take(limit)
-            .map(|(e, _, _)| self.found(e))
-            .collect()
-    }
-
-    fn found_name(&self, n: u32) -> &str {
-        let e = self.entries[n as usize];
-        let s = e.start as usize + e.id_len as usize;
-        &self.arena[s..s + e.name_len as usize]
+        let order = |a: &(u32, bool, u32), b: &(u32, bool, u32)| {
+            b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2))
+        };
+        // Only the best `limit` are sorted: the rest are cut off in linear time.
+        if scored.len() > limit {
+            scored.select_nth_unstable_by(limit, order);
+            scored.truncate(limit);
+        }
+        scored.sort_unstable_by(order);
+        scored.into_iter().map(|(_, _, e)| self.found(e)).collect()
     }
 }
 
