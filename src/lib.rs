@@ -119,6 +119,10 @@ impl App {
                 ids.clone(),
                 // Signed-in browsers prove who is there (without sign-in, for Slack, its click event).
                 sign_in.is_some(),
+                crate::core::ownership::MaxAge {
+                    ttl: config.access.ownership_ttl,
+                    at_click: config.access.ownership_at_click,
+                },
             )
             .with_search(search),
         );
@@ -299,7 +303,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// `scope = "owned"`: keeps Planhat's user list (owner ids → emails) fresh in the background,
 /// so a link's path never waits for it.
 async fn refresh_owners(app: Arc<App>, mut shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(crate::core::ownership::USERS_REFRESH);
+    let mut tick = tokio::time::interval(app.portal.ownership().refresh_every());
     loop {
         tokio::select! {
             _ = tick.tick() => app.portal.ownership().refresh_users().await,

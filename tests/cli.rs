@@ -443,6 +443,100 @@ async fn audit_lines_survive_a_crash_whole_or_not_at_all() {
     assert!(!text.contains("crash-token"));
 }
 
+/// The fake Slack Web API for `check`: the bot token is accepted (`auth.test`), and each of
+/// `methods` answers with `answer` (Slack's error answers are HTTP 200 with `ok: false`).
+async fn slack_for_check(methods: &[(&str, serde_json::Value)]) -> MockServer {
+    let slack = MockServer::start().await;
+    Mock::given(path("/api/auth.test"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "ok": true, "url": "https://acme.slack.com/", "team": "Acme", "user": "portal-bot",
+            "team_id": "T0001", "user_id": "UBOT", "bot_id": "BBOT"
+        })))
+        .mount(&slack)
+        .await;
+    for (method, answer) in methods {
+        Mock::given(path(format!("/api/{method}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(answer.clone()))
+            .mount(&slack)
+            .await;
+    }
+    slack
+}
+
+/// `check` calls what the configured features call, and when Slack answers `missing_scope`
+/// it names the scope (Slack's `needed`) and the feature that needs it: users.info for
+/// `scope = "owned"`, chat.postMessage for `[notify]` (issue 19, item 14).
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_the_slack_scope_that_is_missing() {
+    let planhat = MockServer::start().await;
+    Mock::given(path("/endusers"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("[]"))
+        .mount(&planhat)
+        .await;
+    let missing = |needed: &str| {
+        serde_json::json!({"ok": false, "error": "missing_scope", "needed": needed,
+                           "provided": "commands,usergroups:read"})
+    };
+    let config_for = |name: &str, slack: &MockServer| {
+        write_config(
+            name,
+            &format!(
+                "[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\ntimeout = \"2s\"\n\
+                 [slack]\nmode = \"http\"\nsigning_secret = \"{SIGNING_SECRET}\"\nbot_token = \"{BOT_TOKEN}\"\napi_url = \"{}/api\"\n\
+                 [access]\nscope = \"owned\"\nslack_users = [\"U1\"]\n[notify]\nslack_channel = \"C0NOTIFY\"\n",
+                planhat.uri(),
+                slack.uri()
+            ),
+        )
+    };
+
+    let slack = slack_for_check(&[
+        ("users.info", missing("users:read")),
+        ("users.lookupByEmail", missing("users:read.email")),
+        ("chat.postMessage", missing("chat:write")),
+    ])
+    .await;
+    let cfg = config_for("check-slack-scopes.toml", &slack);
+    let out = run(&["check", "--config", cfg.to_str().unwrap()], &[]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{said}{}", text(&out.stderr));
+    for (scope, feature) in [
+        ("users:read", "scope = \"owned\""),
+        ("users:read.email", "scope = \"owned\""),
+        ("chat:write", "[notify]"),
+    ] {
+        let line = said
+            .lines()
+            .find(|l| l.contains(&format!("the {scope} scope")))
+            .unwrap_or_else(|| panic!("no line names {scope}: {said}"));
+        assert!(line.contains(feature), "{line}");
+    }
+    assert!(!said.contains(BOT_TOKEN), "{said}");
+
+    // Every scope there: Slack's answers to the probes say so without posting anything.
+    let slack = slack_for_check(&[
+        (
+            "users.info",
+            serde_json::json!({"ok": true, "user": {"id": "UBOT", "team_id": "T0001"}}),
+        ),
+        (
+            "users.lookupByEmail",
+            serde_json::json!({"ok": false, "error": "users_not_found"}),
+        ),
+        (
+            "chat.postMessage",
+            serde_json::json!({"ok": false, "error": "no_text"}),
+        ),
+    ])
+    .await;
+    let cfg = config_for("check-slack-ok.toml", &slack);
+    let out = run(&["check", "--config", cfg.to_str().unwrap()], &[]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}{}", text(&out.stderr));
+    assert!(said.contains("bot token accepted"), "{said}");
+    assert!(!said.contains("missing"), "{said}");
+}
+
 /// With `[sign_in]`, `check` says whether each provider's discovery answers, and fails when
 /// one does not, printing no client secret.
 #[tokio::test(flavor = "multi_thread")]

@@ -159,3 +159,168 @@ async fn a_hanging_channel_api_does_not_slow_the_asker() {
     );
     app.stop().await;
 }
+
+/// A name Planhat holds that tries to forge the channel: a line break and a fake "opened the
+/// portal" line with a mention, Slack bold, a bare link, a right-to-left override and a
+/// zero-width space.
+const FORGED_NAME: &str =
+    "Jane\n<@U0ADMIN> opened the portal as *CEO* https://evil.example/login \u{202e}gnp.exe";
+const FORGED_COMPANY: &str = "Acme\u{200b} ~Corp~";
+
+/// Names from Planhat can't forge lines or formatting in the transparency channel or in the
+/// replies: one line per notice, no format characters, Slack's `*_~` and links neutralised,
+/// and an asker from the other platform shown as plain text, not as a mention (issue 19,
+/// item 6).
+#[tokio::test(flavor = "multi_thread")]
+async fn names_from_planhat_cannot_forge_lines_or_formatting() {
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "forged-name-token").await;
+    Mock::given(method("GET"))
+        .and(path("/endusers"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            {"_id": "e1", "name": FORGED_NAME, "companyName": FORGED_COMPANY}
+        ])))
+        .mount(&planhat)
+        .await;
+    let slack = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat.postMessage"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"ok": true, "channel": "C0NOTIFY", "ts": "1.2"})),
+        )
+        .mount(&slack)
+        .await;
+    let discord = FakeDiscord::start("ws://127.0.0.1:9").await;
+    let app = app_with(&planhat, &slack, &discord).await;
+    let base = format!("http://{}", app.addr);
+
+    let body = slash_body(
+        "U1",
+        "C1",
+        "jane@acme.example",
+        "http://127.0.0.1:9/hook",
+        "trig-forged",
+    );
+    let slack_reply: serde_json::Value = post_slack(&base, "/slack/commands", SIGNING_SECRET, body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let discord_reply: serde_json::Value = post_discord(
+        &base,
+        discord_command(1100000000000007101, DISCORD_ALICE, &[], "jane@acme.example").to_string(),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+
+    // The replies: the name in one line, no format characters, no Slack markup or link.
+    let slack_section = slack_reply["blocks"][0]["text"]["text"].as_str().unwrap();
+    assert!(
+        slack_section.starts_with("Portal login as `e1` (Jane "),
+        "{slack_section}"
+    );
+    let discord_content = discord_reply["data"]["content"].as_str().unwrap();
+    assert!(discord_content.contains("Jane "), "{discord_content}");
+    for shown in [slack_section, discord_content] {
+        assert_eq!(shown.lines().count(), 1, "{shown:?}");
+        assert!(!shown.contains(['\u{202e}', '\u{200b}']), "{shown:?}");
+    }
+    for markup in [
+        "*CEO*",
+        "~Corp~",
+        "https://evil",
+        "evil.example",
+        "<@U0ADMIN>",
+    ] {
+        assert!(
+            !slack_section.contains(markup),
+            "{markup} in {slack_section:?}"
+        );
+    }
+
+    // The Slack channel: a line per notice, each starting with its asker.
+    let until = Instant::now() + Duration::from_secs(6);
+    let slack_lines = loop {
+        let lines: Vec<String> = slack
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.url.path() == "/api/chat.postMessage")
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .flat_map(|p| {
+                p["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if lines.len() >= 2 || Instant::now() > until {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(slack_lines.len(), 2, "one line per link: {slack_lines:#?}");
+    let discord_asker = format!("Discord user {DISCORD_ALICE} ");
+    for line in &slack_lines {
+        assert!(
+            line.starts_with("<@U1> got a portal link") || line.starts_with(&discord_asker),
+            "every line is a notice of its own: {line:?}"
+        );
+        assert!(!line.contains(['\u{202e}', '\u{200b}']), "{line:?}");
+        for markup in [
+            "*CEO*",
+            "~Corp~",
+            "https://evil",
+            "evil.example",
+            "<@U0ADMIN>",
+        ] {
+            assert!(!line.contains(markup), "{markup} in {line:?}");
+        }
+    }
+    assert!(
+        !slack_lines
+            .concat()
+            .contains(&format!("<@{DISCORD_ALICE}>")),
+        "a Discord asker is no mention in Slack: {slack_lines:#?}"
+    );
+
+    // The Discord channel: the same, with the Slack asker as plain text.
+    let channel = format!("/api/v10/channels/{NOTIFY_DISCORD}/messages");
+    let until = Instant::now() + Duration::from_secs(6);
+    let discord_lines = loop {
+        let lines: Vec<String> = discord
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == channel)
+            .flat_map(|r| {
+                r.json()["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if lines.len() >= 2 || Instant::now() > until {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(discord_lines.len(), 2, "{discord_lines:#?}");
+    for line in &discord_lines {
+        assert!(
+            line.starts_with(&format!("<@{DISCORD_ALICE}> got a portal link"))
+                || line.starts_with("Slack user U1 got a portal link"),
+            "every line is a notice of its own: {line:?}"
+        );
+        assert!(!line.contains(['\u{202e}', '\u{200b}']), "{line:?}");
+        assert!(!line.contains("<@U"), "{line:?}");
+    }
+    app.stop().await;
+}

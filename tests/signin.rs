@@ -283,12 +283,21 @@ async fn max_age_makes_the_company_provider_authenticate_again() {
     let portal = Portal::start().await;
     portal.end_user("e1", "step-up-token").await;
     let slack_api = MockServer::start().await;
+    Mock::given(path("/api/auth.test"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"ok": true, "team_id": "T0001", "user_id": "UBOT", "team": "Acme", "url": "https://acme.slack.com/"}),
+        ))
+        .mount(&slack_api)
+        .await;
     Mock::given(method("GET"))
         .and(path("/api/users.info"))
         .and(query_param("user", "U1"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"ok": true, "user": {"id": "U1", "profile": {"email": "Casey@Acme.example"}}}),
-        ))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"ok": true, "user": {
+                "id": "U1", "team_id": "T0001", "is_email_confirmed": true,
+                "profile": {"email": "Casey@Acme.example"}
+            }})),
+        )
         .mount(&slack_api)
         .await;
     let idp = FakeOidc::start(false).await;

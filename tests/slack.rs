@@ -1017,3 +1017,98 @@ async fn socket_mode_never_stalls_with_ten_envelopes_at_once_and_planhat_slow() 
     app.stop().await;
     acceptor.abort();
 }
+
+/// The app in Socket Mode with one connection, against the fake Socket Mode server.
+async fn socket_app(f: &Fakes) -> Running {
+    let extra = format!(
+        "[slack]\nmode = \"socket\"\nsocket_connections = 1\nbot_token = \"{BOT_TOKEN}\"\napp_token = \"{APP_TOKEN}\"\napi_url = \"{}\"\n\
+         [access]\nslack_users = [\"U1\"]\n",
+        f.api_url()
+    );
+    spawn(config(&f.planhat.uri(), &extra)).await
+}
+
+/// Waits until the bot's side of `ws` is gone (closed, reset or ended); false if it stays open
+/// for `within`.
+async fn closed_within(ws: &mut Ws, within: Duration) -> bool {
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A Socket Mode message over the bot's 1 MiB cap closes that connection; the bot connects
+/// again and keeps serving (issue 19, item 10: messages up to 64 MiB were read, and one 60 MB
+/// envelope took the bot from 17 to 148 MB).
+#[tokio::test]
+async fn an_oversized_socket_mode_message_closes_that_connection_and_the_bot_carries_on() {
+    let f = fakes().await;
+    planhat_link(&f.planhat, "e1", "tok-after-big").await;
+    let (mut conns, acceptor) = socket_server(&f).await;
+    let app = socket_app(&f).await;
+
+    let mut ws = accept(&mut conns).await.expect("a first connection");
+    ws.send(Message::text(HELLO)).await.unwrap();
+    // A well-formed envelope, 2 MiB long.
+    let big = json!({"envelope_id": "big", "type": "events_api",
+                     "payload": {"padding": "x".repeat(2 * 1024 * 1024)}});
+    ws.send(Message::text(big.to_string())).await.unwrap();
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(5)).await,
+        "the bot closes a connection that sends a message over its cap"
+    );
+
+    let mut ws = accept(&mut conns)
+        .await
+        .expect("the bot connects again after closing the oversized one");
+    ws.send(Message::text(HELLO)).await.unwrap();
+    ws.send(Message::text(slash_envelope(
+        "after-big",
+        "U1",
+        "e1",
+        &f.hook_url("big"),
+        "trig-big-1",
+    )))
+    .await
+    .unwrap();
+    let ack = next_json(&mut ws).await;
+    assert_eq!(ack["envelope_id"], "after-big", "{ack}");
+    assert_link(&ack["payload"], &format!("{PORTAL}/redirect/tok-after-big"));
+    app.stop().await;
+    acceptor.abort();
+}
+
+/// Connections that die at once are retried with a growing pause, not several times a second
+/// (issue 19, item 10: about six reconnects a second, for as long as it lasted).
+#[tokio::test]
+async fn socket_mode_connections_that_die_at_once_are_retried_with_backoff() {
+    let f = fakes().await;
+    let (mut conns, acceptor) = socket_server(&f).await;
+    let app = socket_app(&f).await;
+    let started = Instant::now();
+    let mut connects = 0;
+    // Each connection says hello and is closed at once, for three seconds.
+    while let Ok(Some(mut ws)) = tokio::time::timeout(
+        Duration::from_secs(3).saturating_sub(started.elapsed()),
+        conns.recv(),
+    )
+    .await
+    {
+        connects += 1;
+        let _ = ws.send(Message::text(HELLO)).await;
+        let _ = ws.close(None).await;
+    }
+    app.stop().await;
+    acceptor.abort();
+    assert!(connects >= 2, "the bot keeps trying: {connects} connects");
+    assert!(
+        connects <= 6,
+        "{connects} connects in 3 s: no backoff for connections that die at once"
+    );
+}

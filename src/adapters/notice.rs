@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::core::asker::Platform;
 use crate::core::metrics::Metrics;
 use crate::core::notify::Notice;
+use crate::core::text;
 use crate::shutdown::Shutdown;
 
 /// Lines per message at most.
@@ -19,14 +21,29 @@ pub const BATCH: usize = 20;
 /// How long a first notice waits for company, and the pause after each post.
 const PACE: Duration = Duration::from_secs(1);
 
-/// The batch as one message: a line per notice, the asker as a mention (`<@id>`, which both
-/// platforms render as the person's name), everything else escaped with `escape`.
-pub fn text(batch: &[Notice], escape: fn(&str) -> String) -> String {
+/// The batch as one message for a channel of platform `here`: a line per notice, everything
+/// escaped with `escape`. The asker is a mention (`<@id>`, which both platforms render as the
+/// person's name) when they asked on `here`; an asker from the other platform is plain text
+/// ("Discord user 1234…"), since their id would mention someone else, or no one, here.
+pub fn text(batch: &[Notice], here: Platform, escape: fn(&str) -> String) -> String {
     batch
         .iter()
-        .map(|n| format!("<@{}> {}", escape(&n.asker), n.describe(escape)))
+        .map(|n| format!("{} {}", asker(n, here, escape), n.describe(escape)))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn asker(notice: &Notice, here: Platform, escape: fn(&str) -> String) -> String {
+    let id = escape(&text::one_line(&notice.asker, 80));
+    if notice.platform == here {
+        return format!("<@{id}>");
+    }
+    let platform = match notice.platform {
+        Platform::Slack => "Slack",
+        Platform::Discord => "Discord",
+        Platform::Cli => "Terminal",
+    };
+    format!("{platform} user {id}")
 }
 
 /// Posts batches from `rx` with `post` until shutdown (or the sender is gone).

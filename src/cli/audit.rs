@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use super::exit;
 use crate::core::audit::query::{self, Entry, Filter, Since, Summary};
 use crate::core::config::AuditConfig;
+use crate::core::text;
 
 /// What to show (the command line's flags).
 #[derive(Debug, Clone, Default)]
@@ -125,7 +126,9 @@ fn when(at: SystemTime) -> String {
 }
 
 /// A value for a terminal: control characters (which could move the cursor or recolour the
-/// screen) shown as `?`, long values cut to 40 characters, nothing shown as `-`.
+/// screen) and Unicode format characters (which reorder or hide what follows: U+202E, zero-width
+/// characters) shown as `?`, long values cut to 40 characters, nothing shown as `-`. The trail
+/// may hold values written before names were cleaned when read, so they are cleaned here too.
 fn cell(value: Option<&str>) -> String {
     const WIDTH: usize = 40;
     let Some(v) = value.filter(|v| !v.is_empty()) else {
@@ -134,7 +137,13 @@ fn cell(value: Option<&str>) -> String {
     let mut shown: String = v
         .chars()
         .take(WIDTH)
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| {
+            if c.is_control() || text::is_format(c) {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect();
     if v.chars().nth(WIDTH).is_some() {
         shown.pop();
@@ -315,6 +324,12 @@ mod tests {
     fn terminal_control_characters_are_not_passed_through() {
         let shown = cell(Some("Acme\u{1b}[2J\u{7}\nCorp"));
         assert_eq!(shown, "Acme?[2J??Corp");
+        // A right-to-left override would show "Evil Corp" reversed after it; a zero-width
+        // space would hide itself: both are visible marks instead.
+        assert_eq!(
+            cell(Some("Acme\u{202e}proC liv\u{200b}E")),
+            "Acme?proC liv?E"
+        );
         let long = "x".repeat(100);
         assert_eq!(cell(Some(&long)).chars().count(), 40);
         assert!(cell(Some(&long)).ends_with('…'));
@@ -353,10 +368,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn no_value_breaks_a_cell(value in "\\PC{0,80}|[\\x00-\\x1f]{0,10}") {
+        fn no_value_breaks_a_cell(value in "\\PC{0,80}|[\\x00-\\x1f\\u{200b}-\\u{200f}\\u{202a}-\\u{202e}\\u{2066}-\\u{2069}a]{0,10}") {
             let shown = cell(Some(&value));
             prop_assert!(shown.chars().count() <= 40);
-            prop_assert!(!shown.chars().any(char::is_control));
+            prop_assert!(!shown.chars().any(|c| c.is_control() || text::is_format(c)));
         }
     }
 }

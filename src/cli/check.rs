@@ -1,5 +1,6 @@
 //! `portal-bot check`: is this config going to work? Validates it, then makes one
-//! authenticated call to Planhat and says in plain words what is wrong.
+//! authenticated call to Planhat (and Redis, and with `[slack]` the Slack calls the configured
+//! features make, naming any scope the token lacks) and says in plain words what is wrong.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -66,7 +67,12 @@ pub async fn run(path: &Path) -> u8 {
     };
     let redis_ok = check_redis(&config).await;
     let sign_in_ok = check_sign_in(&config).await;
-    if planhat_ok && redis_ok && sign_in_ok {
+    let mut slack_ok = true;
+    for finding in crate::adapters::slack::probe::probe(&config).await {
+        println!("{}", finding.line);
+        slack_ok &= finding.ok;
+    }
+    if planhat_ok && redis_ok && slack_ok && sign_in_ok {
         exit::OK
     } else {
         exit::UPSTREAM

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::asker::Groups;
 use super::audit::{Audit, AuditEvent};
+use super::directory::NoEmail;
 use super::metrics::Metrics;
 use super::onetime::{may_open, now_ms, unix_ms, GoClaim, GoError, GoIds, Visit, ARM_WAIT};
 use super::portal::{Action, PortalService, Reply};
@@ -224,8 +225,15 @@ impl Clicks {
             match self.portal.directory(claim.asker.platform) {
                 None => None,
                 Some(d) => match d.email(&claim.asker).await {
-                    Ok(email) => email,
-                    Err(why) => {
+                    Ok(email) => Some(email),
+                    // Missing, or one the platform doesn't vouch for: nothing to match.
+                    Err(
+                        NoEmail::Missing
+                        | NoEmail::Deactivated
+                        | NoEmail::External
+                        | NoEmail::Unconfirmed,
+                    ) => None,
+                    Err(why @ NoEmail::Unavailable(_)) => {
                         tracing::warn!(error = %why, "the asker's email could not be looked up for a sign-in match");
                         return Checked::Stop(
                             self.refused(GoError::Unavailable, Some(claim), client)

@@ -23,3 +23,4 @@ pub mod search;
 pub mod secret;
 pub mod signin;
 pub mod state;
+pub mod text;

@@ -66,6 +66,17 @@ impl NameCache {
         entry.who
     }
 
+    /// A cached name fetched less than `max_age` ago (and fresh): for answers that must be
+    /// more recent than a name needs to be (ownership's end user → company).
+    pub fn get_within(&self, id: &EndUserId, max_age: Duration) -> Option<EndUserSummary> {
+        let entry = self.entries.get(id)?;
+        let now = Instant::now();
+        if entry.stale(now, self.ttl) || now.saturating_duration_since(entry.at) >= max_age {
+            return None;
+        }
+        entry.who
+    }
+
     /// True when the caller should fetch this name: nobody has it or is fetching it (a claim
     /// lasts [`RETRY_AFTER`]). A burst of requests for one end user makes one lookup.
     pub fn claim(&self, id: &EndUserId) -> bool {

@@ -10,6 +10,7 @@
 use tokio::sync::mpsc;
 
 use super::asker::Platform;
+use super::text;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +27,8 @@ pub enum NoticeKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
     pub kind: NoticeKind,
-    /// Where the asker asked, and their id there (rendered as a mention that pings no one
-    /// where the platform allows it).
+    /// Where the asker asked, and their id there: a mention (that pings no one where the
+    /// platform allows it) in their own platform's channel, plain text in the other's.
     pub platform: Platform,
     pub asker: String,
     /// The end user's name if known, else their id.
@@ -36,14 +37,15 @@ pub struct Notice {
 }
 
 impl Notice {
-    /// The line without its asker (each platform renders the asker its own way); input from
-    /// Planhat is escaped by the caller's `escape`.
+    /// The line without its asker (each platform renders the asker its own way). Names from
+    /// Planhat are made one line without format characters ([`text::name`]), so no name can
+    /// forge a line of its own, then escaped for the platform by the caller's `escape`.
     pub fn describe(&self, escape: impl Fn(&str) -> String) -> String {
-        let whom = escape(&self.end_user);
+        let whom = escape(&text::name(&self.end_user));
         let company = self
             .company
             .as_deref()
-            .map(|c| format!(" ({})", escape(c)))
+            .map(|c| format!(" ({})", escape(&text::name(c))))
             .unwrap_or_default();
         match self.kind {
             NoticeKind::Link => format!("got a portal link to sign in as {whom}{company}"),

@@ -17,35 +17,50 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, RwLock};
 
 use super::asker::Platform;
+use super::directory::NoEmail;
 use super::enduser::EndUserId;
 use super::names::NameCache;
 use super::planhat::{CompanyOwners, EndUserSummary, Planhat, PlanhatError};
 
-/// How long a company's owners are trusted.
-const COMPANY_TTL: Duration = Duration::from_secs(600);
 /// Companies cached at once (O(1) eviction when full: the least useful goes).
 const MAX_COMPANIES: usize = 10_000;
-/// How often Planhat's user list is refreshed in the background.
-pub const USERS_REFRESH: Duration = Duration::from_secs(600);
 /// An owner missing from the user list triggers a refresh at most this often.
 const USERS_MIN_AGE: Duration = Duration::from_secs(60);
 
+/// How old an ownership answer may be when it decides: `access.ownership_ttl`, and less at a
+/// `/go/` click (the moment a portal actually opens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxAge {
+    pub ttl: Duration,
+    pub at_click: Duration,
+}
+
 /// Why a scoped asker may not open this portal. `Display` is the line they see: why, and who
-/// can help.
+/// can help. It names no company and no end user: the asker may not be told whose customer
+/// someone else's is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeDenied {
-    #[error("You may open portals only for companies you own or co-own in Planhat, and {0} is not one of yours. Ask its owner, or an admin (on-call) if it's urgent.")]
-    NotYours(String),
+    #[error("You may open portals only for companies you own or co-own in Planhat, and this end user's company is not one of yours. Ask its owner, or an admin (on-call) if it's urgent.")]
+    NotYours,
+    /// An email's matches are all at companies that aren't the asker's.
+    #[error("You may open portals only for companies you own or co-own in Planhat, and no end user with this email is at one of yours. Ask an admin (on-call) if it's urgent.")]
+    NoneYours,
     #[error("The bot can't read your email from Slack, so it can't tell which companies are yours. Please tell the bot's admins (it needs the users:read.email scope).")]
     NoSlackEmail,
     #[error("The bot has no email for your Discord account, so it can't tell which companies are yours. Ask the bot's admins to add you to access.discord_emails.")]
     NoDiscordEmail,
+    #[error("Your Slack account is deactivated, so the bot can't go by its email to tell which companies are yours.")]
+    Deactivated,
+    #[error("You are not a member of this Slack workspace (Slack Connect), so the bot can't go by your Slack email to tell which companies are yours. Ask someone in this workspace, or the bot's admins.")]
+    External,
+    #[error("Your email address in Slack is not confirmed, so the bot can't go by it to tell which companies are yours. Confirm it in Slack (or ask your Slack admin), then try again.")]
+    Unconfirmed,
     #[error("Planhat names no company for this end user, so the bot can't tell whether it is one of yours. Ask an admin (on-call) to open it.")]
     NoCompany,
-    #[error("{0} has no owner or co-owner in Planhat, so the bot can't tell whether it is yours. Ask an admin (on-call), or set an owner in Planhat.")]
-    NoOwner(String),
-    #[error("The owners of {0} have no email in Planhat that the bot can see, so it can't tell whether it is yours. Ask an admin (on-call).")]
-    NoOwnerEmail(String),
+    #[error("This end user's company has no owner or co-owner in Planhat, so the bot can't tell whether it is yours. Ask an admin (on-call), or set an owner in Planhat.")]
+    NoOwner,
+    #[error("The owners of this end user's company have no email in Planhat that the bot can see, so it can't tell whether it is yours. Ask an admin (on-call).")]
+    NoOwnerEmail,
     #[error("The bot could not check who owns this end user's company right now, so no link was made; try again in a moment.")]
     LookupFailed,
 }
@@ -56,6 +71,17 @@ impl ScopeDenied {
         match platform {
             Platform::Discord => ScopeDenied::NoDiscordEmail,
             _ => ScopeDenied::NoSlackEmail,
+        }
+    }
+
+    /// The refusal for an asker of `platform` whose email the platform doesn't vouch for.
+    pub fn untrusted(platform: Platform, why: &NoEmail) -> Self {
+        match why {
+            NoEmail::Missing => ScopeDenied::no_email(platform),
+            NoEmail::Deactivated => ScopeDenied::Deactivated,
+            NoEmail::External => ScopeDenied::External,
+            NoEmail::Unconfirmed => ScopeDenied::Unconfirmed,
+            NoEmail::Unavailable(_) => ScopeDenied::LookupFailed,
         }
     }
 }
@@ -84,6 +110,9 @@ struct Users {
 /// The ownership lookups and their caches. One per process.
 pub struct Ownership {
     planhat: Planhat,
+    /// How long an answer is trusted (`access.ownership_ttl`); also how often the user list is
+    /// read again.
+    ttl: Duration,
     names: Arc<NameCache>,
     companies: quick_cache::sync::Cache<String, (Arc<CompanyOwners>, Instant)>,
     users: RwLock<Users>,
@@ -92,10 +121,12 @@ pub struct Ownership {
 }
 
 impl Ownership {
-    /// The lookups, sharing the end-user names cache (the same `GET /endusers/{id}` answer).
-    pub fn new(planhat: Planhat, names: Arc<NameCache>) -> Self {
+    /// The lookups, sharing the end-user names cache (the same `GET /endusers/{id}` answer);
+    /// answers are trusted for `ttl`.
+    pub fn new(planhat: Planhat, names: Arc<NameCache>, ttl: Duration) -> Self {
         Ownership {
             planhat,
+            ttl,
             names,
             companies: quick_cache::sync::Cache::new(MAX_COMPANIES),
             users: RwLock::new(Users {
@@ -107,26 +138,30 @@ impl Ownership {
         }
     }
 
+    /// How often Planhat's user list is read again in the background (`ownership_ttl`).
+    pub fn refresh_every(&self) -> Duration {
+        self.ttl
+    }
+
     /// Does `email` own or co-own the company of `end_user`? `known`: the end user as an email
-    /// lookup already found them (saves a call).
+    /// lookup already found them (saves a call). Cached answers older than `max_age` (at most
+    /// `ownership_ttl`: less at a `/go/` click) are read again from Planhat.
     pub async fn check(
         &self,
         email: &str,
         end_user: &EndUserId,
         known: Option<&EndUserSummary>,
+        max_age: Duration,
     ) -> Result<EndUserSummary, OwnershipError> {
-        let summary = self.end_user(end_user, known).await?;
+        let max_age = max_age.min(self.ttl);
+        let summary = self.end_user(end_user, known, max_age).await?;
         let company_id = summary
             .company_id
             .clone()
             .ok_or(OwnershipError::Denied(ScopeDenied::NoCompany))?;
-        let company = self.owners(&company_id).await?;
-        let label = company
-            .name
-            .clone()
-            .unwrap_or_else(|| "this company".into());
+        let company = self.owners(&company_id, max_age).await?;
         if company.owners.is_empty() {
-            return Err(ScopeDenied::NoOwner(label).into());
+            return Err(ScopeDenied::NoOwner.into());
         }
         let email = email.trim().to_ascii_lowercase();
         let mut emails = self.owner_emails(&company.owners).await;
@@ -140,9 +175,9 @@ impl Ownership {
         } else if emails.is_empty() && self.users.read().await.failed {
             Err(ScopeDenied::LookupFailed.into())
         } else if emails.is_empty() {
-            Err(ScopeDenied::NoOwnerEmail(label).into())
+            Err(ScopeDenied::NoOwnerEmail.into())
         } else {
-            Err(ScopeDenied::NotYours(label).into())
+            Err(ScopeDenied::NotYours.into())
         }
     }
 
@@ -150,11 +185,16 @@ impl Ownership {
         &self,
         end_user: &EndUserId,
         known: Option<&EndUserSummary>,
+        max_age: Duration,
     ) -> Result<EndUserSummary, OwnershipError> {
         let cached = known
             .filter(|k| k.company_id.is_some())
             .cloned()
-            .or_else(|| self.names.get(end_user).filter(|n| n.company_id.is_some()));
+            .or_else(|| {
+                self.names
+                    .get_within(end_user, max_age)
+                    .filter(|n| n.company_id.is_some())
+            });
         let summary = match cached {
             Some(s) => s,
             None => match self.planhat.find_by_id(end_user).await {
@@ -172,9 +212,13 @@ impl Ownership {
         Ok(summary)
     }
 
-    async fn owners(&self, company_id: &str) -> Result<Arc<CompanyOwners>, OwnershipError> {
+    async fn owners(
+        &self,
+        company_id: &str,
+        max_age: Duration,
+    ) -> Result<Arc<CompanyOwners>, OwnershipError> {
         if let Some((owners, at)) = self.companies.get(company_id) {
-            if at.elapsed() < COMPANY_TTL {
+            if at.elapsed() < max_age {
                 return Ok(owners);
             }
         }

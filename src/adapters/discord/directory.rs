@@ -11,7 +11,7 @@ use serenity::http::Http;
 
 use super::rest;
 use crate::core::asker::{Asker, Groups};
-use crate::core::directory::Directory;
+use crate::core::directory::{Directory, NoEmail};
 
 /// The Discord directory.
 pub struct DiscordDirectory {
@@ -28,12 +28,13 @@ impl DiscordDirectory {
 
 #[async_trait]
 impl Directory for DiscordDirectory {
-    async fn email(&self, asker: &Asker) -> Result<Option<String>, String> {
-        Ok(asker
+    async fn email(&self, asker: &Asker) -> Result<String, NoEmail> {
+        asker
             .user_id
             .parse::<u64>()
             .ok()
-            .and_then(|id| self.emails.get(&id).cloned()))
+            .and_then(|id| self.emails.get(&id).cloned())
+            .ok_or(NoEmail::Missing)
     }
 
     async fn groups_now(&self, asker: &Asker) -> Groups {

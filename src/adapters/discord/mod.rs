@@ -83,7 +83,7 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
             move |batch| {
                 let http = http.clone();
                 async move {
-                    let text = super::notice::text(&batch, render::escape);
+                    let text = super::notice::text(&batch, Platform::Discord, render::escape);
                     // The mention shows the name and pings no one.
                     let message = serenity::all::CreateMessage::new()
                         .content(text)

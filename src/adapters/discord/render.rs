@@ -23,17 +23,16 @@ fn code(text: &str) -> String {
     format!("`{}`", text.replace('`', "'"))
 }
 
-/// Backslash-escapes Discord markdown and breaks mentions in text from Planhat (names).
+/// Backslash-escapes Discord markdown, links (`https\://…` is not linked) and mentions
+/// (`\@everyone` is plain text) in text from Planhat (names, already one line: see
+/// [`crate::core::text`]). No invisible character is added: what is shown is what is there.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if "\\*_~`|>#[]()<:-".contains(c) {
+        if "\\*_~`|>#[]()<:-@".contains(c) {
             out.push('\\');
         }
         out.push(c);
-        if c == '@' {
-            out.push('\u{200b}');
-        }
     }
     out
 }
@@ -217,7 +216,8 @@ mod tests {
 
     #[test]
     fn escaping_breaks_mentions_and_markdown() {
-        assert_eq!(escape("@everyone"), "@\u{200b}everyone");
+        assert_eq!(escape("@everyone"), "\\@everyone");
+        assert_eq!(escape("<@123>"), "\\<\\@123\\>");
         assert_eq!(escape("*x*"), "\\*x\\*");
         assert_eq!(code("a`b"), "`a'b`");
     }

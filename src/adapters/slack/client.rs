@@ -21,6 +21,103 @@ pub type Client = SlackClient<SlackClientHyperHttpsConnector>;
 /// How long one Web API call or response_url post may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A Web API call that failed, for the operator: the method and Slack's error code (with the
+/// scope Slack says is missing, for `missing_scope`), or what went wrong on the way. Never the
+/// answer's body: it can hold people's details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("{method} failed: Slack said {code}{}", needed.as_deref().map(|n| format!(" (the bot's token needs the {n} scope)")).unwrap_or_default())]
+    Slack {
+        method: &'static str,
+        /// Slack's `error`, e.g. `missing_scope`, `user_not_found`.
+        code: String,
+        /// With `missing_scope`: the scope(s) Slack names in `needed`.
+        needed: Option<String>,
+    },
+    #[error("{method} failed: {detail}")]
+    Failed {
+        method: &'static str,
+        detail: String,
+    },
+}
+
+impl CallError {
+    /// slack-morphism's error for `method`, without its body (only `needed` is read from it).
+    pub fn of(method: &'static str, e: &SlackClientError) -> Self {
+        match e {
+            SlackClientError::ApiError(api) => CallError::Slack {
+                method,
+                code: one_word(&api.code),
+                needed: api.http_response_body.as_deref().and_then(needed_scope),
+            },
+            SlackClientError::HttpError(h) => CallError::Failed {
+                method,
+                detail: format!("Slack answered HTTP {}", h.status_code.as_u16()),
+            },
+            SlackClientError::RateLimitError(_) => CallError::Failed {
+                method,
+                detail: "rate limited by Slack".into(),
+            },
+            SlackClientError::HttpProtocolError(_) | SlackClientError::EndOfStream(_) => {
+                CallError::Failed {
+                    method,
+                    detail: "could not reach Slack".into(),
+                }
+            }
+            _ => CallError::Failed {
+                method,
+                detail: "Slack's answer could not be read".into(),
+            },
+        }
+    }
+
+    fn timeout(method: &'static str) -> Self {
+        CallError::Failed {
+            method,
+            detail: format!("no answer within {}s", CALL_TIMEOUT.as_secs()),
+        }
+    }
+}
+
+/// `needed` of a Web API error answer (`{"ok":false,"error":"missing_scope","needed":"…"}`),
+/// kept only when it looks like scope names.
+pub fn needed_scope(body: &str) -> Option<String> {
+    let answer: serde_json::Value = serde_json::from_str(body).ok()?;
+    let needed = answer.get("needed")?.as_str()?.trim();
+    let scopes = !needed.is_empty()
+        && needed.len() <= 200
+        && needed
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":._,-".contains(c));
+    scopes.then(|| needed.to_string())
+}
+
+/// An error code for a log line: Slack's codes are short snake_case words; anything else is
+/// cut and cleaned rather than echoed.
+fn one_word(code: &str) -> String {
+    code.chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// The bot's own workspace, as `auth.test` names it: whose members' emails the bot goes by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    /// The workspace (`team_id`).
+    pub team_id: String,
+    /// The Enterprise Grid organisation, when the workspace is part of one.
+    pub enterprise_id: Option<String>,
+    /// The bot's own user id.
+    pub bot_user: String,
+}
+
 /// Slack's Web API, as the bot uses it.
 pub struct SlackApi {
     pub client: Arc<Client>,
@@ -61,44 +158,99 @@ impl SlackApi {
         }
     }
 
+    /// The user with this email (`users.lookupByEmail`, scope `users:read.email`): the
+    /// answer's JSON. `check` asks it about an address no one has, to learn whether the token
+    /// may read emails (`users.info` leaves the email out without that scope, no error).
+    pub async fn user_by_email(&self, email: &str) -> Result<serde_json::Value, CallError> {
+        self.get("users.lookupByEmail", &[("email", email)]).await
+    }
+
     /// Members (user ids) of one user group.
-    pub async fn usergroup_members(&self, group: &str) -> Result<Vec<String>, String> {
+    pub async fn usergroup_members(&self, group: &str) -> Result<Vec<String>, CallError> {
+        const METHOD: &str = "usergroups.users.list";
         let session = self.client.open_session(&self.bot_token);
         let request = SlackApiUserGroupsUsersListRequest::new(group.to_string().into());
         match tokio::time::timeout(CALL_TIMEOUT, session.usergroups_users_list(&request)).await {
             Ok(Ok(r)) => Ok(r.users.into_iter().map(|u| u.0).collect()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
+            Ok(Err(e)) => Err(CallError::of(METHOD, &e)),
+            Err(_) => Err(CallError::timeout(METHOD)),
         }
     }
 
-    /// A user's email (`users.info`, scope `users:read.email`); `Ok(None)` when Slack shows none.
-    pub async fn user_email(&self, user: &str) -> Result<Option<String>, String> {
+    /// `GET {api_url}/{method}` with the bot token; Slack's whole answer as JSON (read as
+    /// JSON rather than slack-morphism's types, which drop fields the bot decides on, such as
+    /// `is_email_confirmed`).
+    async fn get(
+        &self,
+        method: &'static str,
+        params: &[(&'static str, &str)],
+    ) -> Result<serde_json::Value, CallError> {
         let session = self.client.open_session(&self.bot_token);
-        let request = SlackApiUsersInfoRequest::new(user.to_string().into());
-        match tokio::time::timeout(CALL_TIMEOUT, session.users_info(&request)).await {
-            Ok(Ok(r)) => Ok(r
-                .user
-                .profile
-                .and_then(|p| p.email)
-                .map(|e| e.0.trim().to_ascii_lowercase())
-                .filter(|e| !e.is_empty())),
-            Ok(Err(e)) => Err(format!("users.info failed: {e}")),
-            Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
+        let params: Vec<(&str, Option<&str>)> =
+            params.iter().map(|(k, v)| (*k, Some(*v))).collect();
+        let call = session
+            .http_session_api
+            .http_get::<serde_json::Value, _, &str>(method, &params, None);
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(CallError::of(method, &e)),
+            Err(_) => Err(CallError::timeout(method)),
         }
+    }
+
+    /// Whose token this is: the bot's workspace (`auth.test`).
+    pub async fn workspace(&self) -> Result<Workspace, CallError> {
+        let answer = self.get("auth.test", &[]).await?;
+        let text = |k: &str| {
+            answer
+                .get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        match (text("team_id"), text("user_id")) {
+            (Some(team_id), Some(bot_user)) => Ok(Workspace {
+                team_id,
+                enterprise_id: text("enterprise_id"),
+                bot_user,
+            }),
+            _ => Err(CallError::Failed {
+                method: "auth.test",
+                detail: "the answer names no team_id or user_id".into(),
+            }),
+        }
+    }
+
+    /// One user as Slack describes them (`users.info`, scopes `users:read` and
+    /// `users:read.email`): the answer's JSON.
+    pub async fn user_info(&self, user: &str) -> Result<serde_json::Value, CallError> {
+        self.get("users.info", &[("user", user)]).await
     }
 
     /// Posts `text` to a channel (`chat.postMessage`: the transparency channel).
-    pub async fn post_message(&self, channel: &str, text: &str) -> Result<(), String> {
-        let session = self.client.open_session(&self.bot_token);
-        let request = SlackApiChatPostMessageRequest::new(
-            channel.to_string().into(),
+    pub async fn post_message(&self, channel: &str, text: &str) -> Result<(), CallError> {
+        self.post_content(
+            channel,
             SlackMessageContent::new().with_text(text.to_string()),
-        );
+        )
+        .await
+    }
+
+    /// Posts `content` to a channel (`chat.postMessage`). An empty `content` posts nothing:
+    /// Slack answers `no_text` once the token's scope and the channel pass (`check` uses it).
+    pub async fn post_content(
+        &self,
+        channel: &str,
+        content: SlackMessageContent,
+    ) -> Result<(), CallError> {
+        const METHOD: &str = "chat.postMessage";
+        let session = self.client.open_session(&self.bot_token);
+        let request = SlackApiChatPostMessageRequest::new(channel.to_string().into(), content);
         match tokio::time::timeout(CALL_TIMEOUT, session.chat_post_message(&request)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("chat.postMessage failed: {e}")),
-            Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
+            Ok(Err(e)) => Err(CallError::of(METHOD, &e)),
+            Err(_) => Err(CallError::timeout(METHOD)),
         }
     }
 

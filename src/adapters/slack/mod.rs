@@ -8,6 +8,7 @@ mod client;
 mod directory;
 mod groups;
 mod http;
+pub mod probe;
 pub mod render;
 mod socket;
 pub mod verify;
@@ -96,7 +97,11 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
     });
     app.portal.register_directory(
         Platform::Slack,
-        Arc::new(directory::SlackDirectory::new(api.clone(), groups.clone())),
+        Arc::new(directory::SlackDirectory::new(
+            api.clone(),
+            groups.clone(),
+            app.config.access.ownership_ttl,
+        )),
     );
     let mut tasks = vec![tokio::spawn(groups.run(api.clone(), app.shutdown()))];
     if let Some(channel) = app.config.notify.slack_channel.clone() {
@@ -109,8 +114,10 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
             move |batch| {
                 let (api, channel) = (api.clone(), channel.clone());
                 async move {
-                    let text = super::notice::text(&batch, render::escape);
-                    api.post_message(&channel, &text).await
+                    let text = super::notice::text(&batch, Platform::Slack, render::name);
+                    api.post_message(&channel, &text)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
             },
         )));

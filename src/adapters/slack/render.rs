@@ -25,6 +25,26 @@ pub fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// A name from Planhat (already one line: [`crate::core::text`]) for mrkdwn: escaped like
+/// everything echoed ([`escape`]), and unable to format or link. Slack has no escape for `*`,
+/// `_`, `~` and the backtick, nor a way to keep it from linking what looks like an address
+/// (`evil.example`, `https://…`, `a@b.example`), so those characters become look-alikes that
+/// mean nothing to it: `∗` `ˍ` `∼` `ˋ`, and a dot `․` and a slash `∕` that no address has.
+pub fn name(text: &str) -> String {
+    escape(text)
+        .chars()
+        .map(|c| match c {
+            '*' => '\u{2217}',
+            '_' => '\u{02cd}',
+            '~' => '\u{223c}',
+            '`' => '\u{02cb}',
+            '.' => '\u{2024}',
+            '/' => '\u{2215}',
+            c => c,
+        })
+        .collect()
+}
+
 /// Inline code with the input escaped; the id grammar has no backtick, emails neither.
 fn code(text: &str) -> String {
     format!("`{}`", escape(&text.replace('`', "'")))
@@ -36,17 +56,17 @@ fn who(who: Option<&EndUserSummary>) -> String {
             name: Some(n),
             company: Some(c),
             ..
-        }) => format!(" ({}, {})", escape(n), escape(c)),
+        }) => format!(" ({}, {})", name(n), name(c)),
         Some(EndUserSummary {
             name: Some(n),
             company: None,
             ..
-        }) => format!(" ({})", escape(n)),
+        }) => format!(" ({})", name(n)),
         Some(EndUserSummary {
             name: None,
             company: Some(c),
             ..
-        }) => format!(" ({})", escape(c)),
+        }) => format!(" ({})", name(c)),
         _ => String::new(),
     }
 }
@@ -221,6 +241,16 @@ mod tests {
             "&lt;!channel&gt; &amp; &lt;@U1&gt;"
         );
         assert_eq!(code("a`b<c"), "`a'b&lt;c`");
+    }
+
+    #[test]
+    fn names_can_neither_format_nor_link() {
+        let shown = name("*CEO* _x_ ~y~ `z` https://evil.example/login a@b.example <!here>");
+        for markup in ['*', '_', '~', '`', '.', '/', '<', '>'] {
+            assert!(!shown.contains(markup), "{markup} in {shown}");
+        }
+        assert!(shown.contains("&lt;!here&gt;"), "{shown}");
+        assert_eq!(name("Acme A/S, Inc."), "Acme A\u{2215}S, Inc\u{2024}");
     }
 
     #[test]

@@ -13,14 +13,15 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use rand::RngExt;
 use serde_json::json;
 use slack_morphism::prelude::*;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::SlackState;
 use crate::core::secret::Secret;
@@ -32,6 +33,17 @@ const SILENT_FOR: Duration = Duration::from_secs(30);
 const PING_EVERY: Duration = Duration::from_secs(10);
 /// Time limit for `apps.connections.open` and the WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest message (and frame) read from Slack. Envelopes are a few KiB; tungstenite's
+/// default (64 MiB) let one message take the process from 17 to 148 MB. A larger one closes
+/// that connection, and the slot connects again.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+/// A connection that said hello and lived this long was a good one: the next reconnect is
+/// quick. Anything shorter counts as a failure and backs off.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
+/// The first pause after a failure (connect refused, or a connection that died young).
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+/// The longest pause between attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// A Socket Mode frame: `hello`, `disconnect`, or an envelope (`slash_commands`,
 /// `interactive`, `events_api`) with its id and payload.
@@ -91,7 +103,10 @@ pub fn spawn(
     })
 }
 
-/// One connection slot: connect, serve, and reconnect (jittered) until shutdown.
+/// One connection slot: connect, serve, and reconnect until shutdown. After a good connection
+/// (it said hello and lived [`STABLE_AFTER`]) the next one follows at once; after a failure,
+/// or a connection that died young, the pause doubles up to [`BACKOFF_MAX`], so connections
+/// that die at once don't turn into several reconnects a second.
 async fn run_slot(
     state: Arc<SlackState>,
     token: SlackApiToken,
@@ -103,18 +118,28 @@ async fn run_slot(
     while !shutdown.is_fired() {
         match connect(&state, &token).await {
             Ok(ws) => {
-                let outcome = serve(&state, ws, &mut said_hello, shutdown.clone()).await;
-                if let Serve::Disconnected(why) = outcome {
-                    tracing::info!(
-                        slot,
-                        why,
-                        "Slack Socket Mode connection ended; reconnecting"
-                    );
-                    failures = 0;
+                let served = serve(&state, ws, &mut said_hello, shutdown.clone()).await;
+                if let Serve::Disconnected(why) = served.outcome {
+                    let stable = served
+                        .hello_at
+                        .is_some_and(|at| at.elapsed() >= STABLE_AFTER);
+                    failures = if stable {
+                        0
+                    } else {
+                        failures.saturating_add(1)
+                    };
+                    if failures <= 1 || failures.is_multiple_of(10) {
+                        tracing::info!(
+                            slot,
+                            why,
+                            failures,
+                            "Slack Socket Mode connection ended; reconnecting"
+                        );
+                    }
                 }
             }
             Err(e) => {
-                failures += 1;
+                failures = failures.saturating_add(1);
                 if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(slot, error = %e, failures, "Slack Socket Mode could not connect; retrying");
                 }
@@ -123,19 +148,27 @@ async fn run_slot(
         if shutdown.is_fired() {
             break;
         }
-        // A random pause (more after repeated failures) keeps a fleet of bots, and the slots
-        // of one bot, from reconnecting in lockstep.
-        let base = if failures == 0 {
-            100
-        } else {
-            1000 * u64::from(failures.min(30))
-        };
-        let wait = Duration::from_millis(rand::rng().random_range(base..=base * 2));
+        let wait = backoff(failures, rand::rng().random_range(0.0..=1.0));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.fired() => break,
         }
     }
+}
+
+/// The pause before the next attempt after `failures` failures in a row, with `jitter` in
+/// 0..=1 spreading it over its upper half, so a fleet of bots (and the slots of one bot)
+/// don't reconnect in lockstep. None: 100 to 200 ms. Then 125–250 ms, 250–500 ms, … doubling
+/// up to 15–30 s.
+fn backoff(failures: u32, jitter: f64) -> Duration {
+    let ceiling = if failures == 0 {
+        Duration::from_millis(200)
+    } else {
+        BACKOFF_FIRST
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(BACKOFF_MAX)
+    };
+    ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
 type Ws =
@@ -153,7 +186,11 @@ async fn connect(state: &SlackState, token: &SlackApiToken) -> Result<Ws, String
     // The error names the method and Slack's error code, never the token.
     .map_err(|e| format!("apps.connections.open failed: {}", describe(&e)))?;
     let url = opened.url.0.to_string();
-    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
+    let limits = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let handshake = tokio_tungstenite::connect_async_with_config(url, Some(limits), false);
+    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
         .await
         .map_err(|_| "the WebSocket handshake timed out".to_string())?
         .map_err(|e| format!("the WebSocket handshake failed: {e}"))?;
@@ -177,6 +214,12 @@ enum Serve {
     Shutdown,
 }
 
+/// How a connection ended, and when it said hello (if it did).
+struct Served {
+    outcome: Serve,
+    hello_at: Option<Instant>,
+}
+
 /// Serves one open connection until it ends. Frames are read here; each envelope is handled
 /// in its own task; acks and pings go through one writer task.
 async fn serve(
@@ -184,7 +227,7 @@ async fn serve(
     ws: Ws,
     said_hello: &mut bool,
     mut shutdown: Shutdown,
-) -> Serve {
+) -> Served {
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let writer = tokio::spawn(async move {
@@ -202,6 +245,7 @@ async fn serve(
         let _ = sink.close().await;
     });
     let mut counted_open = false;
+    let mut hello_at = None;
     let outcome = loop {
         let frame = tokio::select! {
             f = tokio::time::timeout(SILENT_FOR, stream.next()) => f,
@@ -209,6 +253,13 @@ async fn serve(
         };
         let text = match frame {
             Err(_) => break Serve::Disconnected("silent too long"),
+            Ok(Some(Err(WsError::Capacity(_)))) => {
+                tracing::warn!(
+                    max_bytes = MAX_MESSAGE,
+                    "Slack Socket Mode sent a message larger than the bot reads; closing that connection"
+                );
+                break Serve::Disconnected("message too large");
+            }
             Ok(None) | Ok(Some(Err(_))) => break Serve::Disconnected("closed"),
             Ok(Some(Ok(Message::Close(_)))) => break Serve::Disconnected("closed by Slack"),
             Ok(Some(Ok(Message::Text(t)))) => t,
@@ -225,6 +276,7 @@ async fn serve(
         let id = envelope.envelope_id.unwrap_or_default();
         match envelope.kind.as_str() {
             "hello" => {
+                hello_at.get_or_insert_with(Instant::now);
                 if !counted_open {
                     counted_open = true;
                     state.socket.open.fetch_add(1, Ordering::Relaxed);
@@ -279,7 +331,7 @@ async fn serve(
     // response_url (above). Close our side.
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    outcome
+    Served { outcome, hello_at }
 }
 
 /// Acknowledged anyway (Slack would redeliver the same envelope into the same failure); only
@@ -296,4 +348,24 @@ fn bare_ack(tx: &mpsc::UnboundedSender<Message>, envelope_id: &str) {
     let _ = tx.send(Message::text(
         json!({ "envelope_id": envelope_id }).to_string(),
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_back_off_after_failures_and_not_after_a_good_connection() {
+        assert!(backoff(0, 0.0) >= Duration::from_millis(100));
+        assert!(backoff(0, 1.0) <= Duration::from_millis(200));
+        assert_eq!(backoff(1, 1.0), Duration::from_millis(250));
+        assert_eq!(backoff(1, 0.0), Duration::from_millis(125));
+        assert_eq!(backoff(3, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(20, 1.0), BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX, 0.0), BACKOFF_MAX / 2);
+        // The first five pauses after failures add up to at least 1.9 s: connections that die
+        // at once make a handful of attempts in the first seconds, not dozens.
+        let least: Duration = (1..=5).map(|n| backoff(n, 0.0)).sum();
+        assert!(least >= Duration::from_millis(1900), "{least:?}");
+    }
 }

@@ -191,7 +191,7 @@ pub struct DiscordConfig {
 }
 
 /// `[access]`: who may mint links. Empty lists allow nobody (deny by default).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AccessConfig {
     pub slack_users: Vec<String>,
     pub slack_usergroups: Vec<String>,
@@ -208,7 +208,45 @@ pub struct AccessConfig {
     pub admin_discord_roles: Vec<u64>,
     /// Discord gives bots no emails: Discord user id → email, for `scope = "owned"`.
     pub discord_emails: HashMap<u64, String>,
+    /// How long an answer of the ownership chain is trusted (a company's owners, Planhat's user
+    /// list, an end user's company, a Slack asker's email): `access.ownership_ttl`, 1 to 60
+    /// minutes. Removing someone as owner takes effect within it.
+    pub ownership_ttl: Duration,
+    /// At a `/go/` click, ownership answers older than this are read again: a minute (or
+    /// `ownership_ttl`, if shorter). Not a key of the file: a field so that tests can shorten it.
+    pub ownership_at_click: Duration,
 }
+
+impl Default for AccessConfig {
+    /// Nobody listed; the ownership lifetimes as an empty file gives them.
+    fn default() -> Self {
+        AccessConfig {
+            slack_users: Vec::new(),
+            slack_usergroups: Vec::new(),
+            slack_channels: Vec::new(),
+            discord_users: Vec::new(),
+            discord_roles: Vec::new(),
+            discord_guilds: Vec::new(),
+            scope: Scope::Any,
+            admin_slack_users: Vec::new(),
+            admin_slack_usergroups: Vec::new(),
+            admin_discord_users: Vec::new(),
+            admin_discord_roles: Vec::new(),
+            discord_emails: HashMap::new(),
+            ownership_ttl: DEFAULT_OWNERSHIP_TTL,
+            ownership_at_click: OWNERSHIP_AT_CLICK,
+        }
+    }
+}
+
+/// `access.ownership_ttl` when the file doesn't say.
+pub const DEFAULT_OWNERSHIP_TTL: Duration = Duration::from_secs(300);
+/// `access.ownership_ttl` may be set from this…
+const MIN_OWNERSHIP_TTL: Duration = Duration::from_secs(60);
+/// …to this.
+const MAX_OWNERSHIP_TTL: Duration = Duration::from_secs(3600);
+/// At a `/go/` click, ownership answers older than this are read again.
+pub const OWNERSHIP_AT_CLICK: Duration = Duration::from_secs(60);
 
 /// `[access] scope`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -578,6 +616,7 @@ struct RawAccess {
     admin_discord_roles: Vec<DiscordId>,
     #[serde(default)]
     discord_emails: HashMap<String, String>,
+    ownership_ttl: Option<HumanDuration>,
     #[serde(default)]
     slack_users: Vec<String>,
     #[serde(default)]
@@ -771,27 +810,40 @@ impl<'de> Deserialize<'de> for DiscordId {
     }
 }
 
-/// `access.discord_emails`: keys are Discord user ids, values look like emails.
+/// `access.discord_emails`: keys are Discord user ids, values look like emails. Two keys that
+/// name the same user (`"123"`, `"0123"`, `" 123"`) are refused, naming both: otherwise one
+/// would silently win, and which one would depend on the map's order.
 fn discord_emails(raw: HashMap<String, String>) -> Result<HashMap<u64, String>, ConfigError> {
     let key = "access.discord_emails";
-    raw.into_iter()
-        .map(|(id, email)| {
-            let id = id
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ConfigError::at(key, format!("{id:?} is not a Discord user id")))?;
-            let email = email.trim().to_ascii_lowercase();
-            if !email.contains('@') || email.chars().any(char::is_whitespace) {
-                return Err(ConfigError::at(
-                    key,
-                    format!("{email:?} (for {id}) is not an email address"),
-                ));
-            }
-            Ok((id, email))
-        })
-        .collect()
+    // In key order, so that the error names the same pair on every start.
+    let mut raw: Vec<(String, String)> = raw.into_iter().collect();
+    raw.sort();
+    let mut emails: HashMap<u64, String> = HashMap::with_capacity(raw.len());
+    let mut written: HashMap<u64, String> = HashMap::with_capacity(raw.len());
+    for (text, email) in raw {
+        let id = text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ConfigError::at(key, format!("{text:?} is not a Discord user id")))?;
+        let email = email.trim().to_ascii_lowercase();
+        if !email.contains('@') || email.chars().any(char::is_whitespace) {
+            return Err(ConfigError::at(
+                key,
+                format!("{email:?} (for {id}) is not an email address"),
+            ));
+        }
+        if let Some(first) = written.get(&id) {
+            return Err(ConfigError::at(
+                key,
+                format!("{first:?} and {text:?} are the same Discord user ({id}); keep one"),
+            ));
+        }
+        written.insert(id, text);
+        emails.insert(id, email);
+    }
+    Ok(emails)
 }
 
 fn ids(list: Vec<DiscordId>) -> Vec<u64> {
@@ -1115,6 +1167,16 @@ impl RawConfig {
             })
             .transpose()?;
 
+        let ownership_ttl = self
+            .access
+            .ownership_ttl
+            .map_or(DEFAULT_OWNERSHIP_TTL, |d| d.0);
+        if !(MIN_OWNERSHIP_TTL..=MAX_OWNERSHIP_TTL).contains(&ownership_ttl) {
+            return Err(ConfigError::at(
+                "access.ownership_ttl",
+                "must be between 1m and 1h",
+            ));
+        }
         let access = AccessConfig {
             slack_users: trimmed(self.access.slack_users),
             slack_usergroups: trimmed(self.access.slack_usergroups),
@@ -1128,6 +1190,8 @@ impl RawConfig {
             admin_discord_users: ids(self.access.admin_discord_users),
             admin_discord_roles: ids(self.access.admin_discord_roles),
             discord_emails: discord_emails(self.access.discord_emails)?,
+            ownership_ttl,
+            ownership_at_click: OWNERSHIP_AT_CLICK.min(ownership_ttl),
         };
         let limits = LimitsConfig {
             per_user_per_minute: positive(
@@ -1437,6 +1501,51 @@ mod tests {
         assert_eq!(d.application_id, 123);
         assert_eq!(d.guild_ids, vec![1, 2]);
         assert_eq!(c.access.discord_roles, vec![7, 8]);
+    }
+
+    /// Keys that name the same Discord user (leading zeros, spaces) would collapse into one
+    /// entry, and which email won would depend on the map's order: refused at start, naming
+    /// both keys (issue 19, item 12).
+    #[test]
+    fn discord_email_keys_for_the_same_user_are_refused() {
+        for (a, b) in [("123", "0123"), ("123", " 123"), ("0123", "00123 ")] {
+            let text = format!(
+                "[access]\ndiscord_emails = {{ \"{a}\" = \"casey@acme.com\", \"{b}\" = \"mallory@acme.com\" }}\n"
+            );
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with("access.discord_emails: "), "{e}");
+            assert!(
+                e.contains(&format!("{a:?}")) && e.contains(&format!("{b:?}")),
+                "names both keys: {e}"
+            );
+            assert!(e.contains("same Discord user"), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        // Distinct users stay distinct.
+        let c = parse(
+            "[access]\ndiscord_emails = { \"123\" = \"a@acme.com\", \"1230\" = \"b@acme.com\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.access.discord_emails.len(), 2);
+    }
+
+    /// `access.ownership_ttl`: how long ownership answers are trusted (issue 19, item 13).
+    #[test]
+    fn ownership_ttl_defaults_to_five_minutes_within_a_range() {
+        let c = parse("").unwrap();
+        assert_eq!(c.access.ownership_ttl, Duration::from_secs(300));
+        assert_eq!(c.access.ownership_at_click, Duration::from_secs(60));
+        let c = parse("[access]\nownership_ttl = \"90s\"\n").unwrap();
+        assert_eq!(c.access.ownership_ttl, Duration::from_secs(90));
+        let c = parse("[access]\nownership_ttl = \"1m\"\n").unwrap();
+        assert_eq!(c.access.ownership_at_click, Duration::from_secs(60));
+        for bad in ["\"30s\"", "\"2h\"", "\"soon\"", "5"] {
+            let e = parse(&format!("[access]\nownership_ttl = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("access.ownership_ttl"), "{bad}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 use serde_json::Value;
 
+use crate::core::text;
+
 /// The access check: a JSON boolean, an object with a boolean `access`/`hasAccess`, or the
 /// text `true`/`false`. `None`: not an answer we understand.
 pub fn parse_access(body: &[u8]) -> Option<bool> {
@@ -60,7 +62,9 @@ fn acceptable(candidate: &str, prefix: &str) -> bool {
     }
 }
 
-/// One end user found by email: enough to name them and to proceed with their id.
+/// One end user found by email: enough to name them and to proceed with their id. `name` and
+/// `company` are Planhat's, made fit to show as they are read ([`text::name`]: one line, no
+/// format characters, bounded); an empty one is none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndUserSummary {
     pub id: String,
@@ -115,17 +119,16 @@ fn summary(item: &Value) -> Option<EndUserSummary> {
     let name = item
         .get("name")
         .and_then(Value::as_str)
-        .map(str::to_string)
+        .and_then(shown)
         .or_else(|| {
             let first = item.get("firstName").and_then(Value::as_str).unwrap_or("");
             let last = item.get("lastName").and_then(Value::as_str).unwrap_or("");
-            let full = format!("{first} {last}").trim().to_string();
-            (!full.is_empty()).then_some(full)
+            shown(&format!("{first} {last}"))
         });
     let company = item
         .get("companyName")
         .and_then(Value::as_str)
-        .map(str::to_string);
+        .and_then(shown);
     let company_id = item
         .get("companyId")
         .and_then(Value::as_str)
@@ -146,6 +149,11 @@ fn summary(item: &Value) -> Option<EndUserSummary> {
     })
 }
 
+/// A name as it may be shown; `None` when nothing of it is left.
+fn shown(text: &str) -> Option<String> {
+    Some(text::name(text)).filter(|n| !n.is_empty())
+}
+
 /// A company's name and owners (`GET /companies/{id}`): `owner` and `coOwner`, each a Planhat
 /// user id, or a list of them, or an object with `_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,7 +172,7 @@ pub fn parse_company(body: &[u8]) -> Option<CompanyOwners> {
     }
     owners.dedup();
     Some(CompanyOwners {
-        name: map.get("name").and_then(Value::as_str).map(str::to_string),
+        name: map.get("name").and_then(Value::as_str).and_then(shown),
         owners,
     })
 }
@@ -178,20 +186,39 @@ pub(super) fn collect_ids(value: Option<&Value>, into: &mut Vec<String>) {
     }
 }
 
+/// One page of `GET /users`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsersPage {
+    /// (id, lower-cased email) of the users that have both.
+    pub users: Vec<(String, String)>,
+    /// Items on the page, with or without an email: a page shorter than asked for is the last.
+    pub items: usize,
+    /// The first item's id, to notice an API that answers the same page again.
+    pub first_id: Option<String>,
+}
+
 /// `GET /users`: Planhat users (`_id`, `email`) → (id, lower-cased email), skipping users
 /// without both. `None`: not a list.
-pub fn parse_users(body: &[u8]) -> Option<Vec<(String, String)>> {
+pub fn parse_users(body: &[u8]) -> Option<UsersPage> {
     let items: Vec<Value> = serde_json::from_slice(body).ok()?;
-    Some(
-        items
+    let id = |u: &Value| {
+        u.get("_id")
+            .or_else(|| u.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    Some(UsersPage {
+        users: items
             .iter()
             .filter_map(|u| {
-                let id = u.get("_id").or_else(|| u.get("id"))?.as_str()?;
+                let id = id(u)?;
                 let email = u.get("email")?.as_str()?.trim().to_ascii_lowercase();
-                (!email.is_empty()).then(|| (id.to_string(), email))
+                (!email.is_empty()).then_some((id, email))
             })
             .collect(),
-    )
+        items: items.len(),
+        first_id: items.first().and_then(id),
+    })
 }
 
 /// `GET /endusers?email=…`: an array of end users (`_id`, `name` or first/last, `companyName`).
@@ -226,9 +253,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            users,
+            users.users,
             vec![("u1".to_string(), "casey@acme.com".to_string())]
         );
+        assert_eq!((users.items, users.first_id.as_deref()), (3, Some("u1")));
         let e =
             parse_enduser(br#"{"_id":"e1","name":"Jane","companyId":"c1","companyName":"Acme"}"#)
                 .unwrap();
@@ -295,6 +323,24 @@ mod tests {
         assert_eq!(found[0].company.as_deref(), Some("Acme"));
         assert_eq!(found[1].name.as_deref(), Some("Bo"));
         assert_eq!(parse_endusers(b"{}"), None);
+    }
+
+    #[test]
+    fn names_are_read_as_one_line_without_format_characters() {
+        let e = parse_enduser(
+            "{\"_id\":\"e1\",\"name\":\"Jane\\n<@U1> opened the portal as \\u202eCEO\",\"companyName\":\"Acme\\u200b Corp\\r\\n\"}"
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            e.name.as_deref(),
+            Some("Jane <@U1> opened the portal as CEO")
+        );
+        assert_eq!(e.company.as_deref(), Some("Acme Corp"));
+        let blank =
+            parse_enduser(br#"{"_id":"e1","name":"\u200b\n","firstName":"Jo","companyName":" "}"#)
+                .unwrap();
+        assert_eq!((blank.name.as_deref(), blank.company), (Some("Jo"), None));
     }
 
     proptest! {

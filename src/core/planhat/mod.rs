@@ -69,6 +69,16 @@ impl PlanhatError {
 /// answers are a boolean, a URL or a short list; anything bigger is not one of them.
 pub const MAX_ANSWER: usize = 64 * 1024;
 
+/// Users per page of `GET /users`. With only `_id` and `email` selected a user is at most about
+/// 300 bytes (a 24-character id, an email of up to 254 characters, the JSON around them), so a
+/// full page stays under [`MAX_ANSWER`].
+pub const USERS_PAGE: usize = 200;
+/// Pages read at most (200,000 users): an API that kept answering full pages can't keep the
+/// refresh going forever.
+const MAX_USER_PAGES: usize = 1000;
+
+const _: () = assert!(USERS_PAGE * 300 + 2 <= MAX_ANSWER);
+
 /// The Planhat calls the bot makes, by name (metrics label).
 #[derive(Clone, Copy)]
 enum Call {
@@ -239,17 +249,41 @@ impl Planhat {
         })
     }
 
-    /// Planhat's users and their emails (`GET /users`), for `scope = "owned"`.
+    /// Planhat's users and their emails (`GET /users`), for `scope = "owned"`: read in pages of
+    /// [`USERS_PAGE`] with only `_id` and `email` selected, so every page fits [`MAX_ANSWER`]
+    /// however many users the tenant has (the whole list in one answer did not, past about a
+    /// hundred users). A page that fails fails the whole list: a part of it is not the list.
     pub async fn list_users(&self) -> Result<Vec<(String, String)>, PlanhatError> {
-        let mut url = self.url("/users");
-        url.set_query(Some("limit=10000"));
-        let body = self.get(Call::Lookup, &url).await?;
-        answer::parse_users(&body).ok_or_else(|| {
-            PlanhatError::Unusable(format!(
-                "the users answer ({} bytes) is not a list",
-                body.len()
-            ))
-        })
+        let mut users = Vec::new();
+        let mut previous_first: Option<String> = None;
+        for page in 0..MAX_USER_PAGES {
+            let mut url = self.url("/users");
+            url.set_query(Some(&format!(
+                "limit={USERS_PAGE}&offset={}&select=_id,email",
+                page * USERS_PAGE
+            )));
+            let body = self.get(Call::Lookup, &url).await?;
+            let found = answer::parse_users(&body).ok_or_else(|| {
+                PlanhatError::Unusable(format!(
+                    "a page of the users answer ({} bytes) is not a list",
+                    body.len()
+                ))
+            })?;
+            if found.items > 0 && found.first_id.is_some() && found.first_id == previous_first {
+                return Err(PlanhatError::Unusable(
+                    "Planhat answered the same page of users twice (offset ignored)".into(),
+                ));
+            }
+            users.extend(found.users);
+            if found.items < USERS_PAGE {
+                return Ok(users);
+            }
+            previous_first = found.first_id;
+        }
+        Err(PlanhatError::Unusable(format!(
+            "Planhat lists more than {} users",
+            MAX_USER_PAGES * USERS_PAGE
+        )))
     }
 
     /// One authenticated call that proves the token and the host work (for `check` and to warm

@@ -43,28 +43,17 @@ impl PortalService {
             });
         };
         let scoped = self.policy.scoped(asker);
-        let email = match self.directory(asker.platform) {
-            None => None,
-            Some(d) => match d.email(asker).await {
-                Ok(email) => email,
-                Err(why) if scoped => {
-                    tracing::warn!(error = %why, "the asker's email could not be looked up for a search");
-                    return Err(Refusal::OutOfScope(
-                        crate::core::ownership::ScopeDenied::LookupFailed,
-                    ));
-                }
-                Err(_) => None,
-            },
+        // Under the scope the email must be one the bot goes by (a refusal says why); unscoped
+        // it only puts the asker's companies first, so any trouble just leaves them unknown.
+        let email = match self.asker_email(asker).await {
+            Ok(email) => Some(email),
+            Err(refusal) if scoped => return Err(refusal),
+            Err(_) => None,
         };
         let companies = email
             .as_deref()
             .map(|e| search.companies_of(e))
             .unwrap_or_default();
-        if scoped && email.is_none() {
-            return Err(Refusal::OutOfScope(
-                crate::core::ownership::ScopeDenied::no_email(asker.platform),
-            ));
-        }
         Ok(Mine {
             companies,
             only: scoped,

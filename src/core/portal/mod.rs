@@ -27,7 +27,7 @@ use super::enduser::{BadEndUser, EndUserId, Target};
 use super::metrics::Metrics;
 use super::names::NameCache;
 use super::onetime::GoIds;
-use super::ownership::{Ownership, ScopeDenied};
+use super::ownership::{MaxAge, Ownership, ScopeDenied};
 use super::planhat::Planhat;
 use super::state::SharedState;
 
@@ -58,6 +58,8 @@ pub struct PortalService {
     names: Arc<NameCache>,
     /// `scope = "owned"`: who owns which company.
     ownership: Ownership,
+    /// How old an ownership answer may be at a `/go/` click (re-read when older).
+    ownership_at_click: Duration,
     /// The transparency channel's outlets (`[notify]`), registered by the chat adapters.
     notifier: super::notify::Notifier,
     /// Each chat platform's directory (emails, current groups), registered at start-up.
@@ -81,10 +83,11 @@ impl PortalService {
         public_url: Option<&url::Url>,
         ids: Arc<GoIds>,
         signed_in_browsers: bool,
+        ownership_age: MaxAge,
     ) -> Self {
         planhat.share_pauses(state.clone());
         let names = Arc::new(NameCache::new(MAX_NAMES, Duration::from_secs(3600)));
-        let ownership = Ownership::new(planhat.clone(), names.clone());
+        let ownership = Ownership::new(planhat.clone(), names.clone(), ownership_age.ttl);
         PortalService {
             planhat,
             policy,
@@ -98,6 +101,7 @@ impl PortalService {
             signed_in_browsers,
             search: None,
             ownership,
+            ownership_at_click: ownership_age.at_click,
             names,
             directories: Default::default(),
             notifier: Default::default(),
@@ -136,7 +140,7 @@ impl PortalService {
         let (kind, who) = match reply {
             Reply::Link(l) if action == Action::Go => (NoticeKind::Opened, l.who.as_ref()),
             Reply::Link(l) => (NoticeKind::Link, l.who.as_ref()),
-            Reply::Refused(Refusal::OutOfScope(ScopeDenied::NotYours(_))) => {
+            Reply::Refused(Refusal::OutOfScope(ScopeDenied::NotYours | ScopeDenied::NoneYours)) => {
                 (NoticeKind::RefusedScope, None)
             }
             _ => return,

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{Action, PortalLink, PortalService, Refusal, Reply, MAX_CHOICES};
 use crate::core::asker::{Asker, Platform};
+use crate::core::directory::NoEmail;
 use crate::core::enduser::EndUserId;
 use crate::core::ownership::{OwnershipError, ScopeDenied};
 use crate::core::planhat::{EndUserSummary, PlanhatError};
@@ -13,9 +14,13 @@ use crate::core::secret::Secret;
 
 use super::id_of;
 
+/// Of an email's matches, at most this many are checked for a scoped asker's ownership (each
+/// new company costs a Planhat call); an email rarely matches more than a few end users.
+const MAX_SCOPED_MATCHES: usize = 20;
+
 impl PortalService {
     /// An email's end user: the reply, and the id it resolved to (for the audit trail) when it
-    /// matched exactly one.
+    /// matched exactly one. A scoped asker sees only the matches at their own companies.
     pub(super) async fn by_email(
         &self,
         asker: &Asker,
@@ -26,6 +31,13 @@ impl PortalService {
             Ok(m) => m,
             Err(e) => return (None, self.upstream(e)),
         };
+        // A scoped asker is shown only the matches at their own companies.
+        if !matches.is_empty() && self.policy.scoped(asker) {
+            matches = match self.own_matches(asker, matches).await {
+                Ok(own) => own,
+                Err(refusal) => return (None, Reply::Refused(refusal)),
+            };
+        }
         match matches.len() {
             0 => (None, Reply::Refused(Refusal::NotFound)),
             1 => {
@@ -54,6 +66,50 @@ impl PortalService {
         }
     }
 
+    /// `scope = "owned"`: of an email's matches (the first [`MAX_SCOPED_MATCHES`]), those at the
+    /// asker's own companies. When none is, a refusal that says nothing of whom the email
+    /// matched: that none is at one of theirs, or, for a single match, why that can't be told
+    /// (no company, no owner; a lookup failing).
+    async fn own_matches(
+        &self,
+        asker: &Asker,
+        matches: Vec<EndUserSummary>,
+    ) -> Result<Vec<EndUserSummary>, Refusal> {
+        let email = self.asker_email(asker).await?;
+        let verdicts = futures_util::future::join_all(
+            matches.into_iter().take(MAX_SCOPED_MATCHES).map(|m| async {
+                let verdict = match id_of(&m.id) {
+                    Some(id) => {
+                        self.ownership
+                            .check(&email, &id, Some(&m), Duration::MAX)
+                            .await
+                    }
+                    None => Err(OwnershipError::NotFound),
+                };
+                (m, verdict)
+            }),
+        )
+        .await;
+        let single = verdicts.len() == 1;
+        let mut failed = false;
+        let mut why = ScopeDenied::NoneYours;
+        let mut own = Vec::new();
+        for (m, verdict) in verdicts {
+            match verdict {
+                Ok(_) => own.push(m),
+                Err(OwnershipError::Denied(ScopeDenied::LookupFailed)) => failed = true,
+                Err(OwnershipError::Denied(ScopeDenied::NotYours)) => {}
+                Err(OwnershipError::Denied(d)) if single => why = d,
+                Err(_) => {}
+            }
+        }
+        match (own.is_empty(), failed) {
+            (false, _) => Ok(own),
+            (true, true) => Err(Refusal::OutOfScope(ScopeDenied::LookupFailed)),
+            (true, false) => Err(Refusal::OutOfScope(why)),
+        }
+    }
+
     /// The Planhat round: access check and mint at once; a URL is kept only on "yes".
     pub(super) async fn run(
         &self,
@@ -64,7 +120,7 @@ impl PortalService {
     ) -> Reply {
         if action.mints() && action != Action::Go && self.public_url.is_some() {
             let (access, scope) = self
-                .beside_scope(asker, &id, who, self.planhat.check_access(&id))
+                .beside_scope(asker, &id, who, action, self.planhat.check_access(&id))
                 .await;
             return match (access, scope) {
                 (Err(e), _) => self.upstream(e),
@@ -76,13 +132,13 @@ impl PortalService {
                     None if self.signed_in_browsers => Reply::Refused(Refusal::NoOneTimeLink),
                     // The store is full or unreachable: fall back to a link minted now (the
                     // scope was checked a moment ago).
-                    None => self.mint_now(asker, id, who, false).await,
+                    None => self.mint_now(asker, id, who, action, false).await,
                 },
             };
         }
         if !action.mints() {
             let (access, scope) = self
-                .beside_scope(asker, &id, who, self.planhat.check_access(&id))
+                .beside_scope(asker, &id, who, action, self.planhat.check_access(&id))
                 .await;
             let (who, scope) = match scope {
                 Ok(who) => (who, None),
@@ -100,7 +156,7 @@ impl PortalService {
                 Err(e) => self.upstream(e),
             };
         }
-        self.mint_now(asker, id, who, true).await
+        self.mint_now(asker, id, who, action, true).await
     }
 
     /// Runs `work` (the Planhat round) beside the scope check when the asker is scoped, else
@@ -111,12 +167,13 @@ impl PortalService {
         asker: &Asker,
         id: &EndUserId,
         who: Option<EndUserSummary>,
+        action: Action,
         work: impl std::future::Future<Output = T>,
     ) -> (T, Result<Option<EndUserSummary>, Refusal>) {
         if !self.policy.scoped(asker) {
             return self.beside_name(id, who, work).await;
         }
-        tokio::join!(work, self.scope_check(asker, id, who))
+        tokio::join!(work, self.scope_check(asker, id, who, action))
     }
 
     /// Runs `work` beside the name lookup (which it never waits for long).
@@ -132,31 +189,46 @@ impl PortalService {
     }
 
     /// `scope = "owned"`: the asker's email (from their chat platform) against the owners of
-    /// the end user's company. Fails closed with the reason.
+    /// the end user's company. Fails closed with the reason. At a `/go/` click (the moment a
+    /// portal opens) cached ownership older than a minute is read again, so someone removed as
+    /// owner doesn't keep opening portals from links issued before.
     async fn scope_check(
         &self,
         asker: &Asker,
         id: &EndUserId,
         who: Option<EndUserSummary>,
+        action: Action,
     ) -> Result<Option<EndUserSummary>, Refusal> {
-        let email = match self.directory(asker.platform) {
-            None => None,
-            Some(d) => match d.email(asker).await {
-                Ok(email) => email,
-                Err(why) => {
-                    tracing::warn!(platform = asker.platform.name(), error = %why, "the asker's email could not be looked up");
-                    return Err(Refusal::OutOfScope(ScopeDenied::LookupFailed));
-                }
-            },
+        let email = self.asker_email(asker).await?;
+        let max_age = if action == Action::Go {
+            self.ownership_at_click
+        } else {
+            Duration::MAX
         };
-        let Some(email) = email else {
-            return Err(Refusal::OutOfScope(ScopeDenied::no_email(asker.platform)));
-        };
-        match self.ownership.check(&email, id, who.as_ref()).await {
+        match self
+            .ownership
+            .check(&email, id, who.as_ref(), max_age)
+            .await
+        {
             Ok(summary) => Ok(Some(summary)),
             Err(OwnershipError::NotFound) => Err(Refusal::NotFound),
             Err(OwnershipError::Denied(d)) => Err(Refusal::OutOfScope(d)),
         }
+    }
+
+    /// The asker's email, from their chat platform's directory; a refusal that says why when
+    /// there is none the bot can go by.
+    pub(super) async fn asker_email(&self, asker: &Asker) -> Result<String, Refusal> {
+        let Some(directory) = self.directory(asker.platform) else {
+            return Err(Refusal::OutOfScope(ScopeDenied::no_email(asker.platform)));
+        };
+        directory.email(asker).await.map_err(|why| {
+            match &why {
+                NoEmail::Unavailable(_) => tracing::warn!(platform = asker.platform.name(), error = %why, "the asker's email could not be looked up"),
+                _ => tracing::info!(platform = asker.platform.name(), asker = %asker.user_id, why = %why, "the asker's email is not one the bot goes by"),
+            }
+            Refusal::OutOfScope(ScopeDenied::untrusted(asker.platform, &why))
+        })
     }
 
     /// Looks the end user's name up beside the other calls; never waits for it afterwards.
@@ -194,12 +266,13 @@ impl PortalService {
         asker: &Asker,
         id: EndUserId,
         who: Option<EndUserSummary>,
+        action: Action,
         check_scope: bool,
     ) -> Reply {
         let before_mint = SystemTime::now();
         let round = async { tokio::join!(self.planhat.check_access(&id), self.planhat.mint(&id)) };
         let ((access, minted), scope) = if check_scope {
-            self.beside_scope(asker, &id, who, round).await
+            self.beside_scope(asker, &id, who, action, round).await
         } else {
             self.beside_name(&id, who, round).await
         };
