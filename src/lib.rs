@@ -63,6 +63,8 @@ pub struct App {
     pub portal: Arc<PortalService>,
     /// `/go/` clicks: the browser hop that finishes a request.
     pub clicks: Arc<Clicks>,
+    /// `[approvals]`: asking the owner, break-glass.
+    pub approvals: Option<Arc<crate::core::approvals::Approvals>>,
     /// Seals what the adapters keep in shared state (Discord's scheduled edits).
     pub sealer: Arc<Sealer>,
     pub metrics: Arc<Metrics>,
@@ -124,8 +126,17 @@ impl App {
                     at_click: config.access.ownership_at_click,
                 },
             )
-            .with_search(search),
+            .with_search(search)
+            .with_approvals(config.approvals.clone(), sealer.clone()),
         );
+        let approvals = config.approvals.clone().map(|a| {
+            Arc::new(crate::core::approvals::Approvals::new(
+                portal.clone(),
+                a,
+                state.clone(),
+                sealer.clone(),
+            ))
+        });
         let clicks = Arc::new(Clicks::new(
             portal.clone(),
             ids,
@@ -137,6 +148,7 @@ impl App {
             config,
             portal,
             clicks,
+            approvals,
             sealer,
             metrics,
             audit,

@@ -104,6 +104,10 @@ fn report(reply: Reply) -> u8 {
             }
             exit::USAGE
         }
+        Reply::AskOwner { .. } => {
+            eprintln!("{}", crate::core::ownership::ScopeDenied::NotYours);
+            exit::USAGE
+        }
         Reply::Refused(r) => {
             match &r {
                 Refusal::BadInput(bad) => eprintln!("portal-bot: not an end-user id: {bad}"),

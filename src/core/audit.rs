@@ -58,6 +58,12 @@ pub struct AuditEvent {
     /// (`slack:U123`, `discord:…`, `oidc:jane@acme.com`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed_in_as: Option<String>,
+    /// The reason given: for a request to the owner, a decision, a break-glass link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who approved (`slack:U123`): for an approval, and for a link opened under one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
 }
 
 impl AuditEvent {
@@ -262,6 +268,7 @@ mod tests {
             client: None,
             user_agent: None,
             signed_in_as: None,
+            ..AuditEvent::default()
         }
     }
 

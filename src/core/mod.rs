@@ -3,6 +3,7 @@
 //! command text, call [`portal::PortalService`], and render the [`portal::Reply`].
 
 pub mod access;
+pub mod approvals;
 pub mod asker;
 pub mod audit;
 pub mod click;

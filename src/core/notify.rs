@@ -21,6 +21,8 @@ pub enum NoticeKind {
     Opened,
     /// A request was refused because the end user's company is not the asker's.
     RefusedScope,
+    /// A link handed out to someone on call for a company not theirs (break-glass).
+    BreakGlass,
 }
 
 /// One line for the transparency channel.
@@ -50,6 +52,9 @@ impl Notice {
         match self.kind {
             NoticeKind::Link => format!("got a portal link to sign in as {whom}{company}"),
             NoticeKind::Opened => format!("opened the portal as {whom}{company}"),
+            NoticeKind::BreakGlass => {
+                format!("got a portal link to sign in as {whom}{company} with on-call break-glass (not one of their companies; the owner is told)")
+            }
             NoticeKind::RefusedScope => {
                 format!("was refused a portal link for {whom}{company}: not one of their companies")
             }

@@ -99,6 +99,17 @@ impl From<ScopeDenied> for OwnershipError {
     }
 }
 
+/// An end user's company as the ownership chain found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedCompany {
+    pub end_user: EndUserSummary,
+    pub company_id: String,
+    /// The company's name, when Planhat gave one.
+    pub name: Option<String>,
+    /// Its owner's and co-owner's emails, lowercased (at least one).
+    pub owner_emails: Vec<String>,
+}
+
 /// Planhat user id → email, and when it was fetched.
 struct Users {
     emails: HashMap<String, String>,
@@ -153,6 +164,24 @@ impl Ownership {
         known: Option<&EndUserSummary>,
         max_age: Duration,
     ) -> Result<EndUserSummary, OwnershipError> {
+        let company = self.company(end_user, known, max_age).await?;
+        let email = email.trim().to_ascii_lowercase();
+        if company.owner_emails.contains(&email) {
+            Ok(company.end_user)
+        } else {
+            Err(ScopeDenied::NotYours.into())
+        }
+    }
+
+    /// The end user's company and its owners' emails (what [`Self::check`] compares with):
+    /// also whom an approval request goes to. A company with owners none of whose emails are
+    /// known is a refusal, never an empty list.
+    pub async fn company(
+        &self,
+        end_user: &EndUserId,
+        known: Option<&EndUserSummary>,
+        max_age: Duration,
+    ) -> Result<OwnedCompany, OwnershipError> {
         let max_age = max_age.min(self.ttl);
         let summary = self.end_user(end_user, known, max_age).await?;
         let company_id = summary
@@ -163,22 +192,27 @@ impl Ownership {
         if company.owners.is_empty() {
             return Err(ScopeDenied::NoOwner.into());
         }
-        let email = email.trim().to_ascii_lowercase();
         let mut emails = self.owner_emails(&company.owners).await;
         if emails.len() < company.owners.len() && self.users_older_than(USERS_MIN_AGE).await {
             // An owner the list doesn't know yet (a new colleague): refresh once, then decide.
             self.refresh_users().await;
             emails = self.owner_emails(&company.owners).await;
         }
-        if emails.contains(&email) {
-            Ok(summary)
-        } else if emails.is_empty() && self.users.read().await.failed {
-            Err(ScopeDenied::LookupFailed.into())
+        if emails.is_empty() && self.users.read().await.failed {
+            return Err(ScopeDenied::LookupFailed.into());
         } else if emails.is_empty() {
-            Err(ScopeDenied::NoOwnerEmail.into())
-        } else {
-            Err(ScopeDenied::NotYours.into())
+            return Err(ScopeDenied::NoOwnerEmail.into());
         }
+        let name = summary.company.clone().or_else(|| company.name.clone());
+        Ok(OwnedCompany {
+            end_user: summary,
+            company_id,
+            name,
+            owner_emails: emails
+                .into_iter()
+                .map(|e| e.trim().to_ascii_lowercase())
+                .collect(),
+        })
     }
 
     async fn end_user(

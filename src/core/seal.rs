@@ -22,6 +22,8 @@ pub enum Purpose {
     Go,
     /// A scheduled Discord expiry edit.
     DiscordEdit,
+    /// An approval request, a decision or a grant (`core::approvals`).
+    Approval,
 }
 
 impl Purpose {
@@ -29,6 +31,7 @@ impl Purpose {
         match self {
             Purpose::Go => b"portal-bot go record v1",
             Purpose::DiscordEdit => b"portal-bot discord edit v1",
+            Purpose::Approval => b"portal-bot approval v1",
         }
     }
 }
@@ -43,6 +46,7 @@ pub struct Forged;
 pub struct Sealer {
     go: [u8; 32],
     discord: [u8; 32],
+    approval: [u8; 32],
     names: [u8; 32],
 }
 
@@ -73,6 +77,7 @@ impl Sealer {
         Sealer {
             go: derive(root, Purpose::Go.label()),
             discord: derive(root, Purpose::DiscordEdit.label()),
+            approval: derive(root, Purpose::Approval.label()),
             names: derive(root, b"portal-bot names v1"),
         }
     }
@@ -89,6 +94,7 @@ impl Sealer {
         match purpose {
             Purpose::Go => &self.go,
             Purpose::DiscordEdit => &self.discord,
+            Purpose::Approval => &self.approval,
         }
     }
 

@@ -148,6 +148,22 @@ pub trait SharedState: Send + Sync {
     /// periodically, so jobs another replica scheduled are never missed).
     async fn next_due(&self) -> Option<SystemTime>;
 
+    /// Stores `value` under `key` for `ttl`, replacing what was there (approval requests,
+    /// decisions and grants: [`crate::core::approvals`] seals what it stores).
+    async fn put_record(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StateError>;
+
+    /// Stores `value` under `key` for `ttl` only if nothing is there: true when this call
+    /// stored it (of two replicas racing, exactly one gets true).
+    async fn put_record_once(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError>;
+
+    /// The value under `key`, while its time lasts.
+    async fn get_record(&self, key: &str) -> Result<Option<String>, StateError>;
+
     /// Adds `calls` (Planhat calls this replica made since its last report) to the cluster's
     /// count, and answers the cluster's calls in the last minute. `None`: there is no cluster
     /// (in memory) or the store can't answer; each replica then counts its own.

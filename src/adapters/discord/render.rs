@@ -10,6 +10,7 @@ use serenity::all::{
 };
 
 use crate::core::command::USAGE;
+use crate::core::ownership::ScopeDenied;
 use crate::core::planhat::EndUserSummary;
 use crate::core::portal::{access_line, choose_line, Reply};
 
@@ -168,6 +169,8 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
             }
         }
         Reply::Refused(r) => text(r.to_string()),
+        // Asking the owner from Discord is not built yet: the refusal says whom to ask.
+        Reply::AskOwner { .. } => text(ScopeDenied::NotYours.to_string()),
     }
 }
 

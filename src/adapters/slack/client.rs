@@ -198,6 +198,89 @@ impl SlackApi {
         }
     }
 
+    /// `POST {api_url}/{method}` with the bot token and a JSON body; Slack's answer as JSON.
+    async fn post<RQ: serde::Serialize + Send + Sync>(
+        &self,
+        method: &'static str,
+        request: &RQ,
+    ) -> Result<serde_json::Value, CallError> {
+        let session = self.client.open_session(&self.bot_token);
+        let call = session
+            .http_session_api
+            .http_post::<RQ, serde_json::Value>(method, request, None);
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(CallError::of(method, &e)),
+            Err(_) => Err(CallError::timeout(method)),
+        }
+    }
+
+    /// Opens a modal for the person whose click carried `trigger_id` (`views.open`; the
+    /// trigger lives 3 seconds).
+    pub async fn open_view(&self, trigger_id: &str, view: SlackView) -> Result<(), CallError> {
+        let request = SlackApiViewsOpenRequest::new(trigger_id.to_string().into(), view);
+        self.post("views.open", &request).await.map(|_| ())
+    }
+
+    /// The Slack user with this email, if the workspace has one (`users.lookupByEmail`).
+    pub async fn user_id_by_email(&self, email: &str) -> Result<Option<String>, CallError> {
+        match self.user_by_email(email).await {
+            Ok(answer) => Ok(answer
+                .pointer("/user/id")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)),
+            Err(CallError::Slack { code, .. }) if code == "users_not_found" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The direct-message channel with `user` (`conversations.open`).
+    pub async fn open_dm(&self, user: &str) -> Result<String, CallError> {
+        let request = SlackApiConversationsOpenRequest::new().with_users(vec![user.into()]);
+        let answer = self.post("conversations.open", &request).await?;
+        answer
+            .pointer("/channel/id")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+            .ok_or(CallError::Failed {
+                method: "conversations.open",
+                detail: "the answer names no channel".into(),
+            })
+    }
+
+    /// Posts `content` to `channel` and answers the message's `ts` (to update it later).
+    pub async fn post_for_update(
+        &self,
+        channel: &str,
+        content: SlackMessageContent,
+    ) -> Result<String, CallError> {
+        let request = SlackApiChatPostMessageRequest::new(channel.to_string().into(), content);
+        let answer = self.post("chat.postMessage", &request).await?;
+        answer
+            .get("ts")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+            .ok_or(CallError::Failed {
+                method: "chat.postMessage",
+                detail: "the answer names no ts".into(),
+            })
+    }
+
+    /// Replaces the message `ts` in `channel` (`chat.update`).
+    pub async fn update(
+        &self,
+        channel: &str,
+        ts: &str,
+        content: SlackMessageContent,
+    ) -> Result<(), CallError> {
+        let request = SlackApiChatUpdateRequest::new(
+            channel.to_string().into(),
+            content,
+            ts.to_string().into(),
+        );
+        self.post("chat.update", &request).await.map(|_| ())
+    }
+
     /// Whose token this is: the bot's workspace (`auth.test`).
     pub async fn workspace(&self) -> Result<Workspace, CallError> {
         let answer = self.get("auth.test", &[]).await?;

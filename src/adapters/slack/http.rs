@@ -121,10 +121,10 @@ async fn interactions(
         return refused.into_response();
     }
     match parse_interaction(&body) {
-        Some(Ok(ev)) => {
-            state.slack.interaction(ev);
-            StatusCode::OK.into_response()
-        }
+        Some(Ok(ev)) => match state.slack.interaction(ev) {
+            Some(answer) => Json(answer).into_response(),
+            None => StatusCode::OK.into_response(),
+        },
         Some(Err(e)) => {
             // Unknown interaction kinds are acknowledged, not errors for Slack to retry.
             tracing::info!(error = %e, "ignored a Slack interaction the bot does not handle");

@@ -4,6 +4,7 @@
 //! [`Asker`], hands the text to the core, and renders the [`Reply`]. Both transports share
 //! [`SlackState::command`] and [`SlackState::interaction`], so they behave identically.
 
+mod approvals;
 mod client;
 mod directory;
 mod groups;
@@ -83,10 +84,14 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         return Ok(None);
     };
     let api = Arc::new(SlackApi::new(config.api_url.as_str(), &config.bot_token));
-    let groups = Arc::new(GroupCache::new(
-        app.portal.policy().slack_usergroups().to_vec(),
-        config.usergroup_ttl,
-    ));
+    // The groups the policy asks about, and those of approvers and on-call (break-glass).
+    let mut wanted = app.portal.policy().slack_usergroups().to_vec();
+    if let Some(approvals) = &app.approvals {
+        wanted.extend(approvals.slack_usergroups());
+    }
+    wanted.sort();
+    wanted.dedup();
+    let groups = Arc::new(GroupCache::new(wanted, config.usergroup_ttl));
     let socket_up = (config.mode == SlackMode::Socket).then(|| app.readiness.check("slack_socket"));
     let state = Arc::new(SlackState {
         app: app.clone(),
@@ -167,7 +172,12 @@ impl SlackState {
             groups: Groups::Known(Vec::new()),
         };
         // Groups decide who may ask and who is an admin (who bypasses the scope).
-        if self.app.portal.policy().uses_groups_on(Platform::Slack) {
+        let approvals_groups = self
+            .app
+            .approvals
+            .as_ref()
+            .is_some_and(|a| !a.slack_usergroups().is_empty());
+        if self.app.portal.policy().uses_groups_on(Platform::Slack) || approvals_groups {
             asker.groups = self.groups.groups_of(user);
         }
         asker
@@ -228,11 +238,14 @@ impl SlackState {
         }
     }
 
-    /// A `block_actions` interaction. Acknowledged at once by the caller; the work (replacing
-    /// the message) happens here, in a tracked task.
-    pub fn interaction(self: &Arc<Self>, ev: SlackInteractionEvent) {
-        let SlackInteractionEvent::BlockActions(ev) = ev else {
-            return;
+    /// An interaction: a button (`block_actions`) or a submitted form (`view_submission`).
+    /// Answered at once by the caller with what this returns (`None`: an empty 200; a form's
+    /// errors otherwise); the work happens in a tracked task.
+    pub fn interaction(self: &Arc<Self>, ev: SlackInteractionEvent) -> Option<serde_json::Value> {
+        let ev = match ev {
+            SlackInteractionEvent::BlockActions(ev) => ev,
+            SlackInteractionEvent::ViewSubmission(ev) => return self.submitted(ev),
+            _ => return None,
         };
         let me = self.clone();
         self.app.tasks.spawn(async move {
@@ -242,6 +255,7 @@ impl SlackState {
                 Box::pin(me.block_actions(ev)).await;
             }
         });
+        None
     }
 
     async fn block_actions(self: &Arc<Self>, ev: SlackInteractionBlockActionsEvent) {
@@ -271,18 +285,51 @@ impl SlackState {
             .map(|s| (s * 1000.0) as u64)
             .filter(|ms| ms.abs_diff(now) < 300_000)
             .unwrap_or(now);
-        self.button(asker, &action_id, &value, response_url, clicked_ms)
-            .await;
+        let trigger_id = ev.trigger_id.0.clone();
+        self.button(
+            asker,
+            &action_id,
+            &value,
+            response_url,
+            clicked_ms,
+            &trigger_id,
+        )
+        .await;
     }
 
     async fn button(
-        &self,
+        self: &Arc<Self>,
         asker: Asker,
         action_id: &str,
         value: &str,
         response_url: url::Url,
         clicked_ms: u64,
+        trigger_id: &str,
     ) {
+        // A request to the owner's buttons carry its id; whoever may decide is the core's call.
+        if let Some(approvals) = self.app.approvals.clone() {
+            if action_id == render::APPROVE {
+                self.decide(
+                    &approvals,
+                    asker,
+                    value,
+                    crate::core::approvals::Verdict::Approved,
+                    Some(response_url),
+                )
+                .await;
+                return;
+            }
+            if action_id == render::DENY {
+                self.open_form(
+                    approvals::Form::Deny,
+                    trigger_id,
+                    value,
+                    Some(&response_url),
+                )
+                .await;
+                return;
+            }
+        }
         // Button values are `{asker}:{end user}` (Open portal on a `/go/` link: `|{id}` after
         // it): only the person who asked may press them.
         let (value, go) = match value.rsplit_once('|') {
@@ -304,9 +351,24 @@ impl SlackState {
             self.deliver(&response_url, content, true).await;
             return;
         }
+        let form = match action_id {
+            render::ASK_OWNER => Some(approvals::Form::Ask),
+            render::BREAK_GLASS => Some(approvals::Form::BreakGlass),
+            _ => None,
+        };
+        if let Some(form) = form {
+            // Only the person refused may ask (or open anyway) from their refusal.
+            if owner == asker.user_id {
+                self.open_form(form, trigger_id, end_user, Some(&response_url))
+                    .await;
+            }
+            return;
+        }
+        // The button in an approved asker's direct message answers beside it, only to them.
+        let granted = action_id == render::GRANTED_LINK;
         let action = if action_id == render::NEW_LINK {
             Action::NewLink
-        } else if action_id.starts_with(render::PICK) {
+        } else if action_id.starts_with(render::PICK) || granted {
             Action::Link
         } else {
             return;
@@ -328,7 +390,7 @@ impl SlackState {
         self.deliver(
             &response_url,
             render::reply(&reply, &asker.user_id, None),
-            true,
+            !granted,
         )
         .await;
     }

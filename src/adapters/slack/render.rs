@@ -17,6 +17,15 @@ pub const OPEN_PORTAL: &str = "open_portal";
 pub const NEW_LINK: &str = "new_link";
 /// `action_id` prefix of the buttons that pick one of an email's matches.
 pub const PICK: &str = "pick";
+/// "Ask the owner" on a scope refusal: opens the reason form.
+pub const ASK_OWNER: &str = "ask_owner";
+/// "Open anyway (on call)" on a scope refusal: opens the break-glass reason form.
+pub const BREAK_GLASS: &str = "break_glass";
+/// Approve and Deny on a request to the owner (value: the request id).
+pub const APPROVE: &str = "approve";
+pub const DENY: &str = "deny";
+/// The button in the asker's direct message after an approval: mints only when pressed.
+pub const GRANTED_LINK: &str = "granted_link";
 
 /// Escapes text for Slack's mrkdwn (the three characters Slack's docs require).
 pub fn escape(text: &str) -> String {
@@ -46,7 +55,7 @@ pub fn name(text: &str) -> String {
 }
 
 /// Inline code with the input escaped; the id grammar has no backtick, emails neither.
-fn code(text: &str) -> String {
+pub fn code(text: &str) -> String {
     format!("`{}`", escape(&text.replace('`', "'")))
 }
 
@@ -222,6 +231,33 @@ pub fn reply(reply: &Reply, asker: &str, button_url: Option<&url::Url>) -> Slack
                 ])
         }
         Reply::Refused(r) => line(&r.to_string()),
+        Reply::AskOwner {
+            end_user,
+            break_glass,
+        } => {
+            let text = crate::core::ownership::ScopeDenied::NotYours.to_string();
+            let value = format!("{asker}:{end_user}");
+            let mut buttons: Vec<SlackActionBlockElement> =
+                vec![SlackBlockButtonElement::new(pt!("Ask the owner"))
+                    .with_action_id(ASK_OWNER.into())
+                    .with_value(value.clone())
+                    .into()];
+            if *break_glass {
+                buttons.push(
+                    SlackBlockButtonElement::new(pt!("Open anyway (on call)"))
+                        .with_action_id(BREAK_GLASS.into())
+                        .with_value(value)
+                        .with_style(SlackBlockButtonStyle::Danger)
+                        .into(),
+                );
+            }
+            SlackMessageContent::new()
+                .with_text(text.clone())
+                .with_blocks(vec![
+                    SlackSectionBlock::new().with_text(md!(text)).into(),
+                    SlackActionsBlock::new(buttons).into(),
+                ])
+        }
     }
 }
 

@@ -313,9 +313,15 @@ async fn serve(
             "interactive" => {
                 match serde_json::from_value::<SlackInteractionEvent>(envelope.payload) {
                     Ok(ev) => {
-                        // Acknowledged at once; the click's work happens in its own task.
-                        bare_ack(&tx, &id);
-                        state.interaction(ev);
+                        // Acknowledged at once (a form's errors in the ack); the work happens
+                        // in its own task.
+                        match state.interaction(ev) {
+                            Some(answer) if !id.is_empty() => {
+                                let ack = json!({"envelope_id": id, "payload": answer});
+                                let _ = tx.send(Message::text(ack.to_string()));
+                            }
+                            _ => bare_ack(&tx, &id),
+                        }
                     }
                     Err(e) => unreadable(&tx, &id, &e),
                 }

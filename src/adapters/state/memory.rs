@@ -29,6 +29,9 @@ const MAX_DELIVERIES: usize = 100_000;
 const MAX_GO: usize = 100_000;
 /// Scheduled jobs held at once; when full, a new job is refused (the caller logs it).
 const MAX_JOBS: usize = 10_000;
+/// Records (approval requests, decisions, grants) held at once; when full of live ones, a new
+/// one is refused (the asker is told to try again).
+const MAX_RECORDS: usize = 20_000;
 
 /// Keys with a time after which they are forgotten, in insertion order beside the map.
 struct Expiring<K, V> {
@@ -126,6 +129,8 @@ pub struct MemoryState {
     /// `/go/` records by their ids' keyed digests (never the ids).
     go: Mutex<Expiring<String, GoEntry>>,
     jobs: Mutex<Jobs>,
+    /// Records by key, each with its own lifetime.
+    records: Mutex<Expiring<String, String>>,
 }
 
 impl MemoryState {
@@ -137,7 +142,39 @@ impl MemoryState {
             limiter: RateLimiter::new(per_minute),
             go: Mutex::new(Expiring::new(MAX_GO)),
             jobs: Mutex::new(Jobs::default()),
+            records: Mutex::new(Expiring::new(MAX_RECORDS)),
         }
+    }
+
+    /// Stores a record (`once`: only where none is live); true when stored. Lifetimes differ
+    /// between kinds of record, so the front of the order may outlive what is behind it: a
+    /// record past its time is never answered ([`Expiring::live`]) and goes when the front
+    /// reaches it, and the cap bounds what waits.
+    pub(super) fn put_record_now(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        once: bool,
+    ) -> Result<bool, StateError> {
+        let now = Instant::now();
+        let mut records = lock(&self.records);
+        records.purge(now);
+        let key = key.to_string();
+        if once && records.live(&key, now).is_some() {
+            return Ok(false);
+        }
+        if records.full() && records.live(&key, now).is_none() {
+            return Err(StateError::Full);
+        }
+        records.insert(key, now + ttl, value.to_string());
+        Ok(true)
+    }
+
+    /// A live record.
+    pub(super) fn get_record_now(&self, key: &str) -> Option<String> {
+        let now = Instant::now();
+        lock(&self.records).live(&key.to_string(), now).cloned()
     }
 
     /// Synchronous forms (also the Redis store's fallback paths).
@@ -291,6 +328,23 @@ impl SharedState for MemoryState {
         lifetime: Duration,
     ) -> Result<(), StateError> {
         self.issue_now(name, sealed, lifetime)
+    }
+
+    async fn put_record(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StateError> {
+        self.put_record_now(key, value, ttl, false).map(|_| ())
+    }
+
+    async fn put_record_once(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        self.put_record_now(key, value, ttl, true)
+    }
+
+    async fn get_record(&self, key: &str) -> Result<Option<String>, StateError> {
+        Ok(self.get_record_now(key))
     }
 
     async fn look_go(

@@ -25,6 +25,7 @@
 //! | `P pause:planhat` | Planhat said 429 | Retry-After |
 //! | `P go:{digest}` | `/go/` id's record under the id's keyed digest: sealed claim, `exp`, `used`, click, browsers seen | 2 × its lifetime |
 //! | `P planhat-calls:{second}` | Planhat calls the cluster made in that second (the shared budget) | 70 s |
+//! | `P rec:{kind}:{id}` | approval requests, decisions (written once) and grants, sealed | the request's or grant's lifetime |
 //! | `P jobs:due`, `P jobs:data` | scheduled jobs (Discord expiry edits) by due time, and their payloads | 15 min past the last job's due time |
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -533,6 +534,58 @@ impl SharedState for RedisState {
         arm_window: Duration,
     ) -> Result<GoRecord, GoError> {
         self.go_look(name, false, seen, arm_window).await
+    }
+
+    // Records are not written through to memory: a decision taken in one replica's memory
+    // during an outage could be taken again in another's. Unavailable means "try again".
+    async fn put_record(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StateError> {
+        let key = self.key(&["rec:", key]);
+        let mut conn = self.conn.clone();
+        self.call("record_put", async {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .arg("PX")
+                .arg(ms(ttl).max(1))
+                .query_async::<Option<String>>(&mut conn)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn put_record_once(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        let key = self.key(&["rec:", key]);
+        let mut conn = self.conn.clone();
+        self.call("record_put", async {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms(ttl).max(1))
+                .query_async::<Option<String>>(&mut conn)
+                .await
+        })
+        .await
+        .map(|set| set.is_some())
+    }
+
+    async fn get_record(&self, key: &str) -> Result<Option<String>, StateError> {
+        let key = self.key(&["rec:", key]);
+        let mut conn = self.conn.clone();
+        self.call("record_get", async {
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+        })
+        .await
     }
 
     async fn take_go(&self, name: &str) -> Result<GoRecord, GoError> {

@@ -42,6 +42,12 @@ pub struct Recorded {
     pub latency_ms: Option<u64>,
     #[serde(default)]
     pub company: Option<String>,
+    /// The reason given (requests to the owner, decisions, break-glass).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who approved.
+    #[serde(default)]
+    pub approver: Option<String>,
 }
 
 /// A line of the trail that could be read: the event, its time, and the line as stored.

@@ -15,8 +15,10 @@ use url::Url;
 
 use super::secret::Secret;
 
+mod approvals;
 mod sign_in;
 
+pub use self::approvals::ApprovalsConfig;
 pub use self::sign_in::{DiscordProvider, OidcProvider, SignInConfig};
 
 /// A configuration problem, phrased for the operator: one line naming the key.
@@ -66,6 +68,8 @@ pub struct Config {
     pub sign_in: Option<SignInConfig>,
     /// `[search]`: find end users by name; `None`: ids and emails only.
     pub search: Option<SearchConfig>,
+    /// `[approvals]`: askers refused by scope may ask the owner; `None`: a flat refusal.
+    pub approvals: Option<ApprovalsConfig>,
 }
 
 /// `[search]`: the local index of Planhat's end users.
@@ -141,6 +145,8 @@ pub struct PlanhatConfig {
     /// Planhat's soft limit of calls per minute for this token (about 200): optional calls
     /// (name lookups) stop while the last minute's calls near it, so links keep the budget.
     pub calls_per_minute: u32,
+    /// `[planhat.notes] enabled`: a Note on the company's timeline for each portal opened.
+    pub notes: bool,
 }
 
 /// How Slack reaches the bot.
@@ -393,6 +399,14 @@ struct RawConfig {
     notify: RawNotify,
     sign_in: Option<sign_in::RawSignIn>,
     search: Option<RawSearch>,
+    approvals: Option<approvals::RawApprovals>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNotes {
+    #[serde(default)]
+    enabled: bool,
 }
 
 #[derive(Deserialize)]
@@ -522,6 +536,8 @@ struct RawPlanhat {
     link_lifetime: HumanDuration,
     #[serde(default = "default_calls_per_minute")]
     calls_per_minute: i64,
+    #[serde(default)]
+    notes: RawNotes,
 }
 
 impl Default for RawPlanhat {
@@ -535,6 +551,7 @@ impl Default for RawPlanhat {
             max_in_flight: default_max_in_flight(),
             link_lifetime: default_link_lifetime(),
             calls_per_minute: default_calls_per_minute(),
+            notes: RawNotes::default(),
         }
     }
 }
@@ -744,7 +761,7 @@ pub fn parse_rotate(text: &str) -> Result<Rotate, String> {
 
 /// A duration written as a human string: `"5s"`, `"250ms"`, `"1m 30s"`.
 #[derive(Clone, Copy)]
-struct HumanDuration(Duration);
+struct HumanDuration(pub(super) Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -786,7 +803,7 @@ impl<'de> Deserialize<'de> for SecretText {
 
 /// A Discord snowflake, accepted as a string or an integer.
 #[derive(Clone, Copy)]
-struct DiscordId(u64);
+struct DiscordId(pub(super) u64);
 
 impl<'de> Deserialize<'de> for DiscordId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -1088,6 +1105,7 @@ impl RawConfig {
                 self.planhat.calls_per_minute,
                 1_000_000,
             )? as u32,
+            notes: self.planhat.notes.enabled,
         };
 
         let slack = self
@@ -1249,7 +1267,12 @@ impl RawConfig {
                 })
             }
         };
+        let approvals = self
+            .approvals
+            .map(|raw| raw.validate(access.scope))
+            .transpose()?;
         Ok(Config {
+            approvals,
             notify,
             state,
             sign_in,

@@ -62,6 +62,9 @@ pub struct PortalService {
     ownership_at_click: Duration,
     /// The transparency channel's outlets (`[notify]`), registered by the chat adapters.
     notifier: super::notify::Notifier,
+    /// `[approvals]`: a scope refusal offers to ask the owner; grants let askers past scope.
+    approvals: Option<super::config::ApprovalsConfig>,
+    grants: Option<super::approvals::Grants>,
     /// Each chat platform's directory (emails, current groups), registered at start-up.
     directories: std::sync::RwLock<std::collections::HashMap<Platform, Arc<dyn Directory>>>,
 }
@@ -100,6 +103,8 @@ impl PortalService {
             ids,
             signed_in_browsers,
             search: None,
+            approvals: None,
+            grants: None,
             ownership,
             ownership_at_click: ownership_age.at_click,
             names,
@@ -112,6 +117,69 @@ impl PortalService {
     pub fn with_search(mut self, search: Option<Arc<crate::core::search::Search>>) -> Self {
         self.search = search;
         self
+    }
+
+    /// Turns on asking the owner: scope refusals offer it, and grants (kept in the shared state,
+    /// sealed by `sealer`) let askers past scope.
+    pub fn with_approvals(
+        mut self,
+        approvals: Option<super::config::ApprovalsConfig>,
+        sealer: Arc<super::seal::Sealer>,
+    ) -> Self {
+        self.grants = approvals
+            .is_some()
+            .then(|| super::approvals::Grants::new(self.state.clone(), sealer));
+        self.approvals = approvals;
+        self
+    }
+
+    /// How old an ownership answer may be where a portal opens or an approval is decided.
+    pub fn ownership_at_click(&self) -> Duration {
+        self.ownership_at_click
+    }
+
+    /// The asker's email as their platform vouches for it (lowercased), if any.
+    pub async fn asker_email_for(&self, asker: &Asker) -> Option<String> {
+        self.asker_email(asker)
+            .await
+            .ok()
+            .map(|e| e.trim().to_ascii_lowercase())
+    }
+
+    /// Records an audit event of another use case (approvals), logging a failure.
+    pub async fn record(&self, event: AuditEvent) {
+        if let Err(e) = self.audit.record(event).await {
+            tracing::error!(error = %e, "audit event lost");
+        }
+    }
+
+    /// A refusal for someone else's company, where asking the owner is on, becomes the offer
+    /// to ask (and, on call, to open it anyway).
+    fn offer(&self, asker: &Asker, id: &EndUserId, action: Action, reply: Reply) -> Reply {
+        match (&self.approvals, &reply) {
+            (Some(config), Reply::Refused(Refusal::OutOfScope(ScopeDenied::NotYours)))
+                if matches!(action, Action::Link | Action::NewLink) =>
+            {
+                Reply::AskOwner {
+                    end_user: id.clone(),
+                    break_glass: super::approvals::may_break_glass(config, asker),
+                }
+            }
+            _ => reply,
+        }
+    }
+
+    /// The grant a link of `asker`'s was opened under, if any (for its audit event).
+    async fn grant_behind(&self, asker: &Asker, reply: &Reply) -> Option<super::approvals::Grant> {
+        let grants = self.grants.as_ref()?;
+        let Reply::Link(link) = reply else {
+            return None;
+        };
+        if !self.policy.scoped(asker) {
+            return None;
+        }
+        let company = link.who.as_ref()?.company_id.as_deref()?;
+        grants.of(asker, company).await
     }
 
     /// The end-user index, when `[search]` is on.
@@ -135,14 +203,21 @@ impl PortalService {
 
     /// Tells the transparency channel about links handed out, `/go/` clicks and scope
     /// refusals. Never waits; never a URL. Called only when the notifier is listening.
-    fn notify(&self, asker: &Asker, action: Action, reply: &Reply, end_user: Option<&str>) {
+    fn notify(
+        &self,
+        asker: &Asker,
+        action: Action,
+        reply: &Reply,
+        end_user: Option<&str>,
+        break_glass: bool,
+    ) {
         use super::notify::{Notice, NoticeKind};
         let (kind, who) = match reply {
+            Reply::Link(l) if break_glass => (NoticeKind::BreakGlass, l.who.as_ref()),
             Reply::Link(l) if action == Action::Go => (NoticeKind::Opened, l.who.as_ref()),
             Reply::Link(l) => (NoticeKind::Link, l.who.as_ref()),
-            Reply::Refused(Refusal::OutOfScope(ScopeDenied::NotYours | ScopeDenied::NoneYours)) => {
-                (NoticeKind::RefusedScope, None)
-            }
+            Reply::Refused(Refusal::OutOfScope(ScopeDenied::NotYours | ScopeDenied::NoneYours))
+            | Reply::AskOwner { .. } => (NoticeKind::RefusedScope, None),
             _ => return,
         };
         let end_user = who
@@ -254,7 +329,10 @@ impl PortalService {
             (Ok(()), Ok(_)) => match target {
                 Some(Target::EndUser(id)) => match self.find_instead(asker, id.as_str()).await {
                     Some(choices) if action == Action::Link => choices,
-                    _ => self.run(asker, id, None, action).await,
+                    _ => {
+                        let reply = self.run(asker, id.clone(), None, action).await;
+                        self.offer(asker, &id, action, reply)
+                    }
                 },
                 Some(Target::Email(email)) => {
                     let (resolved, reply) = self.by_email(asker, email, action).await;
@@ -274,7 +352,10 @@ impl PortalService {
         let audited = Audited::id(&id);
         let reply = match self.admit(asker, action).await {
             Err(refusal) => Reply::Refused(refusal),
-            Ok(()) => self.run(asker, id, None, action).await,
+            Ok(()) => {
+                let reply = self.run(asker, id.clone(), None, action).await;
+                self.offer(asker, &id, action, reply)
+            }
         };
         self.finish(asker, action, audited, reply, started).await
     }
@@ -320,6 +401,7 @@ impl PortalService {
             client: None,
             user_agent: None,
             signed_in_as: None,
+            ..AuditEvent::default()
         };
         if let Err(e) = self.audit.record(event).await {
             tracing::error!(error = %e, "audit event lost");
@@ -352,6 +434,7 @@ impl PortalService {
             client: None,
             user_agent: None,
             signed_in_as: None,
+            ..AuditEvent::default()
         };
         if let Err(e) = self.audit.record(event).await {
             tracing::error!(error = %e, "audit event lost");
@@ -395,6 +478,7 @@ impl PortalService {
         reply: Reply,
         started: Instant,
     ) -> Reply {
+        let grant = self.grant_behind(asker, &reply).await;
         let took = started.elapsed();
         let outcome = reply.outcome();
         // A notice (and the copy of the end user it needs) only when a channel listens.
@@ -419,6 +503,12 @@ impl PortalService {
             client: audited.client,
             user_agent: audited.user_agent,
             signed_in_as: audited.signed_in_as,
+            reason: grant.as_ref().map(|g| g.reason.clone()),
+            approver: grant.as_ref().map(|g| {
+                g.approver
+                    .clone()
+                    .unwrap_or_else(|| "break_glass".to_string())
+            }),
         };
         let reply = match self.audit.record(event).await {
             Ok(()) => reply,
@@ -433,7 +523,14 @@ impl PortalService {
         };
         let outcome = reply.outcome();
         if listening {
-            self.notify(asker, action, &reply, notice_end_user.as_deref());
+            let break_glass = grant.as_ref().is_some_and(|g| g.break_glass);
+            self.notify(
+                asker,
+                action,
+                &reply,
+                notice_end_user.as_deref(),
+                break_glass,
+            );
         }
         self.metrics.request(asker.platform.name(), outcome, took);
         tracing::info!(

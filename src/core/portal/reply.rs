@@ -89,6 +89,12 @@ pub enum Reply {
     },
     /// One clear line for the asker.
     Refused(Refusal),
+    /// Refused for someone else's company ([`ScopeDenied::NotYours`]) where `[approvals]` is
+    /// on: the asker may ask the owner, and on call (`break_glass`) open it with a reason.
+    AskOwner {
+        end_user: EndUserId,
+        break_glass: bool,
+    },
 }
 
 /// Why no link. `Display` is the line the asker sees (no input is echoed in it).
@@ -231,6 +237,7 @@ impl Reply {
             } => "no_access",
             Reply::Choose { .. } => "choose",
             Reply::Refused(r) => r.kind(),
+            Reply::AskOwner { .. } => "out_of_scope",
         }
     }
 

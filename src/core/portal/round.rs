@@ -212,6 +212,23 @@ impl PortalService {
         {
             Ok(summary) => Ok(Some(summary)),
             Err(OwnershipError::NotFound) => Err(Refusal::NotFound),
+            Err(OwnershipError::Denied(ScopeDenied::NotYours)) => {
+                // Not theirs: an approval (or break-glass) may still let them in. The company
+                // was just looked up, so this reads the caches.
+                let granted = match &self.grants {
+                    Some(grants) => match self.ownership.company(id, who.as_ref(), max_age).await {
+                        Ok(company) => grants
+                            .of(asker, &company.company_id)
+                            .await
+                            .map(|_| company.end_user),
+                        Err(_) => None,
+                    },
+                    None => None,
+                };
+                granted
+                    .map(Some)
+                    .ok_or(Refusal::OutOfScope(ScopeDenied::NotYours))
+            }
             Err(OwnershipError::Denied(d)) => Err(Refusal::OutOfScope(d)),
         }
     }
