@@ -65,6 +65,8 @@ pub struct App {
     pub clicks: Arc<Clicks>,
     /// `[approvals]`: asking the owner, break-glass.
     pub approvals: Option<Arc<crate::core::approvals::Approvals>>,
+    /// `[planhat.notes]`: the Notes queue's outlet, taken by the writer task at start.
+    notes_outlet: std::sync::Mutex<Option<crate::core::notes::Outlet>>,
     /// Seals what the adapters keep in shared state (Discord's scheduled edits).
     pub sealer: Arc<Sealer>,
     pub metrics: Arc<Metrics>,
@@ -108,6 +110,14 @@ impl App {
             .search
             .as_ref()
             .map(|s| Arc::new(crate::core::search::Search::new(s.max_end_users)));
+        // `[planhat.notes]`: the queue's outlet waits here until `start` runs its writer.
+        let (notes, notes_outlet) = match config.planhat.notes {
+            true => {
+                let (notes, outlet) = crate::core::notes::Notes::channel(metrics.clone());
+                (Some(notes), Some(outlet))
+            }
+            false => (None, None),
+        };
         let portal = Arc::new(
             PortalService::new(
                 planhat,
@@ -127,7 +137,8 @@ impl App {
                 },
             )
             .with_search(search)
-            .with_approvals(config.approvals.clone(), sealer.clone()),
+            .with_approvals(config.approvals.clone(), sealer.clone())
+            .with_notes(notes),
         );
         let approvals = config.approvals.clone().map(|a| {
             Arc::new(crate::core::approvals::Approvals::new(
@@ -149,6 +160,7 @@ impl App {
             portal,
             clicks,
             approvals,
+            notes_outlet: std::sync::Mutex::new(notes_outlet),
             sealer,
             metrics,
             audit,
@@ -200,6 +212,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     if app.config.state.redis_url.is_some() {
         background.push(tokio::spawn(share_budget(app.clone(), app.shutdown())));
+    }
+    let outlet = app
+        .notes_outlet
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(outlet) = outlet {
+        background.push(tokio::spawn(crate::core::notes::run(
+            outlet,
+            app.portal.planhat().clone(),
+            app.metrics.clone(),
+            app.shutdown(),
+        )));
     }
     if app.portal.search().is_some() {
         background.push(tokio::spawn(refresh_search(app.clone(), app.shutdown())));

@@ -53,6 +53,11 @@ async fn planhat() -> MockServer {
             .mount(&p)
             .await;
     }
+    Mock::given(method("PUT"))
+        .and(path("/conversations"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"created": 1})))
+        .mount(&p)
+        .await;
     Mock::given(method("GET"))
         .and(path("/users"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!([
@@ -315,7 +320,13 @@ const REASON: &str = "Escalation 4411: their admin can't see invoices";
 #[tokio::test(flavor = "multi_thread")]
 async fn ask_the_owner_approve_and_open_that_companys_end_users_without_asking_again() {
     let (planhat, slack) = (planhat().await, slack_api().await);
-    let b = bot(&planhat, &slack, "approve", "").await;
+    let b = bot(
+        &planhat,
+        &slack,
+        "approve",
+        "[planhat.notes]\nenabled = true\n",
+    )
+    .await;
 
     // Refused for someone else's company, with the way to ask; no link.
     let answer = b.ask("U1", "e-other").await;

@@ -133,6 +133,7 @@ pub struct Metrics {
     notices_failed: Family<ReasonLabels, Counter>,
     lookups_skipped: Counter,
     forged: Family<WhatLabels, Counter>,
+    notes: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -250,6 +251,12 @@ impl Metrics {
             "Webhook requests refused (401) for a missing, wrong or stale signature",
             unsigned.clone(),
         );
+        let notes = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "planhat_notes",
+            "Notes on Planhat company timelines, by outcome (written, retried, failed: given up after retries, dropped: queue full, no_company)",
+            notes.clone(),
+        );
         let notices_failed = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "notices_failed",
@@ -263,6 +270,7 @@ impl Metrics {
         );
         Metrics {
             notices_failed,
+            notes,
             state,
             registry: Mutex::new(registry),
             unsigned,
@@ -375,6 +383,11 @@ impl Metrics {
     /// Counts a record in shared state whose seal did not verify (`what`: `go`, `discord_edit`).
     pub fn forged_record(&self, what: &'static str) {
         self.forged.get_or_create(&WhatLabels { what }).inc();
+    }
+
+    /// Counts Notes by outcome (`written`, `retried`, `failed`, `dropped`, `no_company`).
+    pub fn note(&self, reason: &'static str, n: u64) {
+        self.notes.get_or_create(&ReasonLabels { reason }).inc_by(n);
     }
 
     /// Counts a transparency-channel line that was not posted.

@@ -13,6 +13,7 @@ pub mod directory;
 pub mod enduser;
 pub mod metrics;
 pub mod names;
+pub mod notes;
 pub mod notify;
 pub mod onetime;
 pub mod ownership;

@@ -87,6 +87,8 @@ enum Call {
     Lookup,
     /// A page of a list, for the search index.
     Index,
+    /// Notes on companies' timelines (`[planhat.notes]`).
+    Notes,
 }
 
 impl Call {
@@ -96,8 +98,22 @@ impl Call {
             Call::Mint => "mint",
             Call::Lookup => "lookup",
             Call::Index => "index",
+            Call::Notes => "notes",
         }
     }
+}
+
+/// One Note on a company's timeline, as Planhat's `/conversations` takes it. Built by
+/// `core::notes`, which never puts a URL in one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NoteBody {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(rename = "companyId")]
+    pub company_id: String,
+    pub subject: String,
+    pub description: String,
+    pub endusers: Vec<String>,
 }
 
 /// A shared handle to Planhat. Cheap to clone.
@@ -286,6 +302,27 @@ impl Planhat {
         )))
     }
 
+    /// Writes Notes on companies' timelines in one bulk call (`PUT /conversations`, an array of
+    /// up to 5,000). Under the same limits as every call (429 pause, `max_in_flight`, the
+    /// timeout); never retried here: the Notes writer decides when to try again.
+    pub async fn put_notes(&self, notes: &[NoteBody]) -> Result<(), PlanhatError> {
+        let started = Instant::now();
+        let url = self.url("/conversations");
+        let send = self.send_unbounded(|| self.inner.http.put(url.clone()).json(notes), 64 * 1024);
+        let result = match tokio::time::timeout(self.inner.timeout, send).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(PlanhatError::TooSlow(self.inner.timeout)),
+        };
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.inner
+            .metrics
+            .planhat_call(Call::Notes.name(), label, started.elapsed());
+        result
+    }
+
     /// One authenticated call that proves the token and the host work (for `check` and to warm
     /// the connection pool at start-up, so the first user doesn't pay DNS + TCP + TLS).
     pub async fn probe(&self) -> Result<(), PlanhatError> {
@@ -371,6 +408,16 @@ impl Planhat {
         url: &reqwest::Url,
         cap: usize,
     ) -> Result<bytes_body::Body, PlanhatError> {
+        self.send_unbounded(|| self.inner.http.get(url.clone()), cap)
+            .await
+    }
+
+    /// One request (`request` builds it) under the shared limits, its answer read up to `cap`.
+    async fn send_unbounded(
+        &self,
+        request: impl FnOnce() -> reqwest::RequestBuilder,
+        cap: usize,
+    ) -> Result<bytes_body::Body, PlanhatError> {
         self.refuse_if_paused()?;
         let permit = self
             .inner
@@ -384,7 +431,7 @@ impl Planhat {
         self.inner.calls.record();
         self.inner.metrics.planhat_in_flight(1);
         let _gauge = InFlight(&self.inner.metrics);
-        let response = Placed::new(self.inner.http.get(url.clone()).send(), permit)
+        let response = Placed::new(request().send(), permit)
             .await
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();

@@ -65,6 +65,8 @@ pub struct PortalService {
     /// `[approvals]`: a scope refusal offers to ask the owner; grants let askers past scope.
     approvals: Option<super::config::ApprovalsConfig>,
     grants: Option<super::approvals::Grants>,
+    /// `[planhat.notes]`: a Note on the company's timeline per portal opened.
+    notes: Option<super::notes::Notes>,
     /// Each chat platform's directory (emails, current groups), registered at start-up.
     directories: std::sync::RwLock<std::collections::HashMap<Platform, Arc<dyn Directory>>>,
 }
@@ -105,6 +107,7 @@ impl PortalService {
             search: None,
             approvals: None,
             grants: None,
+            notes: None,
             ownership,
             ownership_at_click: ownership_age.at_click,
             names,
@@ -131,6 +134,40 @@ impl PortalService {
             .then(|| super::approvals::Grants::new(self.state.clone(), sealer));
         self.approvals = approvals;
         self
+    }
+
+    /// Turns on Notes on Planhat's company timelines (the writer runs apart, see
+    /// [`super::notes::run`]).
+    pub fn with_notes(mut self, notes: Option<super::notes::Notes>) -> Self {
+        self.notes = notes;
+        self
+    }
+
+    /// A portal actually opened (a link minted now, or a `/go/` click): its Note, queued.
+    fn note_opened(
+        &self,
+        asker: &Asker,
+        action: Action,
+        reply: &Reply,
+        grant: Option<&super::approvals::Grant>,
+    ) {
+        let (Some(notes), Reply::Link(link)) = (&self.notes, reply) else {
+            return;
+        };
+        if link.at_click && action != Action::Go {
+            return; // a `/go/` link handed out: nothing is open until it is clicked
+        }
+        let who = link.who.as_ref();
+        notes.write(super::notes::note(&super::notes::Opened {
+            asker,
+            end_user: link.end_user.as_str(),
+            end_user_name: who.and_then(|w| w.name.as_deref()),
+            company_id: who.and_then(|w| w.company_id.as_deref()),
+            action: if action == Action::Go { "go" } else { "link" },
+            reason: grant.map(|g| g.reason.as_str()),
+            approver: grant.and_then(|g| g.approver.as_deref()),
+            break_glass: grant.is_some_and(|g| g.break_glass),
+        }));
     }
 
     /// How old an ownership answer may be where a portal opens or an approval is decided.
@@ -522,6 +559,7 @@ impl PortalService {
             }
         };
         let outcome = reply.outcome();
+        self.note_opened(asker, action, &reply, grant.as_ref());
         if listening {
             let break_glass = grant.as_ref().is_some_and(|g| g.break_glass);
             self.notify(
