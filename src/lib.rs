@@ -146,6 +146,7 @@ impl App {
                 a,
                 state.clone(),
                 sealer.clone(),
+                shutdown.subscribe(),
             ))
         });
         let clicks = Arc::new(Clicks::new(

@@ -118,6 +118,29 @@ pub struct Grant {
     pub break_glass: bool,
 }
 
+/// A chat platform's side of asking the owner, registered by its adapter
+/// ([`Approvals::register_chat`]): the core decides, the chats carry the messages. A request
+/// goes to the owners on every platform where the bot can find them by email.
+#[async_trait::async_trait]
+pub trait ApprovalChat: Send + Sync {
+    /// Sends `request` to its owners (by email, skipping the asker) and this platform's
+    /// approvers' channel; where it was posted.
+    async fn post_request(&self, request: &Request) -> Vec<Posted>;
+    /// Updates this platform's copies of a decided request, and tells its asker when they are
+    /// on this platform.
+    async fn announce(&self, decided: &Decided);
+    /// Tells these owners (emails) that `asker` opened `end_user`'s portal (of `company`) on
+    /// call, for `reason`.
+    async fn tell_owners(
+        &self,
+        owners: &[String],
+        asker: &Asker,
+        end_user: &str,
+        company: &str,
+        reason: &str,
+    );
+}
+
 /// A request made: the adapters send it to these owners (and the approvers' channel).
 #[derive(Debug, Clone)]
 pub struct Requested {
@@ -131,12 +154,10 @@ pub struct Decided {
     pub decision: Decision,
 }
 
-/// A break-glass link handed out: the reply for the asker, and the owners to tell.
+/// A break-glass request answered: the reply for the asker (the owners were told).
 #[derive(Debug)]
 pub struct BrokeGlass {
     pub reply: Reply,
-    /// Set when the link was handed out (then the owners are told).
-    pub company: Option<(String, Vec<String>)>,
 }
 
 /// Why a request, decision or break-glass did not happen. `Display` is the line the person
@@ -198,6 +219,8 @@ pub struct Approvals {
     state: Arc<dyn SharedState>,
     sealer: Arc<Sealer>,
     grants: Grants,
+    chats: std::sync::RwLock<Vec<Arc<dyn ApprovalChat>>>,
+    shutdown: crate::shutdown::Shutdown,
 }
 
 /// The grants, as the portal use case reads them when scope says "not yours".
@@ -281,6 +304,7 @@ impl Approvals {
         config: ApprovalsConfig,
         state: Arc<dyn SharedState>,
         sealer: Arc<Sealer>,
+        shutdown: crate::shutdown::Shutdown,
     ) -> Self {
         Approvals {
             portal,
@@ -288,7 +312,27 @@ impl Approvals {
             grants: Grants::new(state.clone(), sealer.clone()),
             state,
             sealer,
+            chats: std::sync::RwLock::new(Vec::new()),
+            shutdown,
         }
+    }
+
+    /// A chat adapter registers its side (at start-up).
+    pub fn register_chat(&self, chat: Arc<dyn ApprovalChat>) {
+        self.chats
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(chat);
+    }
+
+    fn chats(&self) -> Vec<Arc<dyn ApprovalChat>> {
+        self.chats.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every chat updates its copies and tells the asker.
+    async fn announce(&self, decided: &Decided) {
+        let chats = self.chats();
+        futures_util::future::join_all(chats.iter().map(|c| c.announce(decided))).await;
     }
 
     /// `[approvals]` as configured.
@@ -327,14 +371,28 @@ impl Approvals {
         self.reason(text).map(|_| ())
     }
 
-    /// `asker` asks to open `end_user`'s portal, whose company is not theirs, for `reason`.
+    /// `asker` asks to open `end_user`'s portal, whose company is not theirs, for `reason`:
+    /// stored, audited, sent through every chat, and expired in time unless decided first.
+    /// The request's `posted` says where it reached (empty: no owner could be found).
     pub async fn request(
-        &self,
+        self: &Arc<Self>,
         asker: &Asker,
         end_user: EndUserId,
         reason: &str,
     ) -> Result<Requested, ApprovalRefusal> {
-        let result = self.make_request(asker, &end_user, reason).await;
+        let mut result = self.make_request(asker, &end_user, reason).await;
+        if let Ok(made) = &mut result {
+            let chats = self.chats();
+            let posted: Vec<Posted> =
+                futures_util::future::join_all(chats.iter().map(|c| c.post_request(&made.request)))
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            made.request.posted = posted;
+            let _ = self.store(&made.request).await;
+            self.expire_in_time(&made.request);
+        }
         let (outcome, reason, company) = match &result {
             Ok(r) => (
                 "ok",
@@ -453,13 +511,22 @@ impl Approvals {
         serde_json::from_str(data).map_err(|_| ApprovalRefusal::Gone)
     }
 
-    /// The adapters posted the request here (kept so that a decision updates every copy).
-    pub async fn posted(&self, id: &str, posted: Vec<Posted>) {
-        let Ok(mut request) = self.find(id).await else {
-            return;
-        };
-        request.posted.extend(posted);
-        let _ = self.store(&request).await;
+    /// The replica that took a request expires it on time (a decision taken first, on any
+    /// replica, makes this do nothing; a click after the time is refused in any case).
+    fn expire_in_time(self: &Arc<Self>, request: &Request) {
+        let me = self.clone();
+        let id = request.id.clone();
+        let mut shutdown = self.shutdown.clone();
+        let wait = Self::expires(request)
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.fired() => return,
+            }
+            me.expire(&id).await;
+        });
     }
 
     /// The decision already taken on `id`, if any.
@@ -508,6 +575,9 @@ impl Approvals {
             _ => "deny",
         };
         let result = self.take_decision(decider, id, verdict).await;
+        if let Ok(decided) = &result {
+            self.announce(decided).await;
+        }
         let (end_user, company, reason, outcome) = match &result {
             Ok(d) => (
                 Some(d.request.end_user.clone()),
@@ -617,8 +687,8 @@ impl Approvals {
         }
     }
 
-    /// Request `id`'s time is up: marked expired unless someone decided it first. `None`:
-    /// nothing to tell anyone (decided, or gone).
+    /// Request `id`'s time is up: marked expired unless someone decided it first, then
+    /// announced. `None`: nothing to tell anyone (decided, or gone).
     pub async fn expire(&self, id: &str) -> Option<Decided> {
         let request = self.find(id).await.ok()?;
         if now_ms() < request.expires_ms {
@@ -642,7 +712,9 @@ impl Approvals {
             request.company.clone(),
         )
         .await;
-        Some(Decided { request, decision })
+        let decided = Decided { request, decision };
+        self.announce(&decided).await;
+        Some(decided)
     }
 
     /// On call: `asker` (a break-glass member) opens `end_user`'s portal for `reason`. A
@@ -670,17 +742,27 @@ impl Approvals {
         )
         .await;
         let company = granted?;
-        let reply = self.portal.link_for(asker, end_user, Action::Link).await;
-        let opened = matches!(reply, Reply::Link(_));
-        Ok(BrokeGlass {
-            reply,
-            company: opened.then(|| {
-                (
-                    company.name.clone().unwrap_or(company.company_id.clone()),
-                    company.owner_emails.clone(),
+        let reply = self
+            .portal
+            .link_for(asker, end_user.clone(), Action::Link)
+            .await;
+        if matches!(reply, Reply::Link(_)) {
+            // The owners are told afterwards, on every chat where the bot finds them.
+            let shown = company.name.clone().unwrap_or(company.company_id.clone());
+            let reason = clean_reason(reason);
+            let chats = self.chats();
+            futures_util::future::join_all(chats.iter().map(|c| {
+                c.tell_owners(
+                    &company.owner_emails,
+                    asker,
+                    end_user.as_str(),
+                    &shown,
+                    &reason,
                 )
-            }),
-        })
+            }))
+            .await;
+        }
+        Ok(BrokeGlass { reply })
     }
 
     async fn grant_break_glass(

@@ -8,14 +8,14 @@
 //! the whole submission, and the core checks everything again.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
 
+use super::client::SlackApi;
 use super::render::{self, code, escape, name};
 use super::SlackState;
-use crate::core::approvals::{Approvals, Decided, Posted, Request, Verdict};
+use crate::core::approvals::{ApprovalChat, Approvals, Decided, Posted, Request, Verdict};
 use crate::core::asker::{Asker, Platform};
 use crate::core::portal::id_of;
 
@@ -185,61 +185,129 @@ impl SlackState {
         let Some(id) = id_of(end_user) else {
             return;
         };
-        let request = match approvals.request(&asker, id, reason).await {
-            Ok(made) => made.request,
-            Err(e) => return self.tell(response_url.as_ref(), &e.to_string()).await,
-        };
-        let posted = self.post_request(approvals, &request).await;
-        let reached = posted.len();
-        approvals.posted(&request.id, posted).await;
-        let line = if reached == 0 {
-            "The bot could not reach the company's owner in Slack (no Slack account with their Planhat email, and no approvers' channel). Ask an admin (on-call).".to_string()
-        } else {
-            format!(
+        let line = match approvals.request(&asker, id, reason).await {
+            Ok(made) if made.request.posted.is_empty() => "The bot could not reach the company's owner (no Slack or Discord account with their Planhat email, and no approvers' channel). Ask an admin (on-call).".to_string(),
+            Ok(made) => format!(
                 "Your request to open {}'s portal went to the company's owner. You'll get a direct message when it is decided (it expires at {}).",
-                code(&request.whom()),
-                render::clock(Approvals::expires(&request))
-            )
+                code(&made.request.whom()),
+                render::clock(Approvals::expires(&made.request))
+            ),
+            Err(e) => e.to_string(),
         };
         self.tell(response_url.as_ref(), &line).await;
-        // Expiry: this replica keeps the timer; a decision taken first makes it do nothing.
-        let me = self.clone();
-        let (approvals, id) = (approvals.clone(), request.id.clone());
-        let mut shutdown = self.app.shutdown();
-        let wait = Approvals::expires(&request)
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.fired() => return,
-            }
-            if let Some(decided) = approvals.expire(&id).await {
-                me.announce(&decided).await;
-            }
-        });
     }
 
-    /// Sends the request to the owners' direct messages and the approvers' channel.
-    async fn post_request(&self, approvals: &Approvals, request: &Request) -> Vec<Posted> {
-        let mut channels = Vec::new();
-        for email in &request.owners {
-            match self.api.user_id_by_email(email).await {
-                Ok(Some(user)) if user != request.asker.user_id => {
-                    match self.api.open_dm(&user).await {
-                        Ok(dm) => channels.push(dm),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "an owner's direct message could not be opened")
-                        }
-                    }
+    /// Approve or Deny pressed (Deny through its form).
+    pub(super) async fn decide(
+        &self,
+        approvals: &Approvals,
+        decider: Asker,
+        id: &str,
+        verdict: Verdict,
+        response_url: Option<url::Url>,
+    ) {
+        match approvals.decide(&decider, id, verdict).await {
+            Ok(_) => {}
+            Err(e) => {
+                // Only the clicker sees why (ephemeral, beside the request).
+                if let Some(url) = &response_url {
+                    let _ = self
+                        .api
+                        .post_response(url, &render::line(&e.to_string()), false)
+                        .await;
                 }
-                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn break_glass(
+        &self,
+        approvals: &Approvals,
+        asker: Asker,
+        end_user: &str,
+        reason: &str,
+        response_url: Option<url::Url>,
+    ) {
+        let Some(id) = id_of(end_user) else {
+            return;
+        };
+        let user = asker.user_id.clone();
+        match approvals.break_glass(&asker, id, reason).await {
+            Ok(done) => {
+                if let Some(url) = &response_url {
+                    self.deliver(url, render::reply(&done.reply, &user, None), true)
+                        .await;
+                }
+            }
+            Err(e) => self.tell(response_url.as_ref(), &e.to_string()).await,
+        }
+    }
+
+    /// One line to the asker in place of the refusal they saw (or nowhere, without a URL).
+    async fn tell(&self, response_url: Option<&url::Url>, line: &str) {
+        if let Some(url) = response_url {
+            self.deliver(url, render::line(line), true).await;
+        }
+    }
+}
+
+/// Slack's side of asking the owner ([`ApprovalChat`]): owners found by email
+/// (`users.lookupByEmail`), reached by direct message; copies updated with `chat.update`.
+pub struct SlackChat {
+    api: Arc<SlackApi>,
+    /// `approvals.slack_channel`: requests are posted there too.
+    channel: Option<String>,
+}
+
+impl SlackChat {
+    pub(super) fn new(api: Arc<SlackApi>, channel: Option<String>) -> Self {
+        SlackChat { api, channel }
+    }
+
+    /// The Slack users with these emails (none found: skipped; a failure is logged).
+    async fn users(&self, emails: &[String]) -> Vec<String> {
+        let mut users = Vec::new();
+        for email in emails {
+            match self.api.user_id_by_email(email).await {
+                Ok(Some(user)) => users.push(user),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "an owner could not be found in Slack by email")
                 }
             }
         }
-        channels.extend(approvals.config().slack_channel.clone());
+        users
+    }
+
+    /// A direct message to `user`.
+    async fn direct(&self, user: &str, content: SlackMessageContent) {
+        let sent = match self.api.open_dm(user).await {
+            Ok(dm) => self.api.post_for_update(&dm, content).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "a direct message could not be sent");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ApprovalChat for SlackChat {
+    /// Sends the request to the owners' direct messages and the approvers' channel.
+    async fn post_request(&self, request: &Request) -> Vec<Posted> {
+        let mut channels = Vec::new();
+        for user in self.users(&request.owners).await {
+            if request.asker.platform == Platform::Slack && user == request.asker.user_id {
+                continue;
+            }
+            match self.api.open_dm(&user).await {
+                Ok(dm) => channels.push(dm),
+                Err(e) => {
+                    tracing::warn!(error = %e, "an owner's direct message could not be opened")
+                }
+            }
+        }
+        channels.extend(self.channel.clone());
         let mut posted = Vec::new();
         for channel in channels {
             match self
@@ -256,29 +324,6 @@ impl SlackState {
             }
         }
         posted
-    }
-
-    /// Approve or Deny pressed (Deny through its form).
-    pub(super) async fn decide(
-        &self,
-        approvals: &Approvals,
-        decider: Asker,
-        id: &str,
-        verdict: Verdict,
-        response_url: Option<url::Url>,
-    ) {
-        match approvals.decide(&decider, id, verdict).await {
-            Ok(decided) => self.announce(&decided).await,
-            Err(e) => {
-                // Only the clicker sees why (ephemeral, beside the request).
-                if let Some(url) = &response_url {
-                    let _ = self
-                        .api
-                        .post_response(url, &render::line(&e.to_string()), false)
-                        .await;
-                }
-            }
-        }
     }
 
     /// A decision (or expiry): every posted copy says so, and the asker is told.
@@ -340,60 +385,25 @@ impl SlackState {
         self.direct(&request.asker.user_id, content).await;
     }
 
-    async fn break_glass(
+    async fn tell_owners(
         &self,
-        approvals: &Approvals,
-        asker: Asker,
+        owners: &[String],
+        asker: &Asker,
         end_user: &str,
+        company: &str,
         reason: &str,
-        response_url: Option<url::Url>,
     ) {
-        let Some(id) = id_of(end_user) else {
-            return;
-        };
-        let user = asker.user_id.clone();
-        match approvals.break_glass(&asker, id.clone(), reason).await {
-            Ok(done) => {
-                if let Some(url) = &response_url {
-                    self.deliver(url, render::reply(&done.reply, &user, None), true)
-                        .await;
-                }
-                if let Some((company, owners)) = done.company {
-                    let line = format!(
-                        "{} opened a portal as {} ({}) with on-call break-glass. Reason: {}",
-                        mention(&asker),
-                        code(id.as_str()),
-                        name(&company),
-                        name(&crate::core::approvals::clean_reason(reason))
-                    );
-                    for email in owners {
-                        if let Ok(Some(owner)) = self.api.user_id_by_email(&email).await {
-                            if owner != user {
-                                self.direct(&owner, render::line(&line)).await;
-                            }
-                        }
-                    }
-                }
+        let line = format!(
+            "{} opened a portal as {} ({}) with on-call break-glass. Reason: {}",
+            mention(asker),
+            code(end_user),
+            name(company),
+            name(reason)
+        );
+        for owner in self.users(owners).await {
+            if !(asker.platform == Platform::Slack && owner == asker.user_id) {
+                self.direct(&owner, render::line(&line)).await;
             }
-            Err(e) => self.tell(response_url.as_ref(), &e.to_string()).await,
-        }
-    }
-
-    /// One line to the asker in place of the refusal they saw (or nowhere, without a URL).
-    async fn tell(&self, response_url: Option<&url::Url>, line: &str) {
-        if let Some(url) = response_url {
-            self.deliver(url, render::line(line), true).await;
-        }
-    }
-
-    /// A direct message to `user`.
-    async fn direct(&self, user: &str, content: SlackMessageContent) {
-        let sent = match self.api.open_dm(user).await {
-            Ok(dm) => self.api.post_for_update(&dm, content).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "a direct message could not be sent");
         }
     }
 }

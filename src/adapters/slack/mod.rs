@@ -108,6 +108,12 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
             app.config.access.ownership_ttl,
         )),
     );
+    if let Some(approvals) = &app.approvals {
+        approvals.register_chat(Arc::new(approvals::SlackChat::new(
+            api.clone(),
+            approvals.config().slack_channel.clone(),
+        )));
+    }
     let mut tasks = vec![tokio::spawn(groups.run(api.clone(), app.shutdown()))];
     if let Some(channel) = app.config.notify.slack_channel.clone() {
         let (api, outlet) = (api.clone(), app.portal.notifier().outlet());
