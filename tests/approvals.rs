@@ -671,3 +671,157 @@ async fn an_unanswered_request_expires_its_buttons_say_so_and_the_asker_is_told(
     assert!(!has_link(&b.ask("U1", "e-other").await, "e-other"));
     b.app.stop().await;
 }
+
+const CASEY: u64 = 1500000000000000005;
+const DANA: u64 = 1500000000000000009;
+
+/// A Discord user clicking in a direct message (no guild, no member).
+fn dm_click(id: u64, user: u64, custom_id: &str) -> Value {
+    let mut message = common::discord::message_json(1800000000000000100, "request");
+    message["channel_id"] = json!(format!("9{}", &user.to_string()[2..]));
+    json!({
+        "id": id.to_string(), "application_id": APP_ID.to_string(), "type": 3,
+        "token": format!("itok-{id}"), "version": 1, "channel_id": format!("9{}", &user.to_string()[2..]),
+        "locale": "en-US", "entitlements": [], "attachment_size_limit": 8388608,
+        "user": {"id": user.to_string(), "username": "dm-user"},
+        "data": {"custom_id": custom_id, "component_type": 2},
+        "message": message
+    })
+}
+
+/// A modal submitted in the guild by `user`.
+fn modal_submit(id: u64, user: u64, custom_id: &str, reason: &str) -> Value {
+    json!({
+        "id": id.to_string(), "application_id": APP_ID.to_string(), "type": 5,
+        "token": format!("itok-{id}"), "version": 1, "guild_id": GUILD.to_string(),
+        "channel_id": CHANNEL.to_string(), "locale": "en-US", "entitlements": [],
+        "attachment_size_limit": 8388608,
+        "member": {"user": {"id": user.to_string(), "username": "csm"}, "roles": [],
+                   "deaf": false, "mute": false, "flags": 0},
+        "data": {"custom_id": custom_id, "components": [{"type": 1, "components": [
+            {"type": 4, "custom_id": "reason", "value": reason}]}]}
+    })
+}
+
+async fn post_discord_json(app: &portal_bot::Running, body: &Value) -> Value {
+    let r = post_discord(&format!("http://{}", app.addr), body.to_string()).await;
+    assert_eq!(r.status(), 200, "{body}");
+    r.json().await.unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_discord_the_owner_approves_in_a_direct_message_and_the_asker_opens_it() {
+    let planhat = planhat().await;
+    let fake = common::discord::FakeDiscord::start("ws://127.0.0.1:9").await;
+    let extra = format!(
+        "[discord]\nmode = \"http\"\ntoken = \"{DISCORD_TOKEN}\"\napplication_id = \"{APP_ID}\"\n\
+         public_key = \"{}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{}\"\n\
+         [access]\nscope = \"owned\"\ndiscord_users = [\"{CASEY}\", \"{DANA}\"]\n\
+         discord_emails = {{ \"{CASEY}\" = \"casey@acme.com\", \"{DANA}\" = \"dana@acme.com\" }}\n\
+         [approvals]\n[limits]\nper_user_per_minute = 1000\n",
+        discord_public_key_hex(),
+        fake.api_url()
+    );
+    let app = spawn(config(&planhat.uri(), &extra)).await;
+
+    // Refused for Other Co, with "Ask the owner".
+    let answer = post_discord_json(
+        &app,
+        &discord_command(1900000000000000001, CASEY, &[], "e-other"),
+    )
+    .await;
+    let text = answer.to_string();
+    assert!(text.contains("not one of yours"), "{text}");
+    assert!(text.contains(&format!("ask:{CASEY}:e-other")), "{text}");
+
+    // The button opens the form (type 9); a short reason is refused, a real one is sent.
+    let mut click = discord_command(1900000000000000002, CASEY, &[], "e-other");
+    click["type"] = json!(3);
+    click["data"] = json!({"custom_id": format!("ask:{CASEY}:e-other"), "component_type": 2});
+    click["message"] = common::discord::message_json(1800000000000000008, "refused");
+    let form = post_discord_json(&app, &click).await;
+    assert_eq!(form["type"], 9, "{form}");
+    assert_eq!(form["data"]["custom_id"], "ask|e-other");
+    let short = post_discord_json(
+        &app,
+        &modal_submit(1900000000000000003, CASEY, "ask|e-other", "pls"),
+    )
+    .await;
+    assert!(
+        short.to_string().contains("at least 10 characters"),
+        "{short}"
+    );
+    let sent = post_discord_json(
+        &app,
+        &modal_submit(1900000000000000004, CASEY, "ask|e-other", REASON),
+    )
+    .await;
+    assert_eq!(sent["type"], 5, "deferred: {sent}");
+
+    // Dana gets it in a direct message with Approve and Deny.
+    let request = fake
+        .wait_for("the request", |r| {
+            r.method == "POST"
+                && r.path == format!("/api/v10/channels/9{}/messages", &DANA.to_string()[2..])
+        })
+        .await;
+    let body = request.json();
+    assert!(
+        body["content"]
+            .as_str()
+            .unwrap()
+            .contains("Escalation 4411"),
+        "{body}"
+    );
+    let approve = body["components"][0]["components"][0]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(approve.starts_with("approve:"), "{approve}");
+    fake.wait_for("Casey told", |r| {
+        r.method == "PATCH" && r.body.contains("went to the company")
+    })
+    .await;
+
+    // Casey can't approve it; Dana can, from the direct message (no guild there).
+    let own = post_discord_json(&app, &dm_click(1900000000000000005, CASEY, &approve)).await;
+    assert!(own.to_string().contains("your own request"), "{own}");
+    let ok = post_discord_json(&app, &dm_click(1900000000000000006, DANA, &approve)).await;
+    assert!(ok.to_string().contains("Approved."), "{ok}");
+    fake.wait_for("the request updated", |r| {
+        r.method == "PATCH"
+            && r.path.starts_with("/api/v10/channels/")
+            && r.body.contains(&format!("Approved by <@{DANA}>"))
+    })
+    .await;
+    let told = fake
+        .wait_for("Casey's DM", |r| {
+            r.method == "POST"
+                && r.path == format!("/api/v10/channels/9{}/messages", &CASEY.to_string()[2..])
+        })
+        .await;
+    let granted = told.json()["components"][0]["components"][0]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !told.body.contains("/redirect/"),
+        "no signed URL in a DM: {}",
+        told.body
+    );
+
+    // Casey opens it now, and the DM's button mints on press.
+    let link = post_discord_json(
+        &app,
+        &discord_command(1900000000000000007, CASEY, &[], "e-other"),
+    )
+    .await;
+    assert!(link.to_string().contains("/redirect/tok-e-other"), "{link}");
+    let pressed = post_discord_json(&app, &dm_click(1900000000000000008, CASEY, &granted)).await;
+    assert!(
+        pressed.to_string().contains("/redirect/tok-e-other"),
+        "{pressed}"
+    );
+    assert_eq!(pressed["data"]["flags"], 64, "ephemeral: {pressed}");
+    app.stop().await;
+}

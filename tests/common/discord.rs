@@ -101,6 +101,33 @@ async fn fake_discord_route(
             json_ok(json!({"url": s.gateway_url}))
         }
         ("PUT", p) if p.ends_with("/commands") => json_ok(json!([])),
+        // A direct-message channel with the recipient: its id is 9 followed by the last 17
+        // digits of the user's.
+        ("POST", "/api/v10/users/@me/channels") => {
+            let user = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["recipient_id"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            json_ok(json!({
+                "id": format!("9{}", &user[user.len().saturating_sub(17)..]), "type": 1,
+                "recipients": [{"id": user, "username": "someone"}]
+            }))
+        }
+        // Messages sent to and edited in channels (direct messages included).
+        ("POST", p) if p.starts_with("/api/v10/channels/") && p.ends_with("/messages") => {
+            let content = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["content"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            json_ok(message_json(1800000000000000100, &content))
+        }
+        ("PATCH", p) if p.starts_with("/api/v10/channels/") && p.contains("/messages/") => {
+            let content = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["content"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            json_ok(message_json(1800000000000000100, &content))
+        }
         ("POST", p) if p.starts_with("/api/v10/interactions/") && p.ends_with("/callback") => {
             StatusCode::NO_CONTENT.into_response()
         }

@@ -4,6 +4,7 @@
 //! interaction (roles come with it: no extra API call), hands the text to the core and renders
 //! the [`Reply`]. Both transports call [`DiscordState::interaction`], so they behave the same.
 
+mod approvals;
 mod directory;
 mod expiry;
 mod gateway;
@@ -65,6 +66,13 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
             http.clone(),
         )),
     );
+    if let Some(approvals) = &app.approvals {
+        approvals.register_chat(Arc::new(approvals::DiscordChat::new(
+            http.clone(),
+            &app.config.access.discord_emails,
+            approvals.config().discord_channel,
+        )));
+    }
     let mut tasks = vec![
         tokio::spawn(register::register(
             http.clone(),
@@ -194,7 +202,18 @@ impl DiscordState {
                     Delivery::Unchecked => None,
                     Delivery::First => Some(budget),
                 };
+                // Asking the owner's buttons (also in direct messages, where there is no guild).
+                if let Some(answer) = Box::pin(self.approval_button(&c)).await {
+                    return Some(answer);
+                }
                 Some(Box::pin(self.component(c, budget)).await)
+            }
+            // A submitted form (asking the owner).
+            Interaction::Modal(m) => {
+                if self.claim(m.id.get()).await == Delivery::Duplicate {
+                    return None;
+                }
+                Box::pin(self.submitted(m)).await
             }
             _ => None,
         }

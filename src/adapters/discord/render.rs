@@ -18,6 +18,15 @@ use crate::core::portal::{access_line, choose_line, Reply};
 pub const NEW_LINK: &str = "new";
 /// `custom_id` prefix of an email match's button: `pick:{asker}:{end user}`.
 pub const PICK: &str = "pick";
+/// "Ask the owner" on a scope refusal: `ask:{asker}:{end user}`.
+pub const ASK_OWNER: &str = "ask";
+/// "Open anyway (on call)": `glass:{asker}:{end user}`.
+pub const BREAK_GLASS: &str = "glass";
+/// Approve / Deny on a request to the owner: `approve:{request id}`, `deny:{request id}`.
+pub const APPROVE: &str = "approve";
+pub const DENY: &str = "deny";
+/// The button in an approved asker's direct message: `granted:{asker}:{end user}:{guild}`.
+pub const GRANTED_LINK: &str = "granted";
 
 /// A code span: ids and emails have no backtick; anything else is replaced.
 fn code(text: &str) -> String {
@@ -169,8 +178,30 @@ pub fn message(reply: &Reply, asker: &str) -> Message {
             }
         }
         Reply::Refused(r) => text(r.to_string()),
-        // Asking the owner from Discord is not built yet: the refusal says whom to ask.
-        Reply::AskOwner { .. } => text(ScopeDenied::NotYours.to_string()),
+        Reply::AskOwner {
+            end_user,
+            break_glass,
+        } => {
+            let mut buttons: Vec<CreateButton> = button_id(ASK_OWNER, asker, end_user.as_str())
+                .map(|id| {
+                    CreateButton::new(id)
+                        .label("Ask the owner")
+                        .style(ButtonStyle::Primary)
+                })
+                .into_iter()
+                .collect();
+            if *break_glass {
+                buttons.extend(button_id(BREAK_GLASS, asker, end_user.as_str()).map(|id| {
+                    CreateButton::new(id)
+                        .label("Open anyway (on call)")
+                        .style(ButtonStyle::Danger)
+                }));
+            }
+            Message {
+                content: ScopeDenied::NotYours.to_string(),
+                rows: vec![CreateActionRow::Buttons(buttons)],
+            }
+        }
     }
 }
 
