@@ -99,6 +99,30 @@ pub const END_USERS: &[SandboxUser] = &[
     },
 ];
 
+/// The sandbox's Planhat users (CSMs), who own its companies: (id, email).
+pub const CSMS: &[(&str, &str)] = &[
+    ("u-casey", "casey@sandbox.example"),
+    ("u-dana", "dana@sandbox.example"),
+];
+
+/// Who owns which of the cast's companies (owner, co-owner): Casey owns Acme and co-owns
+/// Initech; Dana owns everything else, the crowd's companies included.
+fn owners(company_id: &str) -> (&'static str, Option<&'static str>) {
+    match company_id {
+        "cast-acme" => ("u-casey", None),
+        "cast-initech" => ("u-dana", Some("u-casey")),
+        _ => ("u-dana", None),
+    }
+}
+
+/// The cast's company id for a company name.
+fn cast_company_id(company: &str) -> String {
+    format!("cast-{}", company.to_lowercase().replace(' ', "-"))
+}
+
+/// Notes the sandbox keeps for `GET /notes` (the newest; the demo shows them).
+const MAX_NOTES: usize = 100;
+
 /// How the sandbox behaves.
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
@@ -143,6 +167,7 @@ impl Sandbox {
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),
+            notes: Default::default(),
         });
         let app = Router::new()
             .route("/shareabletokens/access/{id}", get(access))
@@ -150,6 +175,10 @@ impl Sandbox {
             .route("/endusers", get(endusers))
             .route("/endusers/{id}", get(enduser))
             .route("/redirect/{token}", get(redirect))
+            .route("/companies/{id}", get(company))
+            .route("/users", get(users))
+            .route("/conversations", axum::routing::put(put_notes))
+            .route("/notes", get(notes))
             .route("/stats", get(stats))
             .with_state(state);
         let task = tokio::spawn(async move {
@@ -181,6 +210,8 @@ struct SandboxState {
     in_flight: AtomicUsize,
     peak: AtomicUsize,
     calls: AtomicUsize,
+    /// Notes written to companies' timelines (`PUT /conversations`), the newest last.
+    notes: std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>,
 }
 
 /// Counts a call in flight for as long as its work lasts. Like a real server, the sandbox
@@ -456,7 +487,7 @@ async fn endusers(
         .filter(|u| email.as_deref().is_none_or(|e| e == u.email))
         .map(|u| {
             json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company,
-                    "companyId": format!("cast-{}", u.company.to_lowercase().replace(' ', "-")) })
+                    "companyId": cast_company_id(u.company) })
         })
         .collect();
     if email.is_some() {
@@ -496,9 +527,8 @@ async fn enduser(
         return r;
     }
     if let Some(u) = find(&id) {
-        return axum::Json(
-            json!({ "_id": u.id, "name": u.name, "email": u.email, "companyName": u.company }),
-        )
+        return axum::Json(json!({ "_id": u.id, "name": u.name, "email": u.email,
+                                  "companyName": u.company, "companyId": cast_company_id(u.company) }))
         .into_response();
     }
     if let Some(n) = crowd_user(&id) {
@@ -513,6 +543,85 @@ async fn enduser(
         }
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
+}
+
+/// `GET /companies/{id}`: a cast or crowd company, with its owner and co-owner.
+async fn company(
+    State(state): State<Arc<SandboxState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = front(&state, &headers, None).await {
+        return r;
+    }
+    let name = END_USERS
+        .iter()
+        .find(|u| cast_company_id(u.company) == id)
+        .map(|u| u.company.to_string())
+        .or_else(|| id.starts_with("co-").then(|| format!("Company {id}")));
+    let Some(name) = name else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    };
+    let (owner, co_owner) = owners(&id);
+    let mut body = json!({ "_id": id, "name": name, "owner": owner });
+    if let Some(co) = co_owner {
+        body["coOwner"] = json!(co);
+    }
+    axum::Json(body).into_response()
+}
+
+/// `GET /users`: the CSMs, paged.
+async fn users(
+    State(state): State<Arc<SandboxState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = front(&state, &headers, None).await {
+        return r;
+    }
+    let offset: usize = query
+        .get("offset")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let page: Vec<_> = CSMS
+        .iter()
+        .skip(offset)
+        .map(|(id, email)| json!({ "_id": id, "email": email }))
+        .collect();
+    axum::Json(page).into_response()
+}
+
+/// `PUT /conversations`: Notes in bulk, kept for `GET /notes`.
+async fn put_notes(
+    State(state): State<Arc<SandboxState>>,
+    headers: HeaderMap,
+    axum::Json(batch): axum::Json<Vec<serde_json::Value>>,
+) -> Response {
+    if let Err(r) = front(&state, &headers, None).await {
+        return r;
+    }
+    let n = batch.len();
+    let mut notes = state.notes.lock().unwrap_or_else(|p| p.into_inner());
+    for note in batch {
+        if notes.len() == MAX_NOTES {
+            notes.pop_front();
+        }
+        notes.push_back(note);
+    }
+    axum::Json(json!({ "created": n })).into_response()
+}
+
+/// `GET /notes`: the Notes written so far (the sandbox's own page; Planhat shows them on the
+/// company's timeline).
+async fn notes(State(state): State<Arc<SandboxState>>) -> Response {
+    let notes: Vec<_> = state
+        .notes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    axum::Json(notes).into_response()
 }
 
 async fn redirect(State(state): State<Arc<SandboxState>>, Path(token): Path<String>) -> Response {
