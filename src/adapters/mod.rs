@@ -9,7 +9,6 @@ pub mod serve;
 pub mod signin;
 pub mod slack;
 pub mod state;
-pub mod throttle;
 pub mod unsigned;
 
 /// What a chat adapter adds to the running app: routes for the HTTP server and background

@@ -35,9 +35,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use super::throttle::LogThrottle;
 use crate::core::config::ServerConfig;
 use crate::core::metrics::Metrics;
+use crate::core::throttle::LogThrottle;
 use crate::shutdown::Shutdown;
 
 /// hyper's read buffer limit per connection (its minimum is 8 KiB). A request head larger than

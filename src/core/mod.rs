@@ -24,3 +24,4 @@ pub mod secret;
 pub mod signin;
 pub mod state;
 pub mod text;
+pub mod throttle;
