@@ -2,6 +2,7 @@
 
 pub mod deliver;
 pub mod discord;
+pub mod forwarded;
 pub mod go;
 pub mod http;
 pub mod notice;

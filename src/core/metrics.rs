@@ -133,6 +133,12 @@ pub struct Metrics {
     notices_failed: Family<ReasonLabels, Counter>,
     lookups_skipped: Counter,
     forged: Family<WhatLabels, Counter>,
+    go_unaudited: Family<WhyLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhyLabels {
+    why: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -261,7 +267,14 @@ impl Metrics {
             "Name lookups not made because Planhat's per-minute budget was nearly spent",
             lookups_skipped.clone(),
         );
+        let go_unaudited = Family::<WhyLabels, Counter>::default();
+        registry.register(
+            "go_unaudited",
+            "/go/ attempts not written to the audit trail (unknown: an id that does not exist; throttled: over the client's 20 audited refusals a minute)",
+            go_unaudited.clone(),
+        );
         Metrics {
+            go_unaudited,
             notices_failed,
             state,
             registry: Mutex::new(registry),
@@ -375,6 +388,11 @@ impl Metrics {
     /// Counts a record in shared state whose seal did not verify (`what`: `go`, `discord_edit`).
     pub fn forged_record(&self, what: &'static str) {
         self.forged.get_or_create(&WhatLabels { what }).inc();
+    }
+
+    /// Counts a `/go/` attempt that was not audited (`why`: `unknown`, `throttled`).
+    pub fn go_unaudited(&self, why: &'static str) {
+        self.go_unaudited.get_or_create(&WhyLabels { why }).inc();
     }
 
     /// Counts a transparency-channel line that was not posted.

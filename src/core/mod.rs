@@ -5,6 +5,7 @@
 pub mod access;
 pub mod asker;
 pub mod audit;
+pub mod budget;
 pub mod click;
 pub mod command;
 pub mod config;

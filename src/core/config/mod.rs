@@ -124,6 +124,9 @@ pub struct ServerConfig {
     /// Connections open at once from one peer address (an IPv6 /64 counts as one); more are
     /// closed at once.
     pub max_connections_per_peer: usize,
+    /// Proxies whose `X-Forwarded-For` is believed: the client is the rightmost hop not among
+    /// them. Empty: the TCP peer is the client, whatever the header says.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[planhat]`: where Planhat is and how to talk to it.
@@ -462,6 +465,8 @@ struct RawServer {
     max_connections: i64,
     #[serde(default = "default_max_connections_per_peer")]
     max_connections_per_peer: i64,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -476,6 +481,7 @@ impl Default for RawServer {
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_max_connections(),
             max_connections_per_peer: default_max_connections_per_peer(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -915,6 +921,16 @@ fn require(key: &str, value: &Secret, why: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// One entry of `server.trusted_proxies`: a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare
+/// address (one host). Host bits are dropped (`10.1.2.3/8` is `10.0.0.0/8`).
+fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .map(|net| net.trunc())
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .ok()
+}
+
 fn positive(key: &str, value: i64, max: i64) -> Result<i64, ConfigError> {
     if value < 1 || value > max {
         return Err(ConfigError::at(
@@ -1044,6 +1060,19 @@ impl RawConfig {
             self.server.max_connections_per_peer,
             max_connections,
         )?;
+        let trusted_proxies = self
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|text| {
+                parse_cidr(text).ok_or_else(|| {
+                    ConfigError::at(
+                        "server.trusted_proxies",
+                        format!("{text:?} is not an address or a CIDR like \"10.0.0.0/8\""),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         let (cluster_api, cluster_portal) = cluster_urls(&self.planhat.cluster)?;
         let api_url = match self.planhat.api_url.as_deref() {
@@ -1264,6 +1293,7 @@ impl RawConfig {
                 header_read_timeout,
                 max_connections: max_connections as usize,
                 max_connections_per_peer: max_connections_per_peer as usize,
+                trusted_proxies,
             },
             planhat,
             slack,
@@ -1713,7 +1743,53 @@ mod tests {
         }
     }
 
+    #[test]
+    fn trusted_proxies() {
+        let cfg = parse(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \" 192.0.2.7 \", \"2001:db8::/32\", \"10.1.2.3/16\"]",
+        )
+        .unwrap();
+        let nets: Vec<String> = cfg
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            nets,
+            ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "10.1.0.0/16"]
+        );
+        let defaults = parse("").unwrap().server;
+        assert!(defaults.trusted_proxies.is_empty());
+        for bad in [
+            "\"10.0.0.0/33\"",
+            "\"proxy.internal\"",
+            "\"\"",
+            "\"10.0.0.0/8,10.1.0.0/16\"",
+        ] {
+            let err = parse(&format!("[server]\ntrusted_proxies = [{bad}]\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.starts_with("server.trusted_proxies: "), "{err}");
+        }
+    }
+
     proptest! {
+        /// Any network written as CIDR or as a bare address reads back as itself, and nothing
+        /// else an operator types makes the reader panic.
+        #[test]
+        fn trusted_proxies_read_back(bytes in any::<[u8; 16]>(), v4 in any::<bool>(), len in 0u8..=128, junk in "\\PC{0,40}") {
+            let net = if v4 {
+                ipnet::IpNet::new(std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into(), len % 33)
+            } else {
+                ipnet::IpNet::new(std::net::Ipv6Addr::from(bytes).into(), len)
+            }
+            .unwrap();
+            prop_assert_eq!(parse_cidr(&net.to_string()), Some(net.trunc()));
+            prop_assert_eq!(parse_cidr(&net.addr().to_string()), Some(ipnet::IpNet::from(net.addr())));
+            let _ = parse_cidr(&junk);
+        }
+
         #[test]
         fn no_rotate_value_panics(text in "\\PC{0,30}", digits in "[0-9]{1,25}", unit in "[ kKmMgGiIbB]{0,4}") {
             let _ = parse_rotate(&text);
