@@ -134,6 +134,7 @@ pub struct Metrics {
     lookups_skipped: Counter,
     forged: Family<WhatLabels, Counter>,
     go_unaudited: Family<WhyLabels, Counter>,
+    idle_closed: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -273,8 +274,15 @@ impl Metrics {
             "/go/ attempts not written to the audit trail (unknown: an id that does not exist; throttled: over the client's 20 audited refusals a minute)",
             go_unaudited.clone(),
         );
+        let idle_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "idle_connections_closed",
+            "Connections closed while idle, by reason (timeout: server.idle_timeout; evicted: the oldest idle one, to make room at the connection cap)",
+            idle_closed.clone(),
+        );
         Metrics {
             go_unaudited,
+            idle_closed,
             notices_failed,
             state,
             registry: Mutex::new(registry),
@@ -393,6 +401,13 @@ impl Metrics {
     /// Counts a `/go/` attempt that was not audited (`why`: `unknown`, `throttled`).
     pub fn go_unaudited(&self, why: &'static str) {
         self.go_unaudited.get_or_create(&WhyLabels { why }).inc();
+    }
+
+    /// Counts a connection closed while idle (`reason`: `timeout`, `evicted`).
+    pub fn idle_connection_closed(&self, reason: &'static str) {
+        self.idle_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts a transparency-channel line that was not posted.

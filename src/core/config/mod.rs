@@ -124,6 +124,9 @@ pub struct ServerConfig {
     /// Connections open at once from one peer address (an IPv6 /64 counts as one); more are
     /// closed at once.
     pub max_connections_per_peer: usize,
+    /// How long a connection may wait between requests (and before its first) with nothing
+    /// sent: kept short so idle keep-alives can't hold the connection slots.
+    pub idle_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` is believed: the client is the rightmost hop not among
     /// them. Empty: the TCP peer is the client, whatever the header says.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -465,6 +468,8 @@ struct RawServer {
     max_connections: i64,
     #[serde(default = "default_max_connections_per_peer")]
     max_connections_per_peer: i64,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: HumanDuration,
     #[serde(default)]
     trusted_proxies: Vec<String>,
 }
@@ -481,6 +486,7 @@ impl Default for RawServer {
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_max_connections(),
             max_connections_per_peer: default_max_connections_per_peer(),
+            idle_timeout: default_idle_timeout(),
             trusted_proxies: Vec::new(),
         }
     }
@@ -503,6 +509,9 @@ fn default_request_timeout() -> HumanDuration {
 }
 fn default_header_read_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
 }
 fn default_max_connections() -> i64 {
     1024
@@ -1060,6 +1069,13 @@ impl RawConfig {
             self.server.max_connections_per_peer,
             max_connections,
         )?;
+        let idle_timeout = self.server.idle_timeout.0;
+        if idle_timeout < Duration::from_millis(100) || idle_timeout > header_read_timeout {
+            return Err(ConfigError::at(
+                "server.idle_timeout",
+                "must be between 100ms and server.header_read_timeout",
+            ));
+        }
         let trusted_proxies = self
             .server
             .trusted_proxies
@@ -1293,6 +1309,7 @@ impl RawConfig {
                 header_read_timeout,
                 max_connections: max_connections as usize,
                 max_connections_per_peer: max_connections_per_peer as usize,
+                idle_timeout,
                 trusted_proxies,
             },
             planhat,
@@ -1744,9 +1761,9 @@ mod tests {
     }
 
     #[test]
-    fn trusted_proxies() {
+    fn trusted_proxies_and_idle_timeout() {
         let cfg = parse(
-            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \" 192.0.2.7 \", \"2001:db8::/32\", \"10.1.2.3/16\"]",
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \" 192.0.2.7 \", \"2001:db8::/32\", \"10.1.2.3/16\"]\nidle_timeout = \"500ms\"\n",
         )
         .unwrap();
         let nets: Vec<String> = cfg
@@ -1759,8 +1776,10 @@ mod tests {
             nets,
             ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "10.1.0.0/16"]
         );
+        assert_eq!(cfg.server.idle_timeout, Duration::from_millis(500));
         let defaults = parse("").unwrap().server;
         assert!(defaults.trusted_proxies.is_empty());
+        assert_eq!(defaults.idle_timeout, Duration::from_secs(1));
         for bad in [
             "\"10.0.0.0/33\"",
             "\"proxy.internal\"",
@@ -1771,6 +1790,12 @@ mod tests {
                 .expect_err(bad)
                 .to_string();
             assert!(err.starts_with("server.trusted_proxies: "), "{err}");
+        }
+        for bad in ["\"50ms\"", "\"6s\""] {
+            let err = parse(&format!("[server]\nidle_timeout = {bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.starts_with("server.idle_timeout: "), "{err}");
         }
     }
 
