@@ -182,7 +182,7 @@ impl App {
 pub struct Running {
     /// The public listener: webhooks, `/go/`, `/healthz`.
     pub addr: SocketAddr,
-    /// The operator's listener: `/metrics` only.
+    /// The operator's listener: `/metrics`, and the probes `/healthz` and `/readyz`.
     pub metrics_addr: SocketAddr,
     pub app: Arc<App>,
     servers: Vec<tokio::task::JoinHandle<()>>,
@@ -254,19 +254,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let router = adapters::http::with_limits(router, timeout);
     let metrics_router =
         adapters::http::with_limits(adapters::http::metrics_router(app.clone()), timeout);
-    // One set of connection limits for both listeners.
+    // The metrics listener has its own small connection budget, so probes never wait behind
+    // the public cap.
     let limits = adapters::serve::Connections::new(&app.config.server, app.metrics.clone());
+    let probe_limits =
+        adapters::serve::Connections::probes(&app.config.server, app.metrics.clone());
     let servers = vec![
         tokio::spawn(adapters::serve::serve(
             listener,
             router,
-            limits.clone(),
+            limits,
             app.shutdown(),
         )),
         tokio::spawn(adapters::serve::serve(
             metrics_listener,
             metrics_router,
-            limits,
+            probe_limits,
             app.shutdown(),
         )),
     ];

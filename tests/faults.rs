@@ -641,13 +641,19 @@ async fn at_the_connection_cap_new_connections_wait_their_turn() {
     cfg.server.max_connections = 3;
     cfg.server.max_connections_per_peer = 3;
     let running = spawn(cfg).await;
-    let mut silent = Vec::new();
+    // Three connections in the middle of a request head: busy, not idle.
+    let opened = Instant::now();
+    let mut busy = Vec::new();
     for ip in [[127, 0, 0, 3], [127, 0, 0, 4], [127, 0, 0, 5]] {
-        silent.push(connect_from(ip, running.addr).await);
+        let mut s = connect_from(ip, running.addr).await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        busy.push(s);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     // All slots are held: the next connection waits in the accept queue (not refused), and is
-    // served once the silent ones have been cut off by the header read timeout.
+    // served once the unfinished heads have been cut off by the header read timeout.
     let started = Instant::now();
     let r = client()
         .get(format!("http://{}/healthz", running.addr))
@@ -655,10 +661,59 @@ async fn at_the_connection_cap_new_connections_wait_their_turn() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let waited = started.elapsed();
+    // Not before the held heads' header timeout (counted from when they opened, so a slow
+    // moment of this machine between then and the request doesn't matter), and not long after.
+    let (held, waited) = (opened.elapsed(), started.elapsed());
     assert!(
-        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
-        "{waited:?}"
+        held >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{held:?} {waited:?}"
+    );
+    running.stop().await;
+}
+
+/// Issue 19, item 2: connections that send nothing (fresh or between requests) are idle; at
+/// the cap the one idle the longest is closed at once for a connection that is waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
+    let planhat = MockServer::start().await;
+    let mut cfg = slack_config(&planhat.uri());
+    cfg.server.max_connections = 3;
+    cfg.server.max_connections_per_peer = 3;
+    let running = spawn(cfg).await;
+    let mut idle = Vec::new();
+    for ip in [[127, 0, 0, 3], [127, 0, 0, 4], [127, 0, 0, 5]] {
+        idle.push(connect_from(ip, running.addr).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let r = client()
+        .get(format!("http://{}/healthz", running.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        closed_within(&mut idle[0], Duration::from_millis(100))
+            .await
+            .is_some(),
+        "the oldest idle connection made room"
+    );
+    let metrics = client()
+        .get(format!("http://{}/metrics", running.metrics_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("portal_bot_idle_connections_closed_total{reason=\"evicted\"}"),
+        "{metrics}"
     );
     running.stop().await;
 }
@@ -726,4 +781,124 @@ async fn unsigned_floods_are_counted_exactly_and_logged_sparingly() {
         2 * FORGED
     );
     assert_eq!(planhat_calls(&planhat, "/shareabletokens").await, 0);
+}
+
+/// One attacking connection's life: connect from `ip`, send a tiny request, read its answer,
+/// wait `every`, again; when the bot closes it, connect again at once. Until `stop`.
+async fn hold_a_slot(
+    ip: [u8; 4],
+    addr: std::net::SocketAddr,
+    every: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut buf = [0u8; 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((ip, 0).into()).unwrap();
+        let Ok(mut s) = socket.connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            if s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .is_err()
+            {
+                break;
+            }
+            match s.read(&mut buf).await {
+                Ok(n) if n > 0 => answered.fetch_add(1, Ordering::Relaxed),
+                _ => break,
+            };
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+/// Issue 19, item 2: keep-alive connections from 16 addresses, each inside the per-peer cap and
+/// together at `server.max_connections`, each sending a tiny request every 4 s (inside the 5 s
+/// header timeout) and reconnecting whenever the bot closes it. Idle connections are closed
+/// after `server.idle_timeout` (default 1 s), the oldest idle first when the cap is reached, so
+/// a signed Slack command from another address is answered inside a second, and `/healthz` on
+/// the metrics listener (its own connection budget) answers 200 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alives_from_many_peers_cannot_hold_the_connection_cap() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let planhat = MockServer::start().await;
+    planhat_link(&planhat, "e1", "through-the-flood").await;
+    let mut cfg = slack_config(&planhat.uri());
+    // The finding's attack was 1,024 connections (16 × 64) against the default caps; this is the
+    // same shape against smaller caps, so the test stays light on a shared machine.
+    const PEERS: u8 = 16;
+    cfg.server.max_connections = 64;
+    cfg.server.max_connections_per_peer = 4;
+    let per_peer = cfg.server.max_connections_per_peer;
+    assert_eq!(PEERS as usize * per_peer, cfg.server.max_connections);
+    let running = spawn(cfg).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut attack = tokio::task::JoinSet::new();
+    for peer in 0..PEERS {
+        for _ in 0..per_peer {
+            attack.spawn(hold_a_slot(
+                [127, 0, 0, 2 + peer],
+                running.addr,
+                Duration::from_secs(4),
+                stop.clone(),
+                answered.clone(),
+            ));
+        }
+    }
+    // Every attacking connection has been served once: the cap is held.
+    let started = Instant::now();
+    while answered.load(Ordering::Relaxed) < PEERS as usize * per_peer {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the attack never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let base = format!("http://{}", running.addr);
+    let probe = format!("http://{}/healthz", running.metrics_addr);
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        // A fresh client each time: a new connection, as Slack's would be.
+        let fresh = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let body = slash_body(
+            "U1",
+            "C1",
+            "e1",
+            "http://127.0.0.1:9/r",
+            &format!("flood-{round}"),
+        );
+        let asked = Instant::now();
+        let r = fresh
+            .post(format!("{base}/slack/commands"))
+            .headers(slack_headers(SIGNING_SECRET, now(), &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the signed command got no answer: {e}"));
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await.unwrap().contains("through-the-flood"));
+        let took = asked.elapsed();
+        assert!(took < Duration::from_secs(1), "round {round}: {took:?}");
+
+        let health = fresh
+            .get(&probe)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: /healthz got no answer: {e}"));
+        assert_eq!(health.status(), 200, "round {round}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    attack.abort_all();
+    running.stop().await;
 }

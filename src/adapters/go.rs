@@ -6,8 +6,9 @@
 //! `Referrer-Policy: no-referrer`), so all 30 seconds are the browser's. A Slack id is armed by
 //! its asker's own click in Slack (the `block_actions` event): then the `GET` itself redirects,
 //! and until then neither `GET` nor `POST` mints, so a copied link opens for no one. Used,
-//! unknown or expired ids get a small page saying what happened and how to ask again, and the
-//! attempt is audited. The id is never logged.
+//! unknown or expired ids get a small page saying what happened and how to ask again; an attempt
+//! on an id that exists is audited (see `core::click` for what is only counted). The id is
+//! never logged.
 //!
 //! With `[sign_in]`, a browser without a session is sent to its provider (303, with the sign-in
 //! in progress in an HttpOnly cookie) and comes back to `GET /go/signed-in`, which sets the
@@ -23,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use super::forwarded::TrustedProxies;
 use crate::core::click::{Cookies, GoClient, GoView};
 use crate::core::onetime::{plausible, GoError};
 use crate::core::portal::{Refusal, Reply};
@@ -35,13 +37,19 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/go/signed-in", get(signed_in))
         .route("/go/{id}", get(go_get).post(go_post).head(head))
-        .with_state(Arc::new(Go { app, csp }))
+        .with_state(Arc::new(Go {
+            proxies: TrustedProxies::new(&app.config.server.trusted_proxies),
+            app,
+            csp,
+        }))
 }
 
-/// What the handlers share: the app, and the pages' Content-Security-Policy, built once.
+/// What the handlers share: the app, the pages' Content-Security-Policy (built once), and the
+/// proxies whose `X-Forwarded-For` is believed.
 struct Go {
     app: Arc<App>,
     csp: HeaderValue,
+    proxies: TrustedProxies,
 }
 
 /// The pages are static text: nothing may run, load or frame them. Their one form posts to
@@ -219,22 +227,16 @@ impl Go {
     }
 }
 
-/// Who is asking, for the audit of failed attempts: the first `X-Forwarded-For` hop when a
-/// proxy put one there, else the peer; and the User-Agent (both as the client said them,
-/// shortened).
-fn client(peer: SocketAddr, headers: &HeaderMap) -> GoClient {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.chars().take(200).collect::<String>())
-    };
-    let forwarded = text("x-forwarded-for")
-        .and_then(|v| v.split(',').next().map(|s| s.trim().to_string()))
-        .filter(|s| !s.is_empty());
+/// Who is asking, for the audit and the per-client audit budget: the TCP peer, or behind a
+/// trusted proxy the client it vouches for (`adapters::forwarded`); and the User-Agent as the
+/// client said it, shortened.
+fn client(go: &Go, peer: SocketAddr, headers: &HeaderMap) -> GoClient {
     GoClient {
-        address: Some(forwarded.unwrap_or_else(|| peer.ip().to_string())),
-        user_agent: text("user-agent"),
+        address: Some(go.proxies.client(peer.ip(), headers)),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(200).collect::<String>()),
         began: std::time::SystemTime::now(),
         signed_in_as: None,
     }
@@ -306,7 +308,7 @@ async fn signed_in(
             q.code.as_deref(),
             q.state.as_deref(),
             q.error.as_deref(),
-            &client(peer, &headers),
+            &client(&go, peer, &headers),
             &Jar::of(&headers),
         )
         .await;
@@ -322,7 +324,7 @@ async fn go_get(
     let view = go
         .app
         .clicks
-        .get(&id, &client(peer, &headers), &Jar::of(&headers))
+        .get(&id, &client(&go, peer, &headers), &Jar::of(&headers))
         .await;
     go.view(&id, view)
 }
@@ -336,7 +338,7 @@ async fn go_post(
     let view = go
         .app
         .clicks
-        .post(&id, &client(peer, &headers), &Jar::of(&headers))
+        .post(&id, &client(&go, peer, &headers), &Jar::of(&headers))
         .await;
     go.view(&id, view)
 }
@@ -347,7 +349,7 @@ async fn head(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    match go.app.clicks.head(&id, &client(peer, &headers)).await {
+    match go.app.clicks.head(&id, &client(&go, peer, &headers)).await {
         Ok(()) => private(StatusCode::OK.into_response(), &go.csp),
         Err(e) => go.go_error(e),
     }

@@ -1,5 +1,5 @@
-//! The HTTP surface shared by every platform: health, metrics (on its own listener), and the
-//! limits every request meets (64 KiB bodies, a request timeout against slow uploads). Slack's
+//! The HTTP surface shared by every platform: health, metrics (on its own listener, which
+//! answers the health probes too), and the limits every request meets (64 KiB bodies, a request timeout against slow uploads). Slack's
 //! and Discord's routes are merged in by their adapters.
 
 use std::sync::Arc;
@@ -26,10 +26,14 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// `/metrics`, on its own listener (`server.metrics_listen`): request counts, latencies and
-/// connection figures are for the operator, not for whoever can reach the webhooks.
+/// connection figures are for the operator, not for whoever can reach the webhooks. The
+/// listener also answers `/healthz` and `/readyz`, within its own connection budget, so the
+/// probes never wait behind the public listener's cap.
 pub fn metrics_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .with_state(app)
 }
 

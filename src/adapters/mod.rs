@@ -2,6 +2,7 @@
 
 pub mod deliver;
 pub mod discord;
+pub mod forwarded;
 pub mod go;
 pub mod http;
 pub mod notice;
@@ -9,7 +10,6 @@ pub mod serve;
 pub mod signin;
 pub mod slack;
 pub mod state;
-pub mod throttle;
 pub mod unsigned;
 
 /// What a chat adapter adds to the running app: routes for the HTTP server and background

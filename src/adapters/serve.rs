@@ -7,12 +7,19 @@
 //! counts connections):
 //!
 //! - **Header read timeout** (`server.header_read_timeout`): hyper's own, given a tokio timer.
-//!   Hyper starts that clock as soon as it waits for a request head, so it also closes a
-//!   keep-alive connection that sits idle for as long. The body and the handler are under the
-//!   request timeout (`adapters::http::with_limits`).
-//! - **Connections in all** (`server.max_connections`, both listeners together): a connection is
-//!   only accepted when a slot is free; until then it waits in the kernel's accept queue
-//!   (`listen(8192)`), costing this process no file descriptor and no memory.
+//!   The body and the handler are under the request timeout (`adapters::http::with_limits`).
+//! - **Idle timeout** (`server.idle_timeout`, default 1 s): a connection with no request in
+//!   progress (none begun since it was accepted or since its last answer) is closed after it.
+//!   hyper has no such limit of its own (its header timer runs from the same moment but is
+//!   sized for a slow head), so each connection watches its own reads and answers
+//!   ([`Activity`]). Without it, keep-alives that send a tiny request every few seconds hold
+//!   their slots for ever (issue 19, item 2).
+//! - **Connections in all** (`server.max_connections` on the public listener; a small budget of
+//!   its own, [`PROBE_CONNECTIONS`], on the metrics listener, so health probes and scrapes never
+//!   wait behind the public cap): a connection is only accepted when a slot is free; until then
+//!   it waits in the kernel's accept queue (`listen(8192)`), costing this process no file
+//!   descriptor and no memory. At the cap, the connection idle the longest is closed to make
+//!   room, so idle connections can't keep a waiting one out.
 //! - **Connections per peer** (`server.max_connections_per_peer`; an IPv6 /64 counts as one
 //!   peer, since one host can hold a whole /64): over it, a connection is closed at once, so one
 //!   address can't take the slots everyone else needs.
@@ -24,25 +31,42 @@
 //! they all have.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use super::throttle::LogThrottle;
+use crate::core::budget::client_key;
 use crate::core::config::ServerConfig;
 use crate::core::metrics::Metrics;
+use crate::core::throttle::LogThrottle;
 use crate::shutdown::Shutdown;
 
 /// hyper's read buffer limit per connection (its minimum is 8 KiB). A request head larger than
 /// this is refused; Slack's and Discord's are a few hundred bytes.
 const READ_BUFFER: usize = 16 * 1024;
+
+/// Connections the metrics listener (`/metrics`, `/healthz`, `/readyz`) takes at once, apart
+/// from the public cap: enough for the kubelet's probes and a few scrapers.
+pub const PROBE_CONNECTIONS: usize = 32;
+
+/// At the cap with no idle connection to close, how long the accept loop waits for a slot
+/// before it looks for one again.
+const EVICT_RETRY: Duration = Duration::from_millis(50);
+
+/// How long a connection closed for being idle may take to finish writing an answer it
+/// already has, before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The connection limits shared by every listener of one process. Cheap to clone.
 #[derive(Clone)]
@@ -55,20 +79,45 @@ struct Inner {
     per_peer: Mutex<HashMap<IpAddr, usize>>,
     max_per_peer: usize,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
+    /// Every open connection's activity, to find the one idle the longest.
+    open: Mutex<HashMap<u64, Arc<Activity>>>,
+    next_id: AtomicU64,
+    /// The clock [`Activity`] counts in.
+    clock: Instant,
     metrics: Arc<Metrics>,
     refused_log: LogThrottle,
     accept_error_log: LogThrottle,
 }
 
 impl Connections {
-    /// The limits from `[server]`.
+    /// The public listener's limits, from `[server]`.
     pub fn new(server: &ServerConfig, metrics: Arc<Metrics>) -> Self {
+        Self::with(
+            server.max_connections,
+            server.max_connections_per_peer,
+            server,
+            metrics,
+        )
+    }
+
+    /// The metrics listener's own, small budget ([`PROBE_CONNECTIONS`], any peer may take it
+    /// all: probes and scrapers come from few addresses), with `[server]`'s timeouts.
+    pub fn probes(server: &ServerConfig, metrics: Arc<Metrics>) -> Self {
+        Self::with(PROBE_CONNECTIONS, PROBE_CONNECTIONS, server, metrics)
+    }
+
+    fn with(max: usize, max_per_peer: usize, server: &ServerConfig, metrics: Arc<Metrics>) -> Self {
         Connections {
             inner: Arc::new(Inner {
-                slots: Arc::new(Semaphore::new(server.max_connections)),
+                slots: Arc::new(Semaphore::new(max)),
                 per_peer: Mutex::new(HashMap::new()),
-                max_per_peer: server.max_connections_per_peer,
+                max_per_peer,
                 header_read_timeout: server.header_read_timeout,
+                idle_timeout: server.idle_timeout,
+                open: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                clock: Instant::now(),
                 metrics,
                 refused_log: LogThrottle::new(Duration::from_secs(10)),
                 accept_error_log: LogThrottle::new(Duration::from_secs(10)),
@@ -76,9 +125,50 @@ impl Connections {
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.inner.clock.elapsed().as_millis() as u64
+    }
+
+    /// Counts a new connection as open (idle until its first byte); it leaves the count when
+    /// the returned guard drops.
+    fn track(&self) -> Tracked {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(Activity::new(self.now_ms()));
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, activity.clone());
+        Tracked {
+            inner: self.inner.clone(),
+            id,
+            activity,
+        }
+    }
+
+    /// Tells the connection idle the longest to close, to make room for one waiting. False
+    /// when no connection is idle. A scan of the open connections (at most the cap), made
+    /// only when the cap is reached, never on the request path.
+    fn evict_oldest_idle(&self) -> bool {
+        let open = self.inner.open.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = open
+            .values()
+            .filter(|a| !a.evicted.load(Ordering::Relaxed))
+            .filter_map(|a| a.idle_since().map(|since| (since, a)))
+            .min_by_key(|(since, _)| *since);
+        match oldest {
+            Some((_, activity)) => {
+                activity.evicted.store(true, Ordering::Relaxed);
+                activity.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Takes a slot for one more connection from `ip`, or `None` when that peer is at its cap.
     fn admit(&self, ip: IpAddr) -> Option<PeerSlot> {
-        let peer = peer_key(ip);
+        let peer = client_key(ip);
         let mut map = self
             .inner
             .per_peer
@@ -118,14 +208,158 @@ impl Drop for PeerSlot {
     }
 }
 
-/// What counts as one peer: an IPv4 address (IPv4-mapped IPv6 included), or an IPv6 /64.
-fn peer_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+/// Whether a connection has a request in progress, and since when it has not: the idle
+/// timeout and the eviction at the cap read it. A request is in progress from the first byte
+/// read after the connection was accepted or answered, until its answer is ready.
+struct Activity {
+    /// Milliseconds on the [`Connections`] clock since which the connection is idle, or
+    /// [`BUSY`].
+    idle_since: AtomicU64,
+    /// Chosen to make room at the cap (so it is not chosen twice).
+    evicted: AtomicBool,
+    close: Notify,
+}
+
+/// [`Activity::idle_since`] while a request is in progress.
+const BUSY: u64 = u64::MAX;
+
+impl Activity {
+    fn new(now_ms: u64) -> Self {
+        Activity {
+            idle_since: AtomicU64::new(now_ms),
+            evicted: AtomicBool::new(false),
+            close: Notify::new(),
         }
-        v4 => v4,
+    }
+
+    fn idle_since(&self) -> Option<u64> {
+        Some(self.idle_since.load(Ordering::Relaxed)).filter(|&since| since != BUSY)
+    }
+
+    fn busy(&self) {
+        self.idle_since.store(BUSY, Ordering::Relaxed);
+    }
+
+    fn idle(&self, now_ms: u64) {
+        self.evicted.store(false, Ordering::Relaxed);
+        self.idle_since.store(now_ms, Ordering::Relaxed);
+    }
+}
+
+/// An open connection's entry in [`Inner::open`]; removed when it drops.
+struct Tracked {
+    inner: Arc<Inner>,
+    id: u64,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Why an idle connection is being closed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum IdleEnd {
+    Timeout,
+    Evicted,
+}
+
+impl IdleEnd {
+    fn name(self) -> &'static str {
+        match self {
+            IdleEnd::Timeout => "timeout",
+            IdleEnd::Evicted => "evicted",
+        }
+    }
+}
+
+/// Resolves when the connection has been idle for `limits`' idle timeout, or is chosen to make
+/// room at the cap while idle. A request in progress is under hyper's and the router's own
+/// limits, not this one.
+async fn idle_end(limits: &Connections, activity: &Activity) -> IdleEnd {
+    let idle_timeout = limits.inner.idle_timeout;
+    loop {
+        let Some(since) = activity.idle_since() else {
+            // Busy: look again a timeout later (the deadline is counted from when it went
+            // idle, so it is kept to the millisecond all the same).
+            tokio::select! {
+                _ = tokio::time::sleep(idle_timeout) => {}
+                _ = activity.close.notified() => {}
+            }
+            continue;
+        };
+        let deadline = tokio::time::Instant::from_std(
+            limits.inner.clock + Duration::from_millis(since) + idle_timeout,
+        );
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                if activity.idle_since() == Some(since) {
+                    return IdleEnd::Timeout;
+                }
+            }
+            _ = activity.close.notified() => {
+                if activity.idle_since().is_some() {
+                    return IdleEnd::Evicted;
+                }
+            }
+        }
+    }
+}
+
+/// The connection's socket, marking the connection busy when a request's first bytes arrive.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.busy();
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 
@@ -139,13 +373,27 @@ pub async fn serve(
 ) {
     let connections = TaskTracker::new();
     loop {
-        // A free slot first: until there is one, new connections wait in the accept queue.
-        let slot = tokio::select! {
-            slot = limits.inner.slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            _ = shutdown.fired() => break,
+        // A free slot first: until there is one, new connections wait in the accept queue. At
+        // the cap, the connection idle the longest is closed to make one.
+        let slot = match limits.inner.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(tokio::sync::TryAcquireError::Closed) => break,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let retry = if limits.evict_oldest_idle() {
+                    // It closes within moments; look again if it became busy instead.
+                    EVICT_RETRY
+                } else {
+                    EVICT_RETRY * 2
+                };
+                tokio::select! {
+                    slot = limits.inner.slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    _ = tokio::time::sleep(retry) => continue,
+                    _ = shutdown.fired() => break,
+                }
+            }
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -202,6 +450,8 @@ async fn connection(
 ) {
     let _held = held;
     let _open = OpenGauge::new(&limits.inner.metrics);
+    let tracked = limits.track();
+    let activity = tracked.activity.clone();
     let _ = stream.set_nodelay(true);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -209,9 +459,28 @@ async fn connection(
         .max_buf_size(READ_BUFFER);
     // Handlers that need the peer (the `/go/` audit of failed attempts) read it as axum's
     // `ConnectInfo`; the extension wraps the router's service, the router itself is shared.
-    let service =
-        tower_http::add_extension::AddExtension::new(router, axum::extract::ConnectInfo(peer));
-    let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    let service = TowerToHyperService::new(tower_http::add_extension::AddExtension::new(
+        router,
+        axum::extract::ConnectInfo(peer),
+    ));
+    // The connection is idle again once an answer is ready.
+    let answered = {
+        let (activity, limits) = (activity.clone(), limits.clone());
+        hyper::service::service_fn(move |request| {
+            let answer = hyper::service::Service::call(&service, request);
+            let (activity, limits) = (activity.clone(), limits.clone());
+            async move {
+                let answer = answer.await;
+                activity.idle(limits.now_ms());
+                answer
+            }
+        })
+    };
+    let io = TokioIo::new(Watched {
+        stream,
+        activity: activity.clone(),
+    });
+    let conn = http.serve_connection(io, answered);
     tokio::pin!(conn);
     let ended = tokio::select! {
         ended = conn.as_mut() => ended,
@@ -219,7 +488,14 @@ async fn connection(
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        why = idle_end(&limits, &activity) => {
+            limits.inner.metrics.idle_connection_closed(why.name());
+            // Nothing is being read; an answer still being written gets a moment to finish.
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(CLOSE_GRACE, conn).await.unwrap_or(Ok(()))
+        }
     };
+    drop(tracked);
     if let Err(e) = ended {
         // Timeouts, resets and malformed requests: the client's problem, not the operator's.
         tracing::debug!(error = %e, "connection ended");
@@ -279,13 +555,41 @@ mod tests {
         assert!(c.admit("::ffff:192.0.2.7".parse().unwrap()).is_none());
     }
 
+    #[tokio::test]
+    async fn at_the_cap_the_connection_idle_the_longest_is_chosen() {
+        let c = limits(4);
+        let first = c.track();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let second = c.track();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let third = c.track();
+        first.activity.busy();
+        assert!(c.evict_oldest_idle());
+        assert!(
+            second.activity.evicted.load(Ordering::Relaxed),
+            "the oldest idle one"
+        );
+        assert!(
+            !first.activity.evicted.load(Ordering::Relaxed),
+            "busy: never"
+        );
+        assert!(c.evict_oldest_idle());
+        assert!(
+            third.activity.evicted.load(Ordering::Relaxed),
+            "then the next"
+        );
+        assert!(!c.evict_oldest_idle(), "none idle left to choose");
+        drop((first, second, third));
+        assert!(c.inner.open.lock().unwrap().is_empty());
+    }
+
     proptest! {
         #[test]
         fn the_peer_map_empties_when_every_connection_ends(ips in proptest::collection::vec(any::<u128>(), 0..50)) {
             let c = limits(3);
             let slots: Vec<_> = ips
                 .iter()
-                .filter_map(|n| c.admit(IpAddr::V6(Ipv6Addr::from(*n))))
+                .filter_map(|n| c.admit(IpAddr::V6(std::net::Ipv6Addr::from(*n))))
                 .collect();
             drop(slots);
             prop_assert!(c.inner.per_peer.lock().unwrap().is_empty());

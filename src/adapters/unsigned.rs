@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::throttle::LogThrottle;
 use crate::core::asker::Platform;
 use crate::core::metrics::Metrics;
+use crate::core::throttle::LogThrottle;
 
 /// How often, at most, a platform's refusals are logged.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);

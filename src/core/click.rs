@@ -4,22 +4,36 @@
 //! click (see [`super::onetime::may_open`]); the page's `POST` is the deliberate act that uses
 //! the id up and mints for its asker, as they are now (groups re-read, access re-checked). Every
 //! attempt on an id that exists is audited, with the browser's address and User-Agent (never
-//! the id).
+//! the id), up to [`AUDITED_PER_CLIENT`] refusals a minute per client address; the rest, and
+//! every attempt on an id that does not exist (which anyone can make by the thousand), are
+//! counted in `portal_bot_go_unaudited_total` and logged at most once per [`LOG_EVERY`], so
+//! a flood can't rotate genuine events out of the trail, fill the disk or bury the log.
 //!
 //! With `[sign_in]` ([`super::signin`]) the browser must be signed in as the id's asker: one
 //! without a session is sent to the provider first; one signed in as someone else gets a page
 //! that says so, and the id stays usable for its asker. Slack ids then need no arming.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::asker::Groups;
 use super::audit::{Audit, AuditEvent};
+use super::budget::ClientBudget;
 use super::directory::NoEmail;
 use super::metrics::Metrics;
 use super::onetime::{may_open, now_ms, unix_ms, GoClaim, GoError, GoIds, Visit, ARM_WAIT};
 use super::portal::{Action, PortalService, Reply};
 use super::signin::{Match, ProviderKind, Session, SignIn, SignInError, LOGIN_COOKIE};
+use super::throttle::LogThrottle;
+
+/// Refused `/go/` attempts audited per client address a minute; a person clicking their own
+/// links never comes near it.
+pub const AUDITED_PER_CLIENT: u32 = 20;
+/// Client addresses whose audit budget is remembered at once (bounded: see `core::budget`).
+const CLIENTS_REMEMBERED: usize = 16_384;
+/// How often, at most, attempts that are not audited are logged (the count is in the metric).
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What a `/go/` request should get.
 #[derive(Debug)]
@@ -63,7 +77,9 @@ pub trait Cookies: Send + Sync {
 /// began.
 #[derive(Debug, Clone)]
 pub struct GoClient {
-    pub address: Option<String>,
+    /// The client's address: the TCP peer, or behind a trusted proxy the hop it vouches for
+    /// (`adapters::forwarded`). Also the key of the per-client audit budget.
+    pub address: Option<IpAddr>,
     pub user_agent: Option<String>,
     pub began: SystemTime,
     /// With `[sign_in]`: who the browser is signed in as, once known.
@@ -88,6 +104,11 @@ pub struct Clicks {
     sign_in: Option<Arc<SignIn>>,
     audit: Arc<Audit>,
     metrics: Arc<Metrics>,
+    /// Audited refusals per client a minute.
+    audit_budget: ClientBudget,
+    /// The sampled log lines of attempts that are not audited.
+    unknown_log: LogThrottle,
+    throttled_log: LogThrottle,
 }
 
 /// Where a signed-in check left a request.
@@ -112,6 +133,9 @@ impl Clicks {
             sign_in,
             audit,
             metrics,
+            audit_budget: ClientBudget::new(AUDITED_PER_CLIENT, CLIENTS_REMEMBERED),
+            unknown_log: LogThrottle::new(LOG_EVERY),
+            throttled_log: LogThrottle::new(LOG_EVERY),
         }
     }
 
@@ -123,7 +147,7 @@ impl Clicks {
     fn visit(&self, client: &GoClient) -> Visit {
         Visit {
             client: self.ids.client_digest(
-                client.address.as_deref().unwrap_or(""),
+                &client.address.map(|a| a.to_string()).unwrap_or_default(),
                 client.user_agent.as_deref().unwrap_or(""),
             ),
             began_ms: unix_ms(client.began),
@@ -301,7 +325,7 @@ impl Clicks {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, client = client.address.as_deref(), "a sign-in failed");
+                tracing::warn!(error = %e, client = client.address.map(tracing::field::display), "a sign-in failed");
                 self.record(None, client, "sign_in_failed").await;
                 GoView::SignInFailed(match e {
                     SignInError::NoLogin => "This sign-in has expired, or was started in another browser. Open the link again.",
@@ -353,8 +377,19 @@ impl Clicks {
     }
 
     /// A `/go/` attempt that could not use its id: audited (never the id; whose it was, when
-    /// known), counted, logged.
+    /// known), counted, logged; an id that does not exist only counted and sampled.
     async fn refused(&self, e: GoError, claim: Option<&GoClaim>, client: &GoClient) -> GoView {
+        if e == GoError::Unknown && claim.is_none() {
+            self.metrics.request("web", e.kind(), Duration::ZERO);
+            self.metrics.go_unaudited("unknown");
+            if let Some(refused) = self.unknown_log.hit() {
+                tracing::info!(
+                    refused,
+                    "/go/ requests for ids that don't exist (count since the last such line; not audited, every one is in portal_bot_go_unaudited_total)"
+                );
+            }
+            return GoView::Refused(e);
+        }
         if e == GoError::Forged {
             self.metrics.forged_record("go");
             tracing::warn!("a /go/ record in shared state does not carry the bot's seal: refused (someone wrote to the store without the key)");
@@ -364,8 +399,23 @@ impl Clicks {
     }
 
     /// Audits, counts and logs a `/go/` attempt that did not mint (`outcome`), with whose id it
-    /// was when known, and the browser.
+    /// was when known, and the browser; past the client's audit budget, only counts it.
     async fn record(&self, claim: Option<&GoClaim>, client: &GoClient, outcome: &'static str) {
+        self.metrics.request("web", outcome, Duration::ZERO);
+        if let Some(address) = client.address {
+            if !self.audit_budget.take(address) {
+                self.metrics.go_unaudited("throttled");
+                if let Some(refused) = self.throttled_log.hit() {
+                    tracing::warn!(
+                        refused,
+                        latest = outcome,
+                        per_minute = AUDITED_PER_CLIENT,
+                        "/go/ refusals over a client's audit budget (count since the last such line; not audited, every one is in portal_bot_go_unaudited_total)"
+                    );
+                }
+                return;
+            }
+        }
         let event = AuditEvent {
             time: AuditEvent::now(),
             platform: "web",
@@ -375,7 +425,7 @@ impl Clicks {
             action: Action::Go.name(),
             end_user: claim.map(|c| c.end_user.to_string()),
             outcome,
-            client: client.address.clone(),
+            client: client.address.map(|a| a.to_string()),
             user_agent: client.user_agent.clone(),
             signed_in_as: client.signed_in_as.clone(),
             ..AuditEvent::default()
@@ -383,10 +433,9 @@ impl Clicks {
         if let Err(err) = self.audit.record(event).await {
             tracing::error!(error = %err, "audit event lost");
         }
-        self.metrics.request("web", outcome, Duration::ZERO);
         tracing::info!(
             outcome,
-            client = client.address.as_deref(),
+            client = client.address.map(tracing::field::display),
             "a /go/ link did not open"
         );
     }

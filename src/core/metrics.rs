@@ -134,6 +134,13 @@ pub struct Metrics {
     lookups_skipped: Counter,
     forged: Family<WhatLabels, Counter>,
     notes: Family<ReasonLabels, Counter>,
+    go_unaudited: Family<WhyLabels, Counter>,
+    idle_closed: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhyLabels {
+    why: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -268,7 +275,21 @@ impl Metrics {
             "Name lookups not made because Planhat's per-minute budget was nearly spent",
             lookups_skipped.clone(),
         );
+        let go_unaudited = Family::<WhyLabels, Counter>::default();
+        registry.register(
+            "go_unaudited",
+            "/go/ attempts not written to the audit trail (unknown: an id that does not exist; throttled: over the client's 20 audited refusals a minute)",
+            go_unaudited.clone(),
+        );
+        let idle_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "idle_connections_closed",
+            "Connections closed while idle, by reason (timeout: server.idle_timeout; evicted: the oldest idle one, to make room at the connection cap)",
+            idle_closed.clone(),
+        );
         Metrics {
+            go_unaudited,
+            idle_closed,
             notices_failed,
             notes,
             state,
@@ -388,6 +409,18 @@ impl Metrics {
     /// Counts Notes by outcome (`written`, `retried`, `failed`, `dropped`, `no_company`).
     pub fn note(&self, reason: &'static str, n: u64) {
         self.notes.get_or_create(&ReasonLabels { reason }).inc_by(n);
+    }
+
+    /// Counts a `/go/` attempt that was not audited (`why`: `unknown`, `throttled`).
+    pub fn go_unaudited(&self, why: &'static str) {
+        self.go_unaudited.get_or_create(&WhyLabels { why }).inc();
+    }
+
+    /// Counts a connection closed while idle (`reason`: `timeout`, `evicted`).
+    pub fn idle_connection_closed(&self, reason: &'static str) {
+        self.idle_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts a transparency-channel line that was not posted.

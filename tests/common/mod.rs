@@ -38,8 +38,13 @@ pub fn discord_public_key_hex() -> String {
 
 /// A config pointing at `planhat`, with `extra` TOML appended (sections other than [planhat]).
 pub fn config(planhat: &str, extra: &str) -> Config {
+    config_with_server(planhat, "", extra)
+}
+
+/// [`config`] with `server` TOML added to its `[server]` section.
+pub fn config_with_server(planhat: &str, server: &str, extra: &str) -> Config {
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nreply_budget = \"400ms\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nreply_budget = \"400ms\"\n{server}\
          [planhat]\napi_url = \"{planhat}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\ntimeout = \"2s\"\n{extra}"
     );
     Config::parse(&text, &|_| None).expect("test config must be valid")

@@ -43,7 +43,7 @@ pub struct DiscordState {
     /// Wakes the expiry worker when a job is scheduled that is due before its next look.
     expiries: Arc<tokio::sync::Notify>,
     /// Expiry jobs the shared state refused (full), told in one line a minute.
-    unscheduled_log: crate::adapters::throttle::LogThrottle,
+    unscheduled_log: crate::core::throttle::LogThrottle,
 }
 
 /// Starts Discord when `[discord]` is configured: registers `/portal`, then serves the
@@ -57,7 +57,7 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
         app: app.clone(),
         http: http.clone(),
         expiries: Arc::new(tokio::sync::Notify::new()),
-        unscheduled_log: crate::adapters::throttle::LogThrottle::new(Duration::from_secs(60)),
+        unscheduled_log: crate::core::throttle::LogThrottle::new(Duration::from_secs(60)),
     });
     app.portal.register_directory(
         Platform::Discord,

@@ -128,6 +128,12 @@ pub struct ServerConfig {
     /// Connections open at once from one peer address (an IPv6 /64 counts as one); more are
     /// closed at once.
     pub max_connections_per_peer: usize,
+    /// How long a connection may wait between requests (and before its first) with nothing
+    /// sent: kept short so idle keep-alives can't hold the connection slots.
+    pub idle_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed: the client is the rightmost hop not among
+    /// them. Empty: the TCP peer is the client, whatever the header says.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[planhat]`: where Planhat is and how to talk to it.
@@ -476,6 +482,10 @@ struct RawServer {
     max_connections: i64,
     #[serde(default = "default_max_connections_per_peer")]
     max_connections_per_peer: i64,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: HumanDuration,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -490,6 +500,8 @@ impl Default for RawServer {
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_max_connections(),
             max_connections_per_peer: default_max_connections_per_peer(),
+            idle_timeout: default_idle_timeout(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -511,6 +523,9 @@ fn default_request_timeout() -> HumanDuration {
 }
 fn default_header_read_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
 }
 fn default_max_connections() -> i64 {
     1024
@@ -932,6 +947,16 @@ fn require(key: &str, value: &Secret, why: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// One entry of `server.trusted_proxies`: a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare
+/// address (one host). Host bits are dropped (`10.1.2.3/8` is `10.0.0.0/8`).
+fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .map(|net| net.trunc())
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .ok()
+}
+
 fn positive(key: &str, value: i64, max: i64) -> Result<i64, ConfigError> {
     if value < 1 || value > max {
         return Err(ConfigError::at(
@@ -1061,6 +1086,26 @@ impl RawConfig {
             self.server.max_connections_per_peer,
             max_connections,
         )?;
+        let idle_timeout = self.server.idle_timeout.0;
+        if idle_timeout < Duration::from_millis(100) || idle_timeout > header_read_timeout {
+            return Err(ConfigError::at(
+                "server.idle_timeout",
+                "must be between 100ms and server.header_read_timeout",
+            ));
+        }
+        let trusted_proxies = self
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|text| {
+                parse_cidr(text).ok_or_else(|| {
+                    ConfigError::at(
+                        "server.trusted_proxies",
+                        format!("{text:?} is not an address or a CIDR like \"10.0.0.0/8\""),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         let (cluster_api, cluster_portal) = cluster_urls(&self.planhat.cluster)?;
         let api_url = match self.planhat.api_url.as_deref() {
@@ -1287,6 +1332,8 @@ impl RawConfig {
                 header_read_timeout,
                 max_connections: max_connections as usize,
                 max_connections_per_peer: max_connections_per_peer as usize,
+                idle_timeout,
+                trusted_proxies,
             },
             planhat,
             slack,
@@ -1736,7 +1783,61 @@ mod tests {
         }
     }
 
+    #[test]
+    fn trusted_proxies_and_idle_timeout() {
+        let cfg = parse(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \" 192.0.2.7 \", \"2001:db8::/32\", \"10.1.2.3/16\"]\nidle_timeout = \"500ms\"\n",
+        )
+        .unwrap();
+        let nets: Vec<String> = cfg
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            nets,
+            ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "10.1.0.0/16"]
+        );
+        assert_eq!(cfg.server.idle_timeout, Duration::from_millis(500));
+        let defaults = parse("").unwrap().server;
+        assert!(defaults.trusted_proxies.is_empty());
+        assert_eq!(defaults.idle_timeout, Duration::from_secs(1));
+        for bad in [
+            "\"10.0.0.0/33\"",
+            "\"proxy.internal\"",
+            "\"\"",
+            "\"10.0.0.0/8,10.1.0.0/16\"",
+        ] {
+            let err = parse(&format!("[server]\ntrusted_proxies = [{bad}]\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.starts_with("server.trusted_proxies: "), "{err}");
+        }
+        for bad in ["\"50ms\"", "\"6s\""] {
+            let err = parse(&format!("[server]\nidle_timeout = {bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.starts_with("server.idle_timeout: "), "{err}");
+        }
+    }
+
     proptest! {
+        /// Any network written as CIDR or as a bare address reads back as itself, and nothing
+        /// else an operator types makes the reader panic.
+        #[test]
+        fn trusted_proxies_read_back(bytes in any::<[u8; 16]>(), v4 in any::<bool>(), len in 0u8..=128, junk in "\\PC{0,40}") {
+            let net = if v4 {
+                ipnet::IpNet::new(std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into(), len % 33)
+            } else {
+                ipnet::IpNet::new(std::net::Ipv6Addr::from(bytes).into(), len)
+            }
+            .unwrap();
+            prop_assert_eq!(parse_cidr(&net.to_string()), Some(net.trunc()));
+            prop_assert_eq!(parse_cidr(&net.addr().to_string()), Some(ipnet::IpNet::from(net.addr())));
+            let _ = parse_cidr(&junk);
+        }
+
         #[test]
         fn no_rotate_value_panics(text in "\\PC{0,30}", digits in "[0-9]{1,25}", unit in "[ kKmMgGiIbB]{0,4}") {
             let _ = parse_rotate(&text);

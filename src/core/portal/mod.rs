@@ -402,7 +402,7 @@ impl PortalService {
     pub async fn link_at_click(&self, asker: &Asker, id: EndUserId, client: &GoClient) -> Reply {
         let started = Instant::now();
         let audited = Audited {
-            client: client.address.clone(),
+            client: client.address.map(|a| a.to_string()),
             user_agent: client.user_agent.clone(),
             signed_in_as: client.signed_in_as.clone(),
             ..Audited::id(&id)
