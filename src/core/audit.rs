@@ -48,8 +48,8 @@ pub struct AuditEvent {
     /// The end user's company name, when the bot knows it (Planhat gave it for the reply), so
     /// the trail answers "who opened Acme's portals". A name, never a URL or a token.
     pub company: Option<String>,
-    /// For a `/go/` click: the browser's address (the first `X-Forwarded-For` hop behind a
-    /// proxy, else the peer) and User-Agent, as the client said them.
+    /// For a `/go/` click: the browser's address (the TCP peer, or the hop a proxy listed in
+    /// `server.trusted_proxies` vouches for) and its User-Agent, as the client said it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
