@@ -20,6 +20,8 @@ use rand::RngExt;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Mutex};
 
+mod owner;
+
 use super::exit;
 use crate::core::config::Config;
 use crate::sandbox::{Sandbox, SandboxOptions, END_USERS};
@@ -253,6 +255,7 @@ async fn demo() -> Result<(), String> {
     running.stop().await;
 
     go_leg(&text, &sandbox, &inbox, &chat_url, &signing_secret_for_go).await?;
+    owner::owner_leg(&text, &sandbox, &signing_secret_for_go).await?;
 
     println!("\nDone in {:.1} s. Try it in your own chat: see README \"Add to Slack\" / \"Add to Discord\";", t0.elapsed().as_secs_f64());
     println!("`portal-bot serve --sandbox` answers from this same sandbox before you have a Planhat token.");
@@ -544,8 +547,11 @@ impl Discord {
 
 /// Prints a Slack message roughly as Slack shows it.
 fn show_slack(message: &Value) {
-    let kind = message["response_type"].as_str().unwrap_or("?");
-    println!("  [{kind}, only you can see this]");
+    match message["response_type"].as_str() {
+        Some("ephemeral") => println!("  [ephemeral, only you can see this]"),
+        Some(kind) => println!("  [{kind}]"),
+        None => println!("  [a message in the conversation]"),
+    }
     let Some(blocks) = message["blocks"].as_array() else {
         println!("  {}", message["text"].as_str().unwrap_or(""));
         return;
