@@ -72,6 +72,15 @@ pub async fn probe(config: &Config) -> Vec<Finding> {
             &["users_not_found"],
         ));
     }
+    if let Some(approvals) = &config.approvals {
+        // Requests reach owners by email and direct message.
+        let what = "[approvals] (owners found by email, asked by direct message)";
+        findings.push(judge(
+            api.user_by_email(NOBODY).await.map(|_| ()),
+            what,
+            &["users_not_found"],
+        ));
+    }
     if let Some(channel) = &config.notify.slack_channel {
         let answer = api
             .post_content(channel, slack_morphism::prelude::SlackMessageContent::new())
