@@ -72,7 +72,7 @@ pub async fn probe(config: &Config) -> Vec<Finding> {
             &["users_not_found"],
         ));
     }
-    if let Some(approvals) = &config.approvals {
+    if config.approvals.is_some() {
         // Requests reach owners by email and direct message.
         let what = "[approvals] (owners found by email, asked by direct message)";
         findings.push(judge(
