@@ -86,6 +86,11 @@ async fn check_redis(config: &crate::Config) -> bool {
         println!("shared state: in this process (no [state] redis_url; right for one replica)");
         return true;
     };
+    if let Some(host) = cleartext_remote(url.expose()) {
+        println!(
+            "redis: warning: redis:// to {host} sends the password and every record unencrypted; use rediss:// (TLS) across any network you don't control"
+        );
+    }
     let (trigger, shutdown) = crate::shutdown::channel();
     let store = match crate::adapters::state::RedisState::start(
         url,
@@ -117,6 +122,28 @@ async fn check_redis(config: &crate::Config) -> bool {
             false
         }
     }
+}
+
+/// The host of a `redis://` URL (no TLS) that is not loopback: its traffic, the password
+/// included, crosses a network in the clear. `None` for `rediss://`, loopback, or no URL.
+fn cleartext_remote(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    if parsed.scheme() != "redis" {
+        return None;
+    }
+    let host = parsed.host()?;
+    let loopback = match &host {
+        // Not a special scheme: the URL crate leaves an address as text.
+        url::Host::Domain(d) => {
+            d.eq_ignore_ascii_case("localhost")
+                || d.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    (!loopback).then(|| host.to_string())
 }
 
 /// With `[sign_in]`: whether each identity provider answers (OpenID Connect discovery; for
@@ -164,5 +191,31 @@ fn explain(e: &PlanhatError, timeout: &std::time::Duration) -> String {
         ),
         PlanhatError::NotFound => "answered 404: this is not the Planhat API; check planhat.api_url.".into(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cleartext_remote;
+
+    #[test]
+    fn redis_without_tls_to_another_host_is_named_and_never_its_password() {
+        assert_eq!(
+            cleartext_remote("redis://:pw@redis.internal:6379/0").as_deref(),
+            Some("redis.internal")
+        );
+        assert_eq!(
+            cleartext_remote("redis://10.1.2.3/0").as_deref(),
+            Some("10.1.2.3")
+        );
+        for quiet in [
+            "rediss://:pw@redis.internal:6380/0",
+            "redis://127.0.0.1:6379/0",
+            "redis://localhost/0",
+            "redis://[::1]:6379",
+            "not a url",
+        ] {
+            assert_eq!(cleartext_remote(quiet), None, "{quiet}");
+        }
     }
 }
