@@ -146,14 +146,14 @@ impl Connections {
         }
     }
 
-    /// Tells the connection idle the longest to close, to make room for one waiting. False
-    /// when no connection is idle. A scan of the open connections (at most the cap), made
+    /// Tells the keep-alive connection idle the longest (one that has answered a request) to
+    /// close, to make room for one waiting. False when no connection is idle. A scan of the open connections (at most the cap), made
     /// only when the cap is reached, never on the request path.
     fn evict_oldest_idle(&self) -> bool {
         let open = self.inner.open.lock().unwrap_or_else(|p| p.into_inner());
         let oldest = open
             .values()
-            .filter(|a| !a.evicted.load(Ordering::Relaxed))
+            .filter(|a| !a.evicted.load(Ordering::Relaxed) && a.answered.load(Ordering::Relaxed))
             .filter_map(|a| a.idle_since().map(|since| (since, a)))
             .min_by_key(|(since, _)| *since);
         match oldest {
@@ -217,6 +217,11 @@ struct Activity {
     idle_since: AtomicU64,
     /// Chosen to make room at the cap (so it is not chosen twice).
     evicted: AtomicBool,
+    /// It has answered a request: only then is it a keep-alive that may be closed to make room.
+    /// A connection not yet answered may hold a request the loop hasn't read yet (its bytes
+    /// already in the socket); closing it would drop that request, so it is left to the header
+    /// read timeout.
+    answered: AtomicBool,
     close: Notify,
 }
 
@@ -228,6 +233,7 @@ impl Activity {
         Activity {
             idle_since: AtomicU64::new(now_ms),
             evicted: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
             close: Notify::new(),
         }
     }
@@ -241,6 +247,7 @@ impl Activity {
     }
 
     fn idle(&self, now_ms: u64) {
+        self.answered.store(true, Ordering::Relaxed);
         self.evicted.store(false, Ordering::Relaxed);
         self.idle_since.store(now_ms, Ordering::Relaxed);
     }
@@ -563,6 +570,12 @@ mod tests {
         let second = c.track();
         tokio::time::sleep(Duration::from_millis(5)).await;
         let third = c.track();
+        let fresh = c.track();
+        // Each has answered a request and is idle since (in this order); `fresh` has not.
+        for t in [&second, &third] {
+            t.activity.idle(c.now_ms());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         first.activity.busy();
         assert!(c.evict_oldest_idle());
         assert!(
@@ -578,8 +591,12 @@ mod tests {
             third.activity.evicted.load(Ordering::Relaxed),
             "then the next"
         );
-        assert!(!c.evict_oldest_idle(), "none idle left to choose");
-        drop((first, second, third));
+        assert!(
+            !c.evict_oldest_idle(),
+            "none idle left to choose: a connection not yet answered is never chosen"
+        );
+        assert!(!fresh.activity.evicted.load(Ordering::Relaxed));
+        drop((first, second, third, fresh));
         assert!(c.inner.open.lock().unwrap().is_empty());
     }
 

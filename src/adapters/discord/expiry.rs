@@ -104,13 +104,20 @@ pub async fn run(state: Arc<DiscordState>, mut shutdown: Shutdown) {
     }
 }
 
+/// One expiry edit; a failure that can't have landed (no connection, 5xx) is tried again, so
+/// an edit lost to a passing fault doesn't leave the link's message in the chat.
 async fn edit(state: &DiscordState, job: Job) {
     let edit = render::edit(render::expired(&job.asker, &job.end_user));
-    if let Err(e) = state
-        .http
-        .edit_original_interaction_response(&job.token, &edit, Vec::new())
-        .await
-    {
-        tracing::warn!(error = %rest::describe(&e), "could not replace an expired link");
+    let sent = crate::adapters::deliver::with_retries("discord expiry edit", || async {
+        state
+            .http
+            .edit_original_interaction_response(&job.token, &edit, Vec::new())
+            .await
+            .map(|_| ())
+            .map_err(|e| rest::delivery_error(&e))
+    })
+    .await;
+    if sent.is_err() {
+        state.app.metrics.delivery_failed("discord");
     }
 }
