@@ -689,7 +689,10 @@ async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
             .unwrap();
         let mut answer = [0u8; 512];
         let n = s.read(&mut answer).await.unwrap();
-        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "answered, kept alive");
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "answered, kept alive"
+        );
         idle.push(s);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

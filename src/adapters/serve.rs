@@ -8,8 +8,9 @@
 //!
 //! - **Header read timeout** (`server.header_read_timeout`): hyper's own, given a tokio timer.
 //!   The body and the handler are under the request timeout (`adapters::http::with_limits`).
-//! - **Idle timeout** (`server.idle_timeout`, default 1 s): a connection with no request in
-//!   progress (none begun since it was accepted or since its last answer) is closed after it.
+//! - **Idle timeout** (`server.idle_timeout`, default 1 s): a keep-alive connection with no
+//!   request in progress since its last answer is closed after it (before its first request a
+//!   connection is under the header read timeout, which runs from the accept).
 //!   hyper has no such limit of its own (its header timer runs from the same moment but is
 //!   sized for a slow head), so each connection watches its own reads and answers
 //!   ([`Activity`]). Without it, keep-alives that send a tiny request every few seconds hold
@@ -292,7 +293,12 @@ impl IdleEnd {
 async fn idle_end(limits: &Connections, activity: &Activity) -> IdleEnd {
     let idle_timeout = limits.inner.idle_timeout;
     loop {
-        let Some(since) = activity.idle_since() else {
+        // Not yet answered: its first request is under hyper's header read timeout, which runs
+        // from the accept (a loaded machine may take a while to read bytes already sent).
+        let since = activity
+            .idle_since()
+            .filter(|_| activity.answered.load(Ordering::Relaxed));
+        let Some(since) = since else {
             // Busy: look again a timeout later (the deadline is counted from when it went
             // idle, so it is kept to the millisecond all the same).
             tokio::select! {
