@@ -406,7 +406,7 @@ fn audit_says_plainly_what_is_wrong_and_exits_2() {
         (
             config("none.toml", "[planhat]\ntoken = \"t\"\n"),
             vec![],
-            "audit.path is not set",
+            "neither audit.path nor audit.database_url is set",
         ),
         (
             config(

@@ -80,7 +80,7 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Read the audit trail (rotated files too): who opened what, when.
+    /// Read the audit trail (rotated files too, or the audit database): who opened what, when.
     Audit {
         #[command(flatten)]
         config: ConfigArg,
@@ -106,6 +106,10 @@ enum Command {
         /// The matching events as JSON lines, exactly as stored (with --summary: one JSON object).
         #[arg(long)]
         json: bool,
+        /// Create or upgrade the audit database's schema (audit.database_url), then stop: for a
+        /// table owner when the bot's own role may only read and write rows.
+        #[arg(long, conflicts_with_all = ["since", "asker", "enduser", "company", "outcome", "summary", "json"])]
+        migrate: bool,
     },
 }
 
@@ -139,6 +143,7 @@ pub fn main() -> ExitCode {
         outcome,
         summary,
         json,
+        migrate,
     } = cli.command
     {
         let options = audit::Options {
@@ -149,6 +154,7 @@ pub fn main() -> ExitCode {
             outcome,
             summary,
             json,
+            migrate,
         };
         return ExitCode::from(audit::run(&config.config, options));
     }

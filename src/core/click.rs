@@ -367,6 +367,7 @@ impl Clicks {
     /// was when known, and the browser.
     async fn record(&self, claim: Option<&GoClaim>, client: &GoClient, outcome: &'static str) {
         let event = AuditEvent {
+            id: String::new(),
             time: AuditEvent::now(),
             platform: "web",
             team: claim.and_then(|c| c.asker.team_id.clone()),

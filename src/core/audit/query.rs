@@ -24,6 +24,9 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// fields an older version didn't write are `None`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Recorded {
+    /// The event's id (since the audit database): what makes its write idempotent.
+    #[serde(default)]
+    pub id: Option<String>,
     pub time: String,
     pub platform: String,
     #[serde(default)]

@@ -204,8 +204,15 @@ impl TrailFile {
     }
 }
 
-fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+/// Opens `path` for appending, creating it readable and writable by the bot's user only
+/// (0600): the trail is personal data about colleagues and customers. A file that exists keeps
+/// the permissions it has (an operator may have granted a log shipper's group on purpose).
+pub(crate) fn open_append(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 #[cfg(test)]
