@@ -441,16 +441,74 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn rotation_keeps_only_the_newest_files() {
+    async fn a_flood_of_rotations_deletes_no_file_younger_than_a_day() {
+        // keep = 3, yet every one of the many rotated files is minutes old: all stay, so a
+        // flood can't push the day's genuine events out of the trail.
         let found = write_rotating("keep", 3, false).await;
-        assert_eq!(found.len(), 4, "3 rotated files and the current one");
-        // What is left is the newest stretch of the trail: for each task, the end of its run.
+        assert!(
+            found.len() > 4,
+            "more rotated files than keep: {}",
+            found.len()
+        );
         for numbers in per_task(&found) {
-            if let Some(&first) = numbers.first() {
-                assert_eq!(numbers, (first..250).collect::<Vec<u32>>());
+            assert_eq!(numbers, (0..250).collect::<Vec<u32>>());
+        }
+    }
+
+    /// What the log sink writes for `event`: the `event` field of its JSON log line.
+    fn logged(event: &AuditEvent) -> serde_json::Value {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
             }
         }
-        assert!(found.iter().flatten().any(|id| id.ends_with("-249")));
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || log_event(event));
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["target"], "audit");
+        serde_json::from_str(line["fields"]["event"].as_str().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_log_holds_every_field_the_file_holds() {
+        let mut e = event("ok");
+        e.id = db::row::new_id();
+        e.email = Some("jane@acme.example".into());
+        e.client = Some("203.0.113.7".into());
+        e.user_agent = Some("Mozilla/5.0".into());
+        e.signed_in_as = Some("slack:U1".into());
+        let dir = std::env::temp_dir().join(format!("pb-audit-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let audit = Audit::open(Some(&path), true).unwrap();
+        audit.record(e.clone()).await.unwrap();
+        audit.close().await;
+        let file: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(logged(&e), file);
+        for field in [
+            "email",
+            "client",
+            "user_agent",
+            "signed_in_as",
+            "company",
+            "id",
+        ] {
+            assert!(file.get(field).is_some_and(|v| !v.is_null()), "{field}");
+        }
     }
 
     #[tokio::test]
