@@ -618,3 +618,142 @@ async fn check_says_whether_the_database_answers_and_never_prints_its_url() {
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_least_privilege_role_of_the_readme_writes_reads_and_deletes_old_rows_only() {
+    let dir = scratch("role");
+    let schema = Schema::new();
+    let owner = write(
+        &dir.join("owner.toml"),
+        &format!("[audit]\ndatabase_url = \"{}\"\n", schema.url()),
+    );
+    audit(&owner, &["--migrate"]);
+    // README "The audit trail", with the schema and role names of this test.
+    let role = format!("{}_bot", schema.name);
+    let s = &schema.name;
+    common::postgres::psql(
+        schema.port,
+        "test",
+        &format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA {s} TO {role};
+             GRANT SELECT, INSERT, DELETE ON {s}.audit_events TO {role};
+             GRANT SELECT ON {s}.audit_schema TO {role};"
+        ),
+    );
+    schema.sql(
+        "INSERT INTO audit_events (id, at, platform, asker, action, outcome, line)
+         VALUES (gen_random_uuid(), now() - interval '40 days', 'slack', 'U1', 'link', 'ok', '{}')",
+    );
+    let url = format!(
+        "postgres://{role}@127.0.0.1:{}/test?options=-csearch_path%3D{s}",
+        schema.port
+    );
+    let planhat = planhat_with_jane().await;
+    let app = replica(&planhat, &url, "keep = 30\n");
+    ask(&app, 0, 5).await;
+    app.audit.close().await;
+    assert_eq!(
+        schema.count("TRUE"),
+        5,
+        "written, and the 40-day-old row deleted"
+    );
+    let reader = write(
+        &dir.join("reader.toml"),
+        &format!("[audit]\ndatabase_url = \"{url}\"\n"),
+    );
+    let (out, _) = audit(&reader, &["--json"]);
+    assert_eq!(out.lines().count(), 5);
+    // Nothing else: rows can't be changed, the table can't be dropped.
+    for sql in [
+        "UPDATE audit_events SET outcome = 'forged'",
+        "DROP TABLE audit_events",
+        "CREATE TABLE audit_events_copy (x int)",
+    ] {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &schema.port.to_string(),
+                "-U",
+                &role,
+                "-d",
+                "test",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-qc"])
+            .arg(format!("SET search_path TO {s}; {sql}"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{sql} is refused");
+        assert!(
+            text(&out.stderr).contains("permission denied")
+                || text(&out.stderr).contains("must be owner"),
+            "{sql}: {}",
+            text(&out.stderr)
+        );
+    }
+    common::postgres::psql(
+        schema.port,
+        "test",
+        &format!("DROP SCHEMA {s} CASCADE; DROP ROLE {role}"),
+    );
+}
+
+/// The load figure of README "The audit trail": a million rows over 90 days, 200 companies,
+/// then the auditor's question, timed as they would run it (the real binary, connection
+/// included). Ignored by default (it takes a minute to fill the table); run it with
+/// `cargo test --release --test audit_pg -- --ignored --nocapture a_million_rows`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "load figure, about a minute: run with --ignored"]
+async fn a_million_rows_answer_the_auditors_question_in_under_a_second() {
+    let dir = scratch("million");
+    let schema = Schema::new();
+    let config = write(
+        &dir.join("audit.toml"),
+        &format!("[audit]\ndatabase_url = \"{}\"\n", schema.url()),
+    );
+    audit(&config, &["--migrate"]);
+    let filled = Instant::now();
+    // Company 0 is "Acme Corp" (0.5% of rows); the rest "Company N".
+    schema.sql(
+        "INSERT INTO audit_events (id, at, platform, team, channel, asker, action, end_user, outcome, latency_ms, company, line)
+         SELECT id, at, 'slack', 'T1', 'C1', asker, 'link', end_user, outcome, 40, company,
+                json_build_object('id', id, 'time', to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                    'platform', 'slack', 'team', 'T1', 'channel', 'C1', 'asker', asker, 'action', 'link',
+                    'end_user', end_user, 'email', null, 'outcome', outcome, 'latency_ms', 40,
+                    'company', company)::text
+         FROM (SELECT gen_random_uuid() AS id,
+                      now() - (i * interval '90 days' / 1000000) AS at,
+                      'U' || (i % 500) AS asker,
+                      'e' || (i % 50000) AS end_user,
+                      CASE WHEN i % 20 = 0 THEN 'no_access' ELSE 'ok' END AS outcome,
+                      CASE WHEN i % 200 = 0 THEN 'Acme Corp' ELSE 'Company ' || (i % 200) END AS company
+               FROM generate_series(1, 1000000) AS i) AS g;
+         ANALYZE audit_events",
+    );
+    println!("filled 1,000,000 rows in {:.1?}", filled.elapsed());
+    for args in [
+        &["--company", "acme", "--since", "30d"][..],
+        &["--company", "acme", "--since", "30d", "--summary"],
+        &["--company", "acme", "--since", "30d", "--json"],
+        &["--asker", "U7", "--since", "7d"],
+        &["--enduser", "e1234"],
+    ] {
+        let mut best = Duration::MAX;
+        let mut rows = 0;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let (out, _) = audit(&config, args);
+            best = best.min(started.elapsed());
+            rows = out.lines().count();
+        }
+        println!(
+            "portal-bot audit {}: {rows} lines in {best:.0?} (best of 3)",
+            args.join(" ")
+        );
+        if args.len() == 4 {
+            assert!(best < Duration::from_secs(1), "{args:?} took {best:?}");
+        }
+    }
+}

@@ -34,14 +34,16 @@ fn conditions(filter: &Filter) -> (String, Vec<Param>) {
         sql.push(format!("asker = {p}"));
     }
     if let Some(wanted) = &filter.end_user {
-        // As the file reader: an id exactly; an email (it has an @) in any case.
+        // As the file reader: an id exactly; an email (it has an @) in any case, in either
+        // column. An id (no @) can't equal a recorded email (they all have one), so it is
+        // looked up in `end_user` alone, where an index serves it.
         let p = next(Box::new(wanted.clone()), &mut params);
         if wanted.contains('@') {
             sql.push(format!(
                 "(lower(end_user) = lower({p}) OR lower(email) = lower({p}))"
             ));
         } else {
-            sql.push(format!("(end_user = {p} OR email = {p})"));
+            sql.push(format!("end_user = {p}"));
         }
     }
     if let Some(part) = &filter.company {
