@@ -1583,6 +1583,8 @@ mod tests {
         let env = |name: &str| match name {
             "DISCORD_PUBLIC_KEY" => Some("ab".repeat(32)),
             "PORTAL_BOT_REDIS_URL" => Some("redis://127.0.0.1:6379/0".into()),
+            // The file trail, as the example has it; the database is switched on below.
+            "PORTAL_BOT_AUDIT_DATABASE_URL" => None,
             "PORTAL_BOT_SEAL_KEY" | "PORTAL_BOT_COOKIE_KEY" => {
                 Some(format!("env-{name}-{}", "k".repeat(32)))
             }
@@ -1596,6 +1598,28 @@ mod tests {
             .replace("# keep = ", "keep = ");
         let c = Config::parse(&on, &env).expect("the example's rotation must be valid");
         assert_eq!((c.audit.rotate, c.audit.keep), (Some(Rotate::Daily), 30));
+        // The commented-out database, switched on, is valid; with rotation it is not (the file
+        // is then only the database's fallback).
+        let db = text.replace("# database_url = ", "database_url = ");
+        let c = Config::parse(&db, &env).expect("the example's database must be valid");
+        assert!(c.audit.database_url.is_some());
+        let both = db.replace("# rotate = ", "rotate = ");
+        let e = Config::parse(&both, &env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("audit.rotate: not with audit.database_url"),
+            "{e}"
+        );
+        // The environment wins, and a bad URL is refused without being echoed.
+        let bad = |name: &str| match name {
+            "PORTAL_BOT_AUDIT_DATABASE_URL" => Some("mysql://u:hunter2@db/x".to_string()),
+            other => env(other),
+        };
+        let e = Config::parse(&db, &bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("audit.database_url: must be a PostgreSQL URL"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]
