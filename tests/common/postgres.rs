@@ -89,6 +89,21 @@ impl Schema {
         )
     }
 
+    /// How many events the table holds; `None` while it doesn't exist yet (the bot creates it
+    /// when it first reaches the database).
+    pub fn rows(&self) -> Option<u64> {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "test", "-qAt", "-c"])
+            .arg(format!(
+                "SET search_path TO {}; SELECT count(*) FROM audit_events",
+                self.name
+            ))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
     /// `SELECT count(*)` of `audit_events` matching `condition`.
     pub fn count(&self, condition: &str) -> u64 {
         self.sql(&format!(
