@@ -315,6 +315,49 @@ async fn the_database_stopped_mid_run_and_restarted_loses_nothing_and_repeats_no
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_database_too_slow_to_answer_keeps_nobody_waiting_and_gets_every_event_once() {
+    let schema = Schema::new();
+    let dir = scratch("slow");
+    let fallback = dir.join("fallback.jsonl");
+    let planhat = planhat_with_jane().await;
+    let app = replica(
+        &planhat,
+        &schema.url(),
+        &format!("required = true\npath = \"{}\"\n", fallback.display()),
+    );
+    ask(&app, 0, 5).await;
+    wait_for_all(&schema, 5);
+    // Another session holds the table for 8 s: inserts hang (they are not refused), and the
+    // ones the writer gives up on still go through once the lock is released.
+    let mut locker = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &schema.port.to_string()])
+        .args(["-U", "postgres", "-d", "test", "-qc"])
+        .arg(format!(
+            "BEGIN; LOCK TABLE {}.audit_events IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;",
+            schema.name
+        ))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut i = 5;
+    while started.elapsed() < Duration::from_secs(6) {
+        ask(&app, i, i + 1).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(locker.wait().unwrap().success());
+    let metrics = app.metrics.render();
+    assert!(
+        !metrics.contains("portal_bot_audit_write_failures_total 0\n"),
+        "the writer gave up on inserts that hung: {metrics}"
+    );
+    wait_for_all(&schema, i);
+    app.audit.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn without_a_fallback_file_events_wait_in_memory_and_go_in_when_the_database_returns() {
     let pg = OwnPostgres::start();
     let schema = Schema::on(pg.port);

@@ -19,8 +19,9 @@ use std::time::Duration;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config};
 
-/// How long a connection (TCP, TLS, authentication) may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection (TCP, TLS, authentication) may take: short, because a request whose
+/// event must be written (`required = true`) may be waiting through it.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Why the audit database could not be used. Never holds the URL.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +133,7 @@ pub async fn connect(url: &str) -> Result<Client, DbError> {
             Ok(client)
         }
     };
-    tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_millis(500), attempt)
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
         .map_err(|_| DbError::Timeout(CONNECT_TIMEOUT))?
 }

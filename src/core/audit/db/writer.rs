@@ -156,6 +156,11 @@ impl Writer {
 
     /// Writes what can be written; what can't goes to the fallback.
     async fn work(&mut self) {
+        if self.said_down && !self.backlog.is_empty() {
+            // The database failed lately: set new events aside before trying it again, so no
+            // request waits through more than the one attempt already under way.
+            self.set_aside(false);
+        }
         if self.client.is_none() && Instant::now() >= self.retry_at {
             self.connect().await;
         }
