@@ -334,7 +334,9 @@ impl Writer {
             SELECT id FROM audit_events WHERE at < now() - make_interval(days => $1) LIMIT $2)";
         let mut deleted = 0u64;
         let mut more = false;
-        for _ in 0..10 {
+        // A few batches per round: the writer is busy meanwhile, and a request whose event
+        // must be written may be waiting on it.
+        for _ in 0..3 {
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&days, &DELETE_BATCH];
             match tokio::time::timeout(WRITE_TIMEOUT, client.execute(sql, &params)).await {
                 Ok(Ok(n)) => {
