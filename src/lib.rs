@@ -86,7 +86,7 @@ impl App {
     pub fn build(config: Config) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let planhat = Planhat::new(&config.planhat, metrics.clone())?;
-        let audit = Arc::new(Audit::from_config(&config.audit)?);
+        let audit = Arc::new(Audit::from_config(&config.audit, metrics.clone())?);
         let (shutdown, _) = crate::shutdown::channel();
         let readiness = Readiness::default();
         let state_check = if config.state.redis_url.is_some() {

@@ -521,6 +521,33 @@ async fn a_denial_with_its_reason_reaches_the_asker_and_opens_nothing() {
     b.click("U2", "approve", &id).await;
     assert!(!b.audited("approve", "already_decided").await.is_empty());
     b.app.stop().await;
+
+    // The auditor finds the decisions by action.
+    let cfg = b.audit.with_file_name("audit-reader.toml");
+    std::fs::write(&cfg, format!("[audit]\npath = \"{}\"\n", b.audit.display())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portal-bot"))
+        .args([
+            "audit",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--action",
+            "deny",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["action"], "deny");
+    assert_eq!(lines[0]["approver"], "slack:U2");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -406,7 +406,7 @@ fn audit_says_plainly_what_is_wrong_and_exits_2() {
         (
             config("none.toml", "[planhat]\ntoken = \"t\"\n"),
             vec![],
-            "audit.path is not set",
+            "neither audit.path nor audit.database_url is set",
         ),
         (
             config(
@@ -505,7 +505,16 @@ async fn what_the_running_app_records_rotated_shows_up_in_portal_bot_audit() {
     assert_eq!(rows(&out).len(), 20, "{out}");
     assert!(rows(&out).iter().all(|r| r.contains("U_NOPE")));
 
-    // With keep = 3 only the newest files stay, each line whole.
+    // Every file of the trail is the bot's user's only.
+    #[cfg(unix)]
+    for file in portal_bot::core::audit::files::trail(&trail).unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+
+    // With keep = 3, a burst of events rotates many times, yet no file younger than a day is
+    // deleted: the day's events all stay readable.
     let trail = dir.join("kept.jsonl");
     let second = app(&planhat, &trail, "rotate = \"1KB\"\nkeep = 3\n");
     for _ in 0..30 {
@@ -513,11 +522,7 @@ async fn what_the_running_app_records_rotated_shows_up_in_portal_bot_audit() {
     }
     second.audit.close().await;
     let files = portal_bot::core::audit::files::trail(&trail).unwrap();
-    assert_eq!(
-        files.len(),
-        4,
-        "3 rotated files and the current one: {files:?}"
-    );
+    assert!(files.len() > 4, "more files than keep, all kept: {files:?}");
     std::fs::write(
         &config,
         format!("[audit]\npath = \"{}\"\n", trail.display()),
@@ -525,5 +530,71 @@ async fn what_the_running_app_records_rotated_shows_up_in_portal_bot_audit() {
     .unwrap();
     let (out, err) = audit(&config, &["--json"]);
     assert!(!err.contains("could not be read"), "{err}");
-    assert!(!out.is_empty() && out.lines().count() < 30);
+    assert_eq!(out.lines().count(), 30);
+}
+
+/// `portal-bot link --log-format json` with `RUST_LOG=audit=info`; returns the audit event as
+/// the log's `event` field (when `trail` is `None`) or the file's line.
+fn link_event(dir: &Path, planhat: &MockServer, trail: Option<&Path>) -> serde_json::Value {
+    let audit = match trail {
+        Some(t) => format!("[audit]\npath = \"{}\"\n", t.display()),
+        None => "[audit]\n".to_string(),
+    };
+    let config = dir.join(if trail.is_some() {
+        "file.toml"
+    } else {
+        "log.toml"
+    });
+    std::fs::write(
+        &config,
+        format!(
+            "[planhat]\napi_url = \"{}\"\nportal_url = \"{PORTAL}\"\ntoken = \"{API_TOKEN}\"\n{audit}",
+            planhat.uri()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portal-bot"))
+        .args(["--log-format", "json", "link", "--config"])
+        .arg(&config)
+        .arg("jane@acme.example")
+        .env_remove("PORTAL_BOT_CONFIG")
+        .env_remove("PLANHAT_API_TOKEN")
+        .env("RUST_LOG", "audit=info")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut event: serde_json::Value = match trail {
+        Some(t) => serde_json::from_str(std::fs::read_to_string(t).unwrap().trim()).unwrap(),
+        None => {
+            let log = text(&out.stderr);
+            let line = log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|l| l["target"] == "audit")
+                .unwrap_or_else(|| panic!("no audit line in the log: {log}"));
+            // `--log-format json` puts an event's fields at the top level of its line.
+            serde_json::from_str(line["event"].as_str().unwrap()).unwrap()
+        }
+    };
+    // What differs from one request to the next.
+    for varying in ["id", "time", "latency_ms"] {
+        assert!(
+            event[varying].is_string() || event[varying].is_number(),
+            "{varying}: {event}"
+        );
+        event.as_object_mut().unwrap().remove(varying);
+    }
+    event
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_records_the_same_event_as_the_file() {
+    let dir = scratch("log-vs-file");
+    let planhat = planhat_with_jane().await;
+    let from_file = link_event(&dir, &planhat, Some(&dir.join("audit.jsonl")));
+    let from_log = link_event(&dir, &planhat, None);
+    assert_eq!(from_log, from_file);
+    assert_eq!(from_log["email"], "jane@acme.example", "{from_log}");
+    assert_eq!(from_log["company"], "Acme Corp", "{from_log}");
+    assert_eq!(from_log["end_user"], "e1", "{from_log}");
 }

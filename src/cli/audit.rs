@@ -3,8 +3,13 @@
 //! words for whoever is reading it at 3 a.m.), as JSON lines exactly as stored (`--json`), or
 //! as counts per asker, company and outcome (`--summary`, with `--json` one JSON object).
 //!
-//! Reading and filtering live in `core::audit::query`; this module only turns arguments into
-//! a filter and events into text. Stdout is the answer; what went wrong goes to stderr.
+//! With `[audit] database_url` it reads the audit database instead, the trail of every replica
+//! (`core::audit::db::read`): the same filters and output. `--migrate` creates or upgrades the
+//! database's schema, for an owner role when the bot's own role may not.
+//!
+//! Reading and filtering live in `core::audit::query` and `core::audit::db::read`; this module
+//! only turns arguments into a filter and events into text. Stdout is the answer; what went
+//! wrong goes to stderr. The database's URL is never printed.
 
 use std::io::{self, BufWriter, Write};
 use std::ops::ControlFlow;
@@ -12,6 +17,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use super::exit;
+use crate::core::audit::db;
 use crate::core::audit::query::{self, Entry, Filter, Since, Summary};
 use crate::core::config::AuditConfig;
 use crate::core::text;
@@ -24,8 +30,17 @@ pub struct Options {
     pub enduser: Option<String>,
     pub company: Option<String>,
     pub outcome: Option<String>,
+    pub action: Option<String>,
     pub summary: bool,
     pub json: bool,
+    /// Create or upgrade the audit database's schema, then stop.
+    pub migrate: bool,
+}
+
+/// Where the trail is read from.
+enum Source {
+    File(std::path::PathBuf),
+    Database(crate::core::secret::Secret),
 }
 
 /// Runs the command; returns the exit status.
@@ -37,25 +52,42 @@ pub fn run(config_path: &Path, options: Options) -> u8 {
             return exit::USAGE;
         }
     };
-    let Some(trail) = config.path else {
-        eprintln!(
-            "portal-bot: audit.path is not set in {}: audit events go to the log, so there is no trail to read",
-            config_path.display()
-        );
-        return exit::USAGE;
+    let source = match (config.database_url, config.path) {
+        (Some(url), _) => Source::Database(url),
+        (None, _) if options.migrate => {
+            eprintln!(
+                "portal-bot: --migrate needs audit.database_url (or PORTAL_BOT_AUDIT_DATABASE_URL)"
+            );
+            return exit::USAGE;
+        }
+        (None, Some(path)) => Source::File(path),
+        (None, None) => {
+            eprintln!(
+                "portal-bot: neither audit.path nor audit.database_url is set in {}: audit events go to the log, so there is no trail to read",
+                config_path.display()
+            );
+            return exit::USAGE;
+        }
     };
+    if options.migrate {
+        let Source::Database(url) = &source else {
+            return exit::USAGE;
+        };
+        return migrate(url);
+    }
     let filter = Filter {
         since: options.since.map(|s| s.cutoff(SystemTime::now())),
         asker: options.asker.clone(),
         end_user: options.enduser.clone(),
         company: options.company.clone(),
         outcome: options.outcome.clone(),
+        action: options.action.clone(),
     };
     let mut out = BufWriter::new(io::stdout().lock());
     let mut failed: Option<io::Error> = None;
     let mut summary = Summary::default();
     let mut rows: Vec<[String; 7]> = Vec::new();
-    let read = query::read(&trail, &filter, |entry| {
+    let each = |entry: &Entry| {
         if options.summary {
             summary.add(entry);
         } else if options.json {
@@ -67,18 +99,53 @@ pub fn run(config_path: &Path, options: Options) -> u8 {
             rows.push(row(entry));
         }
         ControlFlow::Continue(())
-    });
-    let stats = match read {
-        Ok(stats) => stats,
-        Err(e @ query::TrailError::Missing { .. }) => {
-            eprintln!(
-                "portal-bot: audit.path: {e}; a relative path is taken from the current directory"
-            );
-            return exit::USAGE;
-        }
-        Err(e) => {
-            eprintln!("portal-bot: audit.path: {e}");
-            return exit::USAGE;
+    };
+    let stats = match &source {
+        Source::File(trail) => match query::read(trail, &filter, each) {
+            Ok(stats) => stats,
+            Err(e @ query::TrailError::Missing { .. }) => {
+                eprintln!(
+                    "portal-bot: audit.path: {e}; a relative path is taken from the current directory"
+                );
+                return exit::USAGE;
+            }
+            Err(e) => {
+                eprintln!("portal-bot: audit.path: {e}");
+                return exit::USAGE;
+            }
+        },
+        Source::Database(url) => {
+            let read = if options.summary {
+                block_on(async {
+                    let client = db::connect(url.expose()).await?;
+                    db::read::summary(&client, &filter).await
+                })
+                .map(|s| {
+                    let stats = query::Stats {
+                        events: s.events,
+                        matched: s.events,
+                        ..Default::default()
+                    };
+                    summary = s;
+                    stats
+                })
+            } else {
+                block_on(async {
+                    let client = db::connect(url.expose()).await?;
+                    db::read::events(&client, &filter, each).await
+                })
+            };
+            match read {
+                Ok(stats) => stats,
+                Err(e @ db::DbError::NoTable) => {
+                    eprintln!("portal-bot: audit.database_url: {e}");
+                    return exit::USAGE;
+                }
+                Err(e) => {
+                    eprintln!("portal-bot: audit.database_url: {e}");
+                    return exit::UPSTREAM;
+                }
+            }
         }
     };
     let written = match failed {
@@ -106,14 +173,48 @@ pub fn run(config_path: &Path, options: Options) -> u8 {
         eprintln!("portal-bot: {n} {lines} could not be read (skipped)");
     }
     if stats.matched == 0 {
-        eprintln!(
-            "portal-bot: no events match ({} read from {} file{})",
-            stats.events,
-            stats.files,
-            if stats.files == 1 { "" } else { "s" }
-        );
+        match source {
+            Source::File(_) => eprintln!(
+                "portal-bot: no events match ({} read from {} file{})",
+                stats.events,
+                stats.files,
+                if stats.files == 1 { "" } else { "s" }
+            ),
+            Source::Database(_) => eprintln!("portal-bot: no events match in the audit database"),
+        }
     }
     exit::OK
+}
+
+/// Runs `work` on a runtime of its own: reading a file needs none, so one is made only for the
+/// database.
+fn block_on<T>(
+    work: impl std::future::Future<Output = Result<T, db::DbError>>,
+) -> Result<T, db::DbError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| db::DbError::Connect(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(work)
+}
+
+/// `--migrate`: the schema created or brought up to date (for an owner role: README "The audit
+/// trail").
+fn migrate(url: &crate::core::secret::Secret) -> u8 {
+    let done = block_on(async {
+        let mut client = db::connect(url.expose()).await?;
+        db::migrate::migrate(&mut client).await
+    });
+    match done {
+        Ok(version) => {
+            println!("audit database: schema at version {version}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("portal-bot: audit.database_url: {e}");
+            exit::UPSTREAM
+        }
+    }
 }
 
 /// `2026-11-25 14:03:12` (UTC, seconds).

@@ -1,5 +1,5 @@
 //! `portal-bot check`: is this config going to work? Validates it, then makes one
-//! authenticated call to Planhat (and Redis, and with `[slack]` the Slack calls the configured
+//! authenticated call to Planhat (and Redis, the audit database, and with `[slack]` the Slack calls the configured
 //! features make, naming any scope the token lacks) and says in plain words what is wrong.
 
 use std::path::Path;
@@ -66,13 +66,14 @@ pub async fn run(path: &Path) -> u8 {
         }
     };
     let redis_ok = check_redis(&config).await;
+    let audit_ok = check_audit_database(&config).await;
     let sign_in_ok = check_sign_in(&config).await;
     let mut slack_ok = true;
     for finding in crate::adapters::slack::probe::probe(&config).await {
         println!("{}", finding.line);
         slack_ok &= finding.ok;
     }
-    if planhat_ok && redis_ok && slack_ok && sign_in_ok {
+    if planhat_ok && redis_ok && audit_ok && slack_ok && sign_in_ok {
         exit::OK
     } else {
         exit::UPSTREAM
@@ -144,6 +145,47 @@ fn cleartext_remote(url: &str) -> Option<String> {
         url::Host::Ipv6(ip) => ip.is_loopback(),
     };
     (!loopback).then(|| host.to_string())
+}
+
+/// With `[audit] database_url`: whether the database answers and its schema is there, through
+/// the connection the writer uses. Never prints the URL (it may hold a password): the host and
+/// whether TLS is on are enough to tell which one is meant.
+async fn check_audit_database(config: &crate::Config) -> bool {
+    use crate::core::audit::db;
+    let Some(url) = &config.audit.database_url else {
+        return true;
+    };
+    let (host, tls) = match db::connect::describe(url.expose()) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("audit database: {e}");
+            return false;
+        }
+    };
+    let tls = if tls { "TLS" } else { "no TLS" };
+    let loopback =
+        matches!(host.as_str(), "127.0.0.1" | "::1" | "localhost") || host.starts_with('/');
+    if tls == "no TLS" && !loopback {
+        println!("warning: audit database on {host} without TLS: add sslmode=require to audit.database_url");
+    }
+    let answer = async {
+        let client = db::connect(url.expose()).await?;
+        db::migrate::current(&client).await
+    };
+    match answer.await {
+        Ok(0) => {
+            println!("audit database on {host} ({tls}): answers; no audit table yet (the bot creates it at start, or `portal-bot audit --migrate`)");
+            true
+        }
+        Ok(v) => {
+            println!("audit database on {host} ({tls}): answers, schema version {v}");
+            true
+        }
+        Err(e) => {
+            println!("audit database on {host} ({tls}): {e}. Check audit.database_url or PORTAL_BOT_AUDIT_DATABASE_URL (host, port, user, password, sslmode). Links are still handed out while it is down (events wait in the fallback).");
+            false
+        }
+    }
 }
 
 /// With `[sign_in]`: whether each identity provider answers (OpenID Connect discovery; for

@@ -80,7 +80,7 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Read the audit trail (rotated files too): who opened what, when.
+    /// Read the audit trail (rotated files too, or the audit database): who opened what, when.
     Audit {
         #[command(flatten)]
         config: ConfigArg,
@@ -100,12 +100,20 @@ enum Command {
         /// Only this outcome, exactly: ok, denied, no_access, not_found, rate_limited, …
         #[arg(long)]
         outcome: Option<String>,
+        /// Only this action, exactly: link, check, new_link, go, find, request, approve,
+        /// deny, expire, break_glass.
+        #[arg(long)]
+        action: Option<String>,
         /// Counts per asker, company and outcome instead of one row per event.
         #[arg(long)]
         summary: bool,
         /// The matching events as JSON lines, exactly as stored (with --summary: one JSON object).
         #[arg(long)]
         json: bool,
+        /// Create or upgrade the audit database's schema (audit.database_url), then stop: for a
+        /// table owner when the bot's own role may only read and write rows.
+        #[arg(long, conflicts_with_all = ["since", "asker", "enduser", "company", "outcome", "action", "summary", "json"])]
+        migrate: bool,
     },
 }
 
@@ -137,8 +145,10 @@ pub fn main() -> ExitCode {
         enduser,
         company,
         outcome,
+        action,
         summary,
         json,
+        migrate,
     } = cli.command
     {
         let options = audit::Options {
@@ -147,8 +157,10 @@ pub fn main() -> ExitCode {
             enduser,
             company,
             outcome,
+            action,
             summary,
             json,
+            migrate,
         };
         return ExitCode::from(audit::run(&config.config, options));
     }

@@ -1,22 +1,29 @@
 //! The audit trail: one JSON line per request, so that "who became which customer, when" can
 //! always be answered.
 //!
-//! Lines are written by one dedicated thread, off the request path: a request hands its event
-//! over a bounded channel and goes on. Each line goes out in a single `write` on a file opened
-//! for append, so a crash leaves every line complete or absent. With `required = true` the
-//! request waits for the write and refuses the link when it fails. Events never hold a URL or a
-//! token: [`AuditEvent`] has no field that could carry one.
+//! A request hands its event to a writer over a bounded channel and goes on; the writer is off
+//! the request path. Where events go:
 //!
-//! With `[audit] rotate` the writer also moves on to a new file now and then ([`rotate`]),
-//! between batches; [`files`] names the rotated files and [`query`] reads the whole trail back
-//! for `portal-bot audit`.
+//! - `[audit] path`: one dedicated thread appends lines to the file, each batch in a single
+//!   `write` on a file opened for append (created readable by the bot's user only), so a crash
+//!   leaves every line complete or absent. With `[audit] rotate` it also moves on to a new file
+//!   now and then ([`rotate`]), between batches; [`files`] names the rotated files and [`query`]
+//!   reads the whole trail back for `portal-bot audit`.
+//! - `[audit] database_url`: a task writes batches to PostgreSQL ([`db`]), one table for every
+//!   replica; `path` is then the fallback for events the database can't take yet.
+//! - neither: the log, one line per event holding the event's JSON (the same JSON as the file).
+//!
+//! With `required = true` the request waits for its event's write and refuses the link when it
+//! fails. Events never hold a URL or a token: [`AuditEvent`] has no field that could carry one.
+//! Every event gets an id when it is recorded, so that writing it twice is one row.
 
+pub mod db;
 pub mod files;
 pub mod query;
-mod rotate;
+pub(crate) mod rotate;
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -24,10 +31,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::rotate::{Rotation, TrailFile};
 use super::config::AuditConfig;
+use super::metrics::Metrics;
 
 /// One request, as the audit trail records it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditEvent {
+    /// A UUID given when the event is recorded ([`Audit::record`]): the same event written
+    /// twice (a retried database write, a replayed fallback file) is one row.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
     pub platform: &'static str,
@@ -71,6 +83,13 @@ impl AuditEvent {
     pub fn now() -> String {
         humantime::format_rfc3339_millis(SystemTime::now()).to_string()
     }
+
+    /// The event as one line of JSON: what the file holds, the log line's `event` field and the
+    /// database's `line` column.
+    pub fn to_json(&self) -> String {
+        // Strings, numbers and options only: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// The audit trail could not record an event.
@@ -78,23 +97,42 @@ impl AuditEvent {
 #[error("the audit trail could not be written: {0}")]
 pub struct AuditError(String);
 
-enum Message {
+/// An event on its way to the writer, with the request's ear when it waits for the write.
+pub(crate) enum Message {
     Event(AuditEvent, Option<oneshot::Sender<Result<(), String>>>),
+}
+
+/// Who writes: the file's (or the log's) thread, or the database's task.
+enum Writer {
+    Thread(std::thread::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
 }
 
 /// Where events go. Cheap to share; [`Audit::close`] flushes and stops the writer.
 pub struct Audit {
     sender: Mutex<Option<mpsc::Sender<Message>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: Mutex<Option<Writer>>,
     required: bool,
+    /// The database's writer never makes a request wait for room in its queue: a full queue
+    /// sends the event to the log (or, when required, refuses the link).
+    never_wait: bool,
 }
 
-/// How many events may wait for the writer before requests wait for it (backpressure, not loss).
+/// How many events may wait for the file's writer before requests wait for it (backpressure,
+/// not loss).
 const QUEUE: usize = 4096;
+/// How many events may wait for the database's writer (it drains the queue into its own
+/// backlog, so this fills only if the writer itself is stuck).
+const DB_QUEUE: usize = 16_384;
 
 impl Audit {
-    /// Opens the trail `[audit]` describes, rotating as it says.
-    pub fn from_config(config: &AuditConfig) -> Result<Audit, AuditError> {
+    /// Opens the trail `[audit]` describes, rotating as it says; with `database_url`, starts the
+    /// database's writer on the current runtime (no network call here: it connects in the
+    /// background, so a database that is down never stops the bot from starting).
+    pub fn from_config(config: &AuditConfig, metrics: Arc<Metrics>) -> Result<Audit, AuditError> {
+        if let Some(url) = &config.database_url {
+            return Audit::start_db(config, url.clone(), metrics);
+        }
         let rotation = config.rotate.map(|when| Rotation {
             when,
             keep: config.keep,
@@ -124,8 +162,38 @@ impl Audit {
             .map_err(|e| AuditError(format!("cannot start the writer: {e}")))?;
         Ok(Audit {
             sender: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            writer: Mutex::new(Some(Writer::Thread(writer))),
             required,
+            never_wait: false,
+        })
+    }
+
+    fn start_db(
+        config: &AuditConfig,
+        url: crate::core::secret::Secret,
+        metrics: Arc<Metrics>,
+    ) -> Result<Audit, AuditError> {
+        let spool = match &config.path {
+            Some(p) => Some(db::spool::Spool::open(p).map_err(|e| {
+                AuditError(format!(
+                    "cannot open the fallback file {}: {e}",
+                    p.display()
+                ))
+            })?),
+            None => None,
+        };
+        let (tx, rx) = mpsc::channel(DB_QUEUE);
+        let settings = db::writer::Settings {
+            url,
+            keep_days: config.keep,
+            metrics,
+        };
+        let task = tokio::spawn(db::writer::run(rx, settings, spool));
+        Ok(Audit {
+            sender: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(Writer::Task(task))),
+            required: config.required,
+            never_wait: true,
         })
     }
 
@@ -142,26 +210,45 @@ impl Audit {
     }
 
     /// Records an event. When the trail is required, waits until it is written.
-    pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+    pub async fn record(&self, mut event: AuditEvent) -> Result<(), AuditError> {
+        if event.id.is_empty() {
+            event.id = db::row::new_id();
+        }
         let Some(tx) = self.sender() else {
             // After close (shutdown): never drop an event silently.
-            tracing::warn!(target: "audit", event = ?event, "audit closed; event logged instead");
+            tracing::warn!(target: "audit", event = %event.to_json(), "audit closed; event logged instead");
             return if self.required {
                 Err(AuditError("shutting down".into()))
             } else {
                 Ok(())
             };
         };
-        if !self.required {
-            return tx
-                .send(Message::Event(event, None))
+        let (ack_tx, ack_rx) = if self.required {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let message = Message::Event(event, ack_tx);
+        if self.never_wait {
+            if let Err(e) = tx.try_send(message) {
+                let (mpsc::error::TrySendError::Full(Message::Event(event, _))
+                | mpsc::error::TrySendError::Closed(Message::Event(event, _))) = e;
+                tracing::warn!(target: "audit", event = %event.to_json(), "audit queue full; event kept in this log only");
+                return if self.required {
+                    Err(AuditError("the audit queue is full".into()))
+                } else {
+                    Ok(())
+                };
+            }
+        } else {
+            tx.send(message)
                 .await
-                .map_err(|_| AuditError("the writer stopped".into()));
+                .map_err(|_| AuditError("the writer stopped".into()))?;
         }
-        let (ack_tx, ack_rx) = oneshot::channel();
-        tx.send(Message::Event(event, Some(ack_tx)))
-            .await
-            .map_err(|_| AuditError("the writer stopped".into()))?;
+        let Some(ack_rx) = ack_rx else {
+            return Ok(());
+        };
         match ack_rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(AuditError(e)),
@@ -172,9 +259,15 @@ impl Audit {
     /// Writes what is queued and stops the writer; later events go to the log.
     pub async fn close(&self) {
         drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match writer {
+            Some(Writer::Thread(handle)) => {
+                let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            }
+            Some(Writer::Task(task)) => {
+                let _ = task.await;
+            }
+            None => {}
         }
     }
 }
@@ -220,21 +313,11 @@ fn write_loop(mut rx: mpsc::Receiver<Message>, mut trail: Option<TrailFile>) {
     }
 }
 
+/// The log sink: the event itself, serialised exactly as a line of the file, in the `event`
+/// field, so the log holds every field the file would (email, client, user agent, …) and a log
+/// shipper can parse it with the same reader.
 fn log_event(event: &AuditEvent) {
-    tracing::info!(
-        target: "audit",
-        time = %event.time,
-        platform = event.platform,
-        team = event.team.as_deref(),
-        channel = event.channel.as_deref(),
-        asker = %event.asker,
-        action = event.action,
-        end_user = event.end_user.as_deref(),
-        outcome = event.outcome,
-        latency_ms = event.latency_ms,
-        company = event.company.as_deref(),
-        "audit"
-    );
+    tracing::info!(target: "audit", event = %event.to_json(), "audit");
 }
 
 /// Whole lines in one `write` call: with O_APPEND a crash leaves each line complete or absent,
@@ -254,6 +337,7 @@ mod tests {
 
     fn event(outcome: &'static str) -> AuditEvent {
         AuditEvent {
+            id: String::new(),
             time: AuditEvent::now(),
             platform: "slack",
             team: Some("T1".into()),
@@ -304,8 +388,9 @@ mod tests {
             required,
             rotate: Some(crate::core::config::Rotate::Size(1_000)),
             keep,
+            database_url: None,
         };
-        let audit = std::sync::Arc::new(Audit::from_config(&config).unwrap());
+        let audit = std::sync::Arc::new(Audit::from_config(&config, Default::default()).unwrap());
         let mut tasks = Vec::new();
         for t in 0..8 {
             let audit = audit.clone();
@@ -363,16 +448,74 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn rotation_keeps_only_the_newest_files() {
+    async fn a_flood_of_rotations_deletes_no_file_younger_than_a_day() {
+        // keep = 3, yet every one of the many rotated files is minutes old: all stay, so a
+        // flood can't push the day's genuine events out of the trail.
         let found = write_rotating("keep", 3, false).await;
-        assert_eq!(found.len(), 4, "3 rotated files and the current one");
-        // What is left is the newest stretch of the trail: for each task, the end of its run.
+        assert!(
+            found.len() > 4,
+            "more rotated files than keep: {}",
+            found.len()
+        );
         for numbers in per_task(&found) {
-            if let Some(&first) = numbers.first() {
-                assert_eq!(numbers, (first..250).collect::<Vec<u32>>());
+            assert_eq!(numbers, (0..250).collect::<Vec<u32>>());
+        }
+    }
+
+    /// What the log sink writes for `event`: the `event` field of its JSON log line.
+    fn logged(event: &AuditEvent) -> serde_json::Value {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
             }
         }
-        assert!(found.iter().flatten().any(|id| id.ends_with("-249")));
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || log_event(event));
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["target"], "audit");
+        serde_json::from_str(line["fields"]["event"].as_str().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_log_holds_every_field_the_file_holds() {
+        let mut e = event("ok");
+        e.id = db::row::new_id();
+        e.email = Some("jane@acme.example".into());
+        e.client = Some("203.0.113.7".into());
+        e.user_agent = Some("Mozilla/5.0".into());
+        e.signed_in_as = Some("slack:U1".into());
+        let dir = std::env::temp_dir().join(format!("pb-audit-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let audit = Audit::open(Some(&path), true).unwrap();
+        audit.record(e.clone()).await.unwrap();
+        audit.close().await;
+        let file: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(logged(&e), file);
+        for field in [
+            "email",
+            "client",
+            "user_agent",
+            "signed_in_as",
+            "company",
+            "id",
+        ] {
+            assert!(file.get(field).is_some_and(|v| !v.is_null()), "{field}");
+        }
     }
 
     #[tokio::test]

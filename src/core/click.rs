@@ -417,6 +417,7 @@ impl Clicks {
             }
         }
         let event = AuditEvent {
+            id: String::new(),
             time: AuditEvent::now(),
             platform: "web",
             team: claim.and_then(|c| c.asker.team_id.clone()),

@@ -136,6 +136,17 @@ pub struct Metrics {
     notes: Family<ReasonLabels, Counter>,
     go_unaudited: Family<WhyLabels, Counter>,
     idle_closed: Family<ReasonLabels, Counter>,
+    audit: AuditMetrics,
+}
+
+/// The audit database's writer (`[audit] database_url`): how far behind it is, how long its
+/// writes take, how often they fail, and what went to the local fallback meanwhile.
+struct AuditMetrics {
+    queue: Gauge,
+    writes: Histogram,
+    failures: Counter,
+    fallback: Counter,
+    up: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -287,9 +298,42 @@ impl Metrics {
             "Connections closed while idle, by reason (timeout: server.idle_timeout; evicted: the oldest idle one, to make room at the connection cap)",
             idle_closed.clone(),
         );
+        let audit = AuditMetrics {
+            queue: Gauge::default(),
+            writes: Histogram::new(seconds_buckets()),
+            failures: Counter::default(),
+            fallback: Counter::default(),
+            up: Gauge::default(),
+        };
+        registry.register(
+            "audit_queue_depth",
+            "Audit events not yet in the audit database: queued in memory or waiting in the local fallback file",
+            audit.queue.clone(),
+        );
+        registry.register(
+            "audit_write_duration_seconds",
+            "Batched inserts into the audit database that succeeded, by how long they took",
+            audit.writes.clone(),
+        );
+        registry.register(
+            "audit_write_failures",
+            "Batched inserts into the audit database (or connections to it) that failed",
+            audit.failures.clone(),
+        );
+        registry.register(
+            "audit_fallback_events",
+            "Audit events the database could not take at once, put in the local fallback (file or log)",
+            audit.fallback.clone(),
+        );
+        registry.register(
+            "audit_database_up",
+            "1 while the audit database takes writes (0 when it doesn't, or none is configured)",
+            audit.up.clone(),
+        );
         Metrics {
             go_unaudited,
             idle_closed,
+            audit,
             notices_failed,
             notes,
             state,
@@ -428,6 +472,30 @@ impl Metrics {
         self.notices_failed
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// How many audit events wait for the audit database (in memory and in the fallback file).
+    pub fn audit_queue(&self, depth: usize) {
+        self.audit
+            .queue
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// One batch written to the audit database, and how long it took.
+    pub fn audit_write(&self, took: Duration) {
+        self.audit.writes.observe(took.as_secs_f64());
+        self.audit.up.set(1);
+    }
+
+    /// A failed connection or batch write to the audit database.
+    pub fn audit_write_failed(&self) {
+        self.audit.failures.inc();
+        self.audit.up.set(0);
+    }
+
+    /// Audit events put in the local fallback because the database could not take them.
+    pub fn audit_fallback(&self, events: usize) {
+        self.audit.fallback.inc_by(events as u64);
     }
 
     /// The Prometheus text exposition.

@@ -6,6 +6,7 @@ pub mod browser;
 pub mod discord;
 pub mod idp;
 pub mod portal;
+pub mod postgres;
 pub mod redis;
 
 use std::time::{SystemTime, UNIX_EPOCH};

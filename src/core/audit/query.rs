@@ -24,6 +24,9 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// fields an older version didn't write are `None`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Recorded {
+    /// The event's id (since the audit database): what makes its write idempotent.
+    #[serde(default)]
+    pub id: Option<String>,
     pub time: String,
     pub platform: String,
     #[serde(default)]
@@ -85,6 +88,9 @@ pub struct Filter {
     pub company: Option<String>,
     /// The outcome, exactly (`ok`, `denied`, `no_access`, …).
     pub outcome: Option<String>,
+    /// The action, exactly (`link`, `go`, `request`, `approve`, `deny`, `expire`,
+    /// `break_glass`, …).
+    pub action: Option<String>,
 }
 
 impl Filter {
@@ -122,6 +128,9 @@ impl Filter {
             }
         }
         if self.outcome.as_ref().is_some_and(|o| *o != e.outcome) {
+            return false;
+        }
+        if self.action.as_ref().is_some_and(|a| *a != e.action) {
             return false;
         }
         true

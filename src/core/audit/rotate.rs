@@ -3,8 +3,8 @@
 //! Only the writer thread touches this, and only between batches: a batch of whole lines goes
 //! into one file in one `write`, after any rotation that is due, so no line is split across
 //! files and no batch straddles two. Rotating renames the current file to its dated name (see
-//! [`super::files`]), opens a new one at `[audit] path`, and deletes the oldest rotated files
-//! beyond `keep`. A rotation that fails loses nothing: lines keep going to the file already
+//! [`super::files`]), opens a new one at `[audit] path` (created 0600, like the first), and
+//! deletes the oldest rotated files beyond `keep` that are more than a day old. A rotation that fails loses nothing: lines keep going to the file already
 //! open (renamed or not) and the rotation is tried again a minute later.
 
 use std::fs::{File, OpenOptions};
@@ -25,6 +25,9 @@ pub struct Rotation {
 
 /// The wall clock (tests pass their own to cross midnight at will).
 pub type Clock = Box<dyn Fn() -> SystemTime + Send>;
+
+/// A rotated file younger than this (by its last change) is never deleted, whatever `keep` says.
+pub const MIN_AGE: Duration = Duration::from_secs(86_400);
 
 /// After a failed rotation, how long lines keep going to the file already open before the
 /// rotation is tried again (each failure is logged; this keeps that to once a minute).
@@ -183,7 +186,10 @@ impl TrailFile {
         Err(std::io::Error::other("no free rotated file name"))
     }
 
-    /// Deletes the oldest rotated files beyond `keep`.
+    /// Deletes the oldest rotated files beyond `keep`, except those whose last line is less
+    /// than [`MIN_AGE`] old: a flood of events (anyone can cause some) rotates often, and must
+    /// not push the last day's genuine events out of the trail. Such files are deleted at a
+    /// later rotation, once they are old enough.
     fn prune(&self) {
         let Some(rotation) = self.rotation else {
             return;
@@ -196,7 +202,20 @@ impl TrailFile {
             }
         };
         let excess = list.len().saturating_sub(rotation.keep);
+        let now = (self.clock)();
         for old in &list[..excess] {
+            let young = std::fs::metadata(&old.path)
+                .and_then(|m| m.modified())
+                // A file changed "in the future" (clock skew), or whose time can't be read, is
+                // treated as young: kept.
+                .map(|changed| {
+                    now.duration_since(changed)
+                        .map_or(true, |age| age < MIN_AGE)
+                })
+                .unwrap_or(true);
+            if young {
+                continue;
+            }
             if let Err(e) = std::fs::remove_file(&old.path) {
                 tracing::warn!(path = %old.path.display(), error = %e, "cannot delete an old audit file");
             }
@@ -204,8 +223,15 @@ impl TrailFile {
     }
 }
 
-fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+/// Opens `path` for appending, creating it readable and writable by the bot's user only
+/// (0600): the trail is personal data about colleagues and customers. A file that exists keeps
+/// the permissions it has (an operator may have granted a log shipper's group on purpose).
+pub(crate) fn open_append(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 #[cfg(test)]
@@ -291,25 +317,56 @@ mod tests {
         assert_eq!(read(&current), "new\n");
     }
 
+    /// Sets a file's last change to `at`.
+    fn touch(path: &Path, at: SystemTime) {
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+
     #[test]
-    fn size_rotation_counts_within_a_day_and_keeps_only_the_newest() {
+    fn size_rotation_counts_within_a_day_and_deletes_beyond_keep_only_files_a_day_old() {
         let current = scratch("size");
         let offset = Arc::new(AtomicU64::new(0));
         let rotation = Rotation {
             when: Rotate::Size(10),
             keep: 3,
         };
+        let now = clock(&offset);
         let mut trail = TrailFile::open(&current, Some(rotation), clock(&offset)).unwrap();
         // 6 bytes a batch: a second batch would pass 10 bytes, so every batch gets its own file.
         for i in 0..6 {
             trail.append(format!("line{i}\n").as_bytes()).unwrap();
+            // Each rotated file was last written just now (by the test's clock).
+            for f in files::rotated(&current).unwrap() {
+                touch(&f.path, now());
+            }
         }
+        // Five rotated files, over `keep`, but all younger than a day: none deleted (a flood
+        // of events must not push the day's genuine ones out).
         assert_eq!(
             names(&current),
             [
+                "audit.jsonl.2026-11-25",
+                "audit.jsonl.2026-11-25.1",
                 "audit.jsonl.2026-11-25.2",
                 "audit.jsonl.2026-11-25.3",
                 "audit.jsonl.2026-11-25.4",
+                "audit.jsonl"
+            ]
+        );
+        // Two days later: the next rotation deletes the oldest beyond `keep`.
+        offset.store(2 * 86_400, Ordering::SeqCst);
+        trail.append(b"line6\n").unwrap();
+        assert_eq!(
+            names(&current),
+            [
+                "audit.jsonl.2026-11-25.3",
+                "audit.jsonl.2026-11-25.4",
+                "audit.jsonl.2026-11-25.5",
                 "audit.jsonl"
             ]
         );
@@ -318,10 +375,32 @@ mod tests {
             .iter()
             .map(|p| read(p))
             .collect();
-        assert_eq!(all, "line2\nline3\nline4\nline5\n");
+        assert_eq!(all, "line3\nline4\nline5\nline6\n");
         // A batch bigger than the limit goes whole into a file of its own.
         trail.append(b"0123456789abcdef\n").unwrap();
         assert_eq!(read(&current), "0123456789abcdef\n");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_trail_and_its_rotated_files_are_readable_by_the_bots_user_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let current = scratch("mode");
+        let offset = Arc::new(AtomicU64::new(0));
+        let rotation = Rotation {
+            when: Rotate::Size(1),
+            keep: 30,
+        };
+        let mut trail = TrailFile::open(&current, Some(rotation), clock(&offset)).unwrap();
+        for _ in 0..3 {
+            trail.append(b"x\n").unwrap();
+        }
+        let all = files::trail(&current).unwrap();
+        assert_eq!(all.len(), 3);
+        for path in all {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
     }
 
     #[test]

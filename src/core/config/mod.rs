@@ -42,6 +42,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("discord.token", "DISCORD_TOKEN"),
     ("discord.public_key", "DISCORD_PUBLIC_KEY"),
     ("state.redis_url", "PORTAL_BOT_REDIS_URL"),
+    ("audit.database_url", "PORTAL_BOT_AUDIT_DATABASE_URL"),
     ("state.seal_key", "PORTAL_BOT_SEAL_KEY"),
     ("sign_in.cookie_key", "PORTAL_BOT_COOKIE_KEY"),
     ("sign_in.slack.client_secret", "SLACK_CLIENT_SECRET"),
@@ -286,8 +287,13 @@ pub struct AuditConfig {
     pub required: bool,
     /// When the trail moves on to a new file; unset: one file that only grows.
     pub rotate: Option<Rotate>,
-    /// How many rotated files are kept; the oldest beyond that are deleted.
+    /// How many rotated files are kept; the oldest beyond that are deleted (never one younger
+    /// than a day). With `database_url`: how many days rows are kept.
     pub keep: usize,
+    /// `postgres://…`: every replica writes to one table there, and `portal-bot audit` reads it;
+    /// `path` is then only the local fallback for events the database can't take yet. A secret
+    /// (it may carry a password): never printed, not even in a config error.
+    pub database_url: Option<Secret>,
 }
 
 /// When the audit writer closes its file and starts a new one (`[audit] rotate`). Rotated
@@ -320,7 +326,7 @@ impl AuditConfig {
                 ConfigError::at(&format!("audit.{path}"), message)
             }
         })?;
-        raw.validate()
+        raw.validate(&|name| std::env::var(name).ok())
     }
 }
 
@@ -691,6 +697,7 @@ struct RawAudit {
     rotate: Option<String>,
     #[serde(default = "default_keep")]
     keep: i64,
+    database_url: Option<SecretText>,
 }
 
 impl Default for RawAudit {
@@ -700,6 +707,7 @@ impl Default for RawAudit {
             required: false,
             rotate: None,
             keep: default_keep(),
+            database_url: None,
         }
     }
 }
@@ -709,13 +717,33 @@ fn default_keep() -> i64 {
 }
 
 impl RawAudit {
-    fn validate(self) -> Result<AuditConfig, ConfigError> {
+    fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<AuditConfig, ConfigError> {
+        let url = secret(
+            "audit.database_url",
+            self.database_url.unwrap_or_default(),
+            env,
+        );
+        let database_url = if url.is_empty() {
+            None
+        } else {
+            // Never echo the URL: it may carry a password.
+            if let Err(why) = crate::core::audit::db::check_url(url.expose()) {
+                return Err(ConfigError::at("audit.database_url", why));
+            }
+            Some(url)
+        };
         let path = self.path.filter(|p| !p.as_os_str().is_empty());
         let rotate = self
             .rotate
             .as_deref()
             .map(|text| parse_rotate(text).map_err(|e| ConfigError::at("audit.rotate", e)))
             .transpose()?;
+        if rotate.is_some() && database_url.is_some() {
+            return Err(ConfigError::at(
+                "audit.rotate",
+                "not with audit.database_url: the file then only holds events the database could not take yet, until it takes them",
+            ));
+        }
         if rotate.is_some() && path.is_none() {
             return Err(ConfigError::at(
                 "audit.rotate",
@@ -735,6 +763,7 @@ impl RawAudit {
             required: self.required,
             rotate,
             keep: positive("audit.keep", self.keep, 100_000)? as usize,
+            database_url,
         })
     }
 }
@@ -1263,7 +1292,7 @@ impl RawConfig {
                 10_000,
             )? as u32,
         };
-        let audit = self.audit.validate()?;
+        let audit = self.audit.validate(env)?;
         let state = self.state.validate(env)?;
         let notify = NotifyConfig {
             slack_channel: self
@@ -1624,6 +1653,8 @@ mod tests {
         let env = |name: &str| match name {
             "DISCORD_PUBLIC_KEY" => Some("ab".repeat(32)),
             "PORTAL_BOT_REDIS_URL" => Some("redis://127.0.0.1:6379/0".into()),
+            // The file trail, as the example has it; the database is switched on below.
+            "PORTAL_BOT_AUDIT_DATABASE_URL" => None,
             "PORTAL_BOT_SEAL_KEY" | "PORTAL_BOT_COOKIE_KEY" => {
                 Some(format!("env-{name}-{}", "k".repeat(32)))
             }
@@ -1637,6 +1668,28 @@ mod tests {
             .replace("# keep = ", "keep = ");
         let c = Config::parse(&on, &env).expect("the example's rotation must be valid");
         assert_eq!((c.audit.rotate, c.audit.keep), (Some(Rotate::Daily), 30));
+        // The commented-out database, switched on, is valid; with rotation it is not (the file
+        // is then only the database's fallback).
+        let db = text.replace("# database_url = ", "database_url = ");
+        let c = Config::parse(&db, &env).expect("the example's database must be valid");
+        assert!(c.audit.database_url.is_some());
+        let both = db.replace("# rotate = ", "rotate = ");
+        let e = Config::parse(&both, &env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("audit.rotate: not with audit.database_url"),
+            "{e}"
+        );
+        // The environment wins, and a bad URL is refused without being echoed.
+        let bad = |name: &str| match name {
+            "PORTAL_BOT_AUDIT_DATABASE_URL" => Some("mysql://u:hunter2@db/x".to_string()),
+            other => env(other),
+        };
+        let e = Config::parse(&db, &bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("audit.database_url: must be a PostgreSQL URL"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -424,6 +424,7 @@ impl PortalService {
         outcome: &'static str,
     ) {
         let event = AuditEvent {
+            id: String::new(),
             time: AuditEvent::now(),
             platform: asker.platform.name(),
             team: asker.team_id.clone(),
@@ -457,6 +458,7 @@ impl PortalService {
             "a record in shared state does not carry the bot's seal: refused (someone wrote to the store without the key)"
         );
         let event = AuditEvent {
+            id: String::new(),
             time: AuditEvent::now(),
             platform: "web",
             team: None,
@@ -526,6 +528,7 @@ impl PortalService {
             None
         };
         let event = AuditEvent {
+            id: String::new(),
             time: AuditEvent::now(),
             platform: asker.platform.name(),
             team: asker.team_id.clone(),
