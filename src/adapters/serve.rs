@@ -300,10 +300,15 @@ async fn idle_end(limits: &Connections, activity: &Activity) -> IdleEnd {
             .filter(|_| activity.answered.load(Ordering::Relaxed));
         let Some(since) = since else {
             // Busy: look again a timeout later (the deadline is counted from when it went
-            // idle, so it is kept to the millisecond all the same).
+            // idle, so it is kept to the millisecond all the same). Chosen to make room
+            // meanwhile: it went idle after this look began, so it goes now.
             tokio::select! {
                 _ = tokio::time::sleep(idle_timeout) => {}
-                _ = activity.close.notified() => {}
+                _ = activity.close.notified() => {
+                    if activity.idle_since().is_some() && activity.answered.load(Ordering::Relaxed) {
+                        return IdleEnd::Evicted;
+                    }
+                }
             }
             continue;
         };

@@ -93,12 +93,13 @@ pub fn parse_enduser_page(body: &[u8]) -> Option<Vec<Listed>> {
                     let full = format!("{first} {last}").trim().to_string();
                     (!full.is_empty()).then_some(full)
                 });
+                // Names as shown anywhere: one line, no format characters (`core::text`).
                 Some(Listed {
                     id,
-                    name,
+                    name: name.map(|n| crate::core::text::name(&n)),
                     email: text(u.get("email")).map(|e| e.to_ascii_lowercase()),
                     company_id: text(u.get("companyId")),
-                    company_name: text(u.get("companyName")),
+                    company_name: text(u.get("companyName")).map(|c| crate::core::text::name(&c)),
                 })
             })
             .collect(),
