@@ -471,11 +471,16 @@ impl Slack {
     }
 
     async fn click(&self, action_id: &str, value: &str) -> Result<(), String> {
+        self.click_as(SLACK_USER, action_id, value).await
+    }
+
+    /// A button pressed by `user` (its answer goes to the stand-in's `response_url`).
+    async fn click_as(&self, user: &str, action_id: &str, value: &str) -> Result<(), String> {
         let payload = json!({
-            "type": "block_actions", "team": {"id": "T0DEMO"}, "user": {"id": SLACK_USER},
-            "api_app_id": "A0DEMO", "trigger_id": format!("demo-click-{action_id}"),
+            "type": "block_actions", "team": {"id": "T0DEMO"}, "user": {"id": user},
+            "api_app_id": "A0DEMO", "trigger_id": format!("demo-{action_id}-{user}"),
             "container": {"type": "message", "message_ts": "1.2"}, "channel": {"id": "C0DEMO"},
-            "response_url": format!("{}/slack/response/click", self.chat),
+            "response_url": format!("{}/slack/response/{user}", self.chat),
             "actions": [{"type": "button", "action_id": action_id, "value": value,
                          "action_ts": format!("{:.6}", crate::core::onetime::now_ms() as f64 / 1000.0)}]
         });

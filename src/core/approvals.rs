@@ -292,6 +292,55 @@ pub fn may_break_glass(config: &ApprovalsConfig, asker: &Asker) -> bool {
     )
 }
 
+/// The parts of a decision as one platform shows them (escaped for its markup by the caller),
+/// for [`decided_line`] and [`asker_line`], which word them once for every platform.
+pub struct Shown<'a> {
+    /// Who decided (a mention), empty for an expiry.
+    pub by: &'a str,
+    pub whom: &'a str,
+    pub company: &'a str,
+    /// When the grant ends.
+    pub until: &'a str,
+    /// A denial's reason.
+    pub reason: Option<&'a str>,
+}
+
+fn because(reason: Option<&str>) -> String {
+    reason.map(|r| format!(": {r}")).unwrap_or_default()
+}
+
+/// The line under a decided request, where its buttons were.
+pub fn decided_line(verdict: &Verdict, s: &Shown<'_>) -> String {
+    match verdict {
+        Verdict::Approved => format!(
+            "Approved by {}: they may open {}'s end users until {}.",
+            s.by, s.company, s.until
+        ),
+        Verdict::Denied { .. } => format!("Denied by {}{}.", s.by, because(s.reason)),
+        Verdict::Expired => "Expired: nobody decided in time.".to_string(),
+    }
+}
+
+/// What the asker is told of their request's end.
+pub fn asker_line(verdict: &Verdict, s: &Shown<'_>) -> String {
+    match verdict {
+        Verdict::Approved => format!(
+            "{} approved your request: you may open {}'s end users until {}. Press the button for a link as {} (or use /portal).",
+            s.by, s.company, s.until, s.whom
+        ),
+        Verdict::Denied { .. } => format!(
+            "{} denied your request to open {}'s portal{}.",
+            s.by,
+            s.whom,
+            because(s.reason)
+        ),
+        Verdict::Expired => format!(
+            "Your request to open {}'s portal expired: nobody decided in time. Ask again, or ask an admin (on-call).",
+            s.whom
+        ),
+    }
+}
+
 /// A reason as kept: one line without format characters, at most [`MAX_REASON`] characters.
 pub fn clean_reason(text: &str) -> String {
     text::one_line(text, MAX_REASON)

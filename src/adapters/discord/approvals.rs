@@ -22,7 +22,9 @@ use serenity::http::Http;
 
 use super::render::{self, escape};
 use super::{ephemeral_line, rest, DiscordState};
-use crate::core::approvals::{ApprovalChat, Decided, Posted, Request, Verdict};
+use crate::core::approvals::{
+    asker_line, decided_line, ApprovalChat, Decided, Posted, Request, Shown, Verdict,
+};
 use crate::core::asker::{Asker, Groups, Platform};
 use crate::core::portal::{id_of, Action};
 
@@ -321,6 +323,7 @@ impl ApprovalChat for DiscordChat {
 
     async fn announce(&self, decided: &Decided) {
         let request = &decided.request;
+        let verdict = &decided.decision.verdict;
         let by = decided
             .decision
             .by
@@ -332,20 +335,18 @@ impl ApprovalChat for DiscordChat {
             .until_ms
             .map(|ms| format!("<t:{}:t>", ms / 1000))
             .unwrap_or_default();
-        let status = match &decided.decision.verdict {
-            Verdict::Approved => format!(
-                "Approved by {by}: they may open {}'s end users until {until}.",
-                escape(&request.company_shown())
-            ),
-            Verdict::Denied { reason } => format!(
-                "Denied by {by}{}.",
-                reason
-                    .as_deref()
-                    .map(|r| format!(": {}", escape(r)))
-                    .unwrap_or_default()
-            ),
-            Verdict::Expired => "Expired: nobody decided in time.".to_string(),
+        let reason = match verdict {
+            Verdict::Denied { reason } => reason.as_deref().map(escape),
+            _ => None,
         };
+        let shown = Shown {
+            by: &by,
+            whom: &escape(&request.whom()),
+            company: &escape(&request.company_shown()),
+            until: &until,
+            reason: reason.as_deref(),
+        };
+        let status = decided_line(verdict, &shown);
         for posted in request
             .posted
             .iter()
@@ -373,48 +374,22 @@ impl ApprovalChat for DiscordChat {
         let Ok(asker) = request.asker.user_id.parse::<u64>() else {
             return;
         };
-        let whom = escape(&request.whom());
-        let (content, rows) = match &decided.decision.verdict {
-            Verdict::Approved => {
-                let guild = request.asker.team_id.clone().unwrap_or_default();
-                let id = format!(
-                    "{}:{}:{}:{guild}",
-                    render::GRANTED_LINK,
-                    request.asker.user_id,
-                    request.end_user
-                );
-                let rows = if id.len() <= 100 {
-                    vec![CreateActionRow::Buttons(vec![CreateButton::new(id)
-                        .label("Open portal")
-                        .style(ButtonStyle::Primary)])]
-                } else {
-                    Vec::new()
-                };
-                (
-                    format!(
-                        "{by} approved your request: you may open {}'s end users until {until}. Press the button for a link as {whom} (or use /portal).",
-                        escape(&request.company_shown())
-                    ),
-                    rows,
-                )
-            }
-            Verdict::Denied { reason } => (
-                format!(
-                    "{by} denied your request to open {whom}'s portal{}.",
-                    reason
-                        .as_deref()
-                        .map(|r| format!(": {}", escape(r)))
-                        .unwrap_or_default()
-                ),
-                Vec::new(),
-            ),
-            Verdict::Expired => (
-                format!("Your request to open {whom}'s portal expired: nobody decided in time. Ask again, or ask an admin (on-call)."),
-                Vec::new(),
-            ),
+        let guild = request.asker.team_id.clone().unwrap_or_default();
+        let id = format!(
+            "{}:{}:{}:{guild}",
+            render::GRANTED_LINK,
+            request.asker.user_id,
+            request.end_user
+        );
+        let rows = if matches!(verdict, Verdict::Approved) && id.len() <= 100 {
+            vec![CreateActionRow::Buttons(vec![CreateButton::new(id)
+                .label("Open portal")
+                .style(ButtonStyle::Primary)])]
+        } else {
+            Vec::new()
         };
         if let Some(dm) = self.dm(asker).await {
-            self.send(dm, content, rows).await;
+            self.send(dm, asker_line(verdict, &shown), rows).await;
         }
     }
 

@@ -15,7 +15,9 @@ use slack_morphism::prelude::*;
 use super::client::SlackApi;
 use super::render::{self, code, escape, name};
 use super::SlackState;
-use crate::core::approvals::{ApprovalChat, Approvals, Decided, Posted, Request, Verdict};
+use crate::core::approvals::{
+    asker_line, decided_line, ApprovalChat, Approvals, Decided, Posted, Request, Shown, Verdict,
+};
 use crate::core::asker::{Asker, Platform};
 use crate::core::portal::id_of;
 
@@ -329,27 +331,25 @@ impl ApprovalChat for SlackChat {
     /// A decision (or expiry): every posted copy says so, and the asker is told.
     async fn announce(&self, decided: &Decided) {
         let request = &decided.request;
+        let verdict = &decided.decision.verdict;
         let by = decided
             .decision
             .by
             .as_ref()
             .map(mention)
             .unwrap_or_default();
-        let status = match &decided.decision.verdict {
-            Verdict::Approved => format!(
-                "Approved by {by}: they may open {}'s end users until {}.",
-                name(&request.company_shown()),
-                until(decided)
-            ),
-            Verdict::Denied { reason } => format!(
-                "Denied by {by}{}.",
-                reason
-                    .as_deref()
-                    .map(|r| format!(": {}", name(r)))
-                    .unwrap_or_default()
-            ),
-            Verdict::Expired => "Expired: nobody decided in time.".to_string(),
+        let reason = match verdict {
+            Verdict::Denied { reason } => reason.as_deref().map(name),
+            _ => None,
         };
+        let shown = Shown {
+            by: &by,
+            whom: &code(&request.whom()),
+            company: &name(&request.company_shown()),
+            until: &until(decided),
+            reason: reason.as_deref(),
+        };
+        let status = decided_line(verdict, &shown);
         for posted in request
             .posted
             .iter()
@@ -367,20 +367,10 @@ impl ApprovalChat for SlackChat {
         if request.asker.platform != Platform::Slack {
             return;
         }
-        let content = match &decided.decision.verdict {
-            Verdict::Approved => granted_message(request, &by, &until(decided)),
-            Verdict::Denied { reason } => render::line(&format!(
-                "{by} denied your request to open {}'s portal{}.",
-                code(&request.whom()),
-                reason
-                    .as_deref()
-                    .map(|r| format!(": {}", name(r)))
-                    .unwrap_or_default()
-            )),
-            Verdict::Expired => render::line(&format!(
-                "Your request to open {}'s portal expired: nobody decided in time. Ask again, or ask an admin (on-call).",
-                code(&request.whom())
-            )),
+        let line = asker_line(verdict, &shown);
+        let content = match verdict {
+            Verdict::Approved => granted_message(request, &line),
+            _ => render::line(&line),
         };
         self.direct(&request.asker.user_id, content).await;
     }
@@ -467,12 +457,8 @@ fn decided_message(request: &Request, status: &str) -> SlackMessageContent {
 }
 
 /// The asker's direct message after an approval: a button that mints only when pressed.
-fn granted_message(request: &Request, by: &str, until: &str) -> SlackMessageContent {
-    let text = format!(
-        "{by} approved your request: you may open {}'s end users until {until}. Press the button for a link as {} (or use /portal).",
-        name(&request.company_shown()),
-        code(&request.whom()),
-    );
+fn granted_message(request: &Request, text: &str) -> SlackMessageContent {
+    let text = text.to_string();
     SlackMessageContent::new()
         .with_text(text.clone())
         .with_blocks(vec![

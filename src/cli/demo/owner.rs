@@ -216,23 +216,6 @@ impl Slack {
             .map_err(|e| e.to_string())
     }
 
-    async fn click_as(&self, user: &str, action_id: &str, value: &str) -> Result<(), String> {
-        let payload = json!({
-            "type": "block_actions", "team": {"id": "T0DEMO"}, "user": {"id": user},
-            "api_app_id": "A0DEMO", "trigger_id": format!("demo-{action_id}-{user}"),
-            "container": {"type": "message", "message_ts": "1.2"}, "channel": {"id": "C0DEMO"},
-            "response_url": format!("{}/slack/response/{user}", self.chat),
-            "actions": [{"type": "button", "action_id": action_id, "value": value,
-                         "action_ts": format!("{:.6}", crate::core::onetime::now_ms() as f64 / 1000.0)}]
-        });
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("payload", &payload.to_string())
-            .finish();
-        self.post("/slack/interactions", body, &self.secret)
-            .await
-            .map(|_| ())
-    }
-
     /// Submits the form Slack opened (`views.open`'s body) with `reason`.
     async fn submit_as(&self, user: &str, opened: &Value, reason: &str) -> Result<(), String> {
         let view = &opened["view"];
