@@ -28,6 +28,7 @@ fn link() -> Reply {
         who: None,
         expires_at: SystemTime::now() + Duration::from_secs(30),
         at_click: false,
+        grant: None,
     })
 }
 

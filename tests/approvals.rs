@@ -259,6 +259,25 @@ impl Bot {
         r.text().await.unwrap()
     }
 
+    /// Casey (U1) is refused for Other Co's end user, asks the owner through the form with
+    /// [`REASON`], and the request reaches Slack: its id.
+    async fn request_to_owner(&self, slack: &MockServer) -> String {
+        let forms = calls(slack, "views.open").await.len();
+        let posts = calls(slack, "chat.postMessage").await.len();
+        self.ask("U1", "e-other").await;
+        self.click("U1", "ask_owner", "U1:e-other").await;
+        until("the form", || async {
+            calls(slack, "views.open").await.len() > forms
+        })
+        .await;
+        self.submit(slack, "U1", REASON).await;
+        until("the request", || async {
+            calls(slack, "chat.postMessage").await.len() > posts
+        })
+        .await;
+        request_id(slack).await
+    }
+
     /// What was posted to `who`'s response_url, in order.
     async fn told(&self, who: &str) -> Vec<String> {
         self.hooks
@@ -479,18 +498,7 @@ async fn ask_the_owner_approve_and_open_that_companys_end_users_without_asking_a
 async fn a_denial_with_its_reason_reaches_the_asker_and_opens_nothing() {
     let (planhat, slack) = (planhat().await, slack_api().await);
     let b = bot(&planhat, &slack, "deny", "").await;
-    b.ask("U1", "e-other").await;
-    b.click("U1", "ask_owner", "U1:e-other").await;
-    until("the form", || async {
-        calls(&slack, "views.open").await.len() == 1
-    })
-    .await;
-    b.submit(&slack, "U1", REASON).await;
-    until("the request", || async {
-        !calls(&slack, "chat.postMessage").await.is_empty()
-    })
-    .await;
-    let id = request_id(&slack).await;
+    let id = b.request_to_owner(&slack).await;
 
     // Deny opens its own form; the reason is optional and reaches the asker.
     b.click("U2", "deny", &id).await;
@@ -619,18 +627,7 @@ async fn two_owners_at_once_make_one_decision_and_another_replica_can_decide() {
     // Two replicas on one Redis; the request is made through A.
     let a = bot(&planhat, &slack, "replica-a", &state).await;
     let b = bot(&planhat, &slack, "replica-b", &state).await;
-    a.ask("U1", "e-other").await;
-    a.click("U1", "ask_owner", "U1:e-other").await;
-    until("the form", || async {
-        calls(&slack, "views.open").await.len() == 1
-    })
-    .await;
-    a.submit(&slack, "U1", REASON).await;
-    until("the request", || async {
-        !calls(&slack, "chat.postMessage").await.is_empty()
-    })
-    .await;
-    let id = request_id(&slack).await;
+    let id = a.request_to_owner(&slack).await;
 
     // The owner (through B) and an admin (through A) approve at once: one decision is taken.
     tokio::join!(
@@ -662,18 +659,7 @@ async fn an_unanswered_request_expires_its_buttons_say_so_and_the_asker_is_told(
         }
     })
     .await;
-    b.ask("U1", "e-other").await;
-    b.click("U1", "ask_owner", "U1:e-other").await;
-    until("the form", || async {
-        calls(&slack, "views.open").await.len() == 1
-    })
-    .await;
-    b.submit(&slack, "U1", REASON).await;
-    until("the request", || async {
-        !calls(&slack, "chat.postMessage").await.is_empty()
-    })
-    .await;
-    let id = request_id(&slack).await;
+    let id = b.request_to_owner(&slack).await;
     until("the expiry", || async {
         !calls(&slack, "chat.update").await.is_empty()
     })

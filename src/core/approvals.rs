@@ -97,6 +97,16 @@ pub enum Verdict {
     Expired,
 }
 
+impl Verdict {
+    /// A denial's reason, if it gave one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Verdict::Denied { reason } => reason.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 /// A decision, as stored (once) and reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
@@ -396,10 +406,6 @@ impl Approvals {
         all
     }
 
-    fn in_groups(asker: &Asker, slack: &[String], discord: &[u64]) -> bool {
-        in_groups(asker, slack, discord)
-    }
-
     /// On call: a member of a break-glass group.
     pub fn may_break_glass(&self, asker: &Asker) -> bool {
         may_break_glass(&self.config, asker)
@@ -590,7 +596,7 @@ impl Approvals {
     /// their platform vouches for it), an admin, or an approver group; checked at the click.
     async fn may_decide(&self, decider: &Asker, request: &Request) -> bool {
         if self.portal.policy().is_admin(decider)
-            || Self::in_groups(
+            || in_groups(
                 decider,
                 &self.config.approver_slack_usergroups,
                 &self.config.approver_discord_roles,

@@ -335,10 +335,7 @@ impl ApprovalChat for DiscordChat {
             .until_ms
             .map(|ms| format!("<t:{}:t>", ms / 1000))
             .unwrap_or_default();
-        let reason = match verdict {
-            Verdict::Denied { reason } => reason.as_deref().map(escape),
-            _ => None,
-        };
+        let reason = verdict.reason().map(escape);
         let shown = Shown {
             by: &by,
             whom: &escape(&request.whom()),

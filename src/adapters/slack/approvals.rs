@@ -338,10 +338,7 @@ impl ApprovalChat for SlackChat {
             .as_ref()
             .map(mention)
             .unwrap_or_default();
-        let reason = match verdict {
-            Verdict::Denied { reason } => reason.as_deref().map(name),
-            _ => None,
-        };
+        let reason = verdict.reason().map(name);
         let shown = Shown {
             by: &by,
             whom: &code(&request.whom()),

@@ -206,19 +206,6 @@ impl PortalService {
         }
     }
 
-    /// The grant a link of `asker`'s was opened under, if any (for its audit event).
-    async fn grant_behind(&self, asker: &Asker, reply: &Reply) -> Option<super::approvals::Grant> {
-        let grants = self.grants.as_ref()?;
-        let Reply::Link(link) = reply else {
-            return None;
-        };
-        if !self.policy.scoped(asker) {
-            return None;
-        }
-        let company = link.who.as_ref()?.company_id.as_deref()?;
-        grants.of(asker, company).await
-    }
-
     /// The end-user index, when `[search]` is on.
     pub fn search(&self) -> Option<&Arc<crate::core::search::Search>> {
         self.search.as_ref()
@@ -517,7 +504,10 @@ impl PortalService {
         reply: Reply,
         started: Instant,
     ) -> Reply {
-        let grant = self.grant_behind(asker, &reply).await;
+        let grant = match &reply {
+            Reply::Link(link) => link.grant.clone(),
+            _ => None,
+        };
         let took = started.elapsed();
         let outcome = reply.outcome();
         // A notice (and the copy of the end user it needs) only when a channel listens.

@@ -63,6 +63,8 @@ pub struct PortalLink {
     pub expires_at: SystemTime,
     /// True for a `/go/` link: the signed URL is minted when the person clicks.
     pub at_click: bool,
+    /// The approval or break-glass that opened someone else's company to the asker, if any.
+    pub grant: Option<crate::core::approvals::Grant>,
 }
 
 /// What the asker sees, platform-neutral. Adapters render it.

@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{Action, PortalLink, PortalService, Refusal, Reply, MAX_CHOICES};
+use crate::core::approvals::Grant;
 use crate::core::asker::{Asker, Platform};
 use crate::core::directory::NoEmail;
 use crate::core::enduser::EndUserId;
@@ -17,6 +18,15 @@ use super::id_of;
 /// Of an email's matches, at most this many are checked for a scoped asker's ownership (each
 /// new company costs a Planhat call); an email rarely matches more than a few end users.
 const MAX_SCOPED_MATCHES: usize = 20;
+
+/// What let a request past scope: the end user as the lookups found them, and, for someone
+/// else's company, the grant (approval or break-glass) that opened it, which the link carries
+/// to its audit event and Note.
+#[derive(Default)]
+pub(super) struct Cleared {
+    who: Option<EndUserSummary>,
+    grant: Option<Grant>,
+}
 
 impl PortalService {
     /// An email's end user: the reply, and the id it resolved to (for the audit trail) when it
@@ -126,13 +136,13 @@ impl PortalService {
                 (Err(e), _) => self.upstream(e),
                 (_, Err(refusal)) => Reply::Refused(refusal),
                 (Ok(false), _) => Reply::Refused(Refusal::NoAccess),
-                (Ok(true), Ok(who)) => match self.at_click(asker, id.clone(), who.clone()).await {
+                (Ok(true), Ok(cleared)) => match self.at_click(asker, id.clone(), &cleared).await {
                     Some(reply) => reply,
                     // With sign-in, no link without the browser's proof.
                     None if self.signed_in_browsers => Reply::Refused(Refusal::NoOneTimeLink),
                     // The store is full or unreachable: fall back to a link minted now (the
                     // scope was checked a moment ago).
-                    None => self.mint_now(asker, id, who, action, false).await,
+                    None => self.mint_now(asker, id, cleared, action, false).await,
                 },
             };
         }
@@ -141,7 +151,7 @@ impl PortalService {
                 .beside_scope(asker, &id, who, action, self.planhat.check_access(&id))
                 .await;
             let (who, scope) = match scope {
-                Ok(who) => (who, None),
+                Ok(cleared) => (cleared.who, None),
                 Err(Refusal::NotFound) => return Reply::Refused(Refusal::NotFound),
                 Err(Refusal::OutOfScope(d)) => (None, Some(d)),
                 Err(_) => (None, Some(ScopeDenied::LookupFailed)),
@@ -156,12 +166,13 @@ impl PortalService {
                 Err(e) => self.upstream(e),
             };
         }
-        self.mint_now(asker, id, who, action, true).await
+        let known = Cleared { who, grant: None };
+        self.mint_now(asker, id, known, action, true).await
     }
 
     /// Runs `work` (the Planhat round) beside the scope check when the asker is scoped, else
-    /// beside the name lookup; never one after the other. The second value is the end user's
-    /// name (when known), or the scope's refusal.
+    /// beside the name lookup; never one after the other. The second value is what cleared the
+    /// request (the end user's name when known, the grant), or the scope's refusal.
     async fn beside_scope<T>(
         &self,
         asker: &Asker,
@@ -169,7 +180,7 @@ impl PortalService {
         who: Option<EndUserSummary>,
         action: Action,
         work: impl std::future::Future<Output = T>,
-    ) -> (T, Result<Option<EndUserSummary>, Refusal>) {
+    ) -> (T, Result<Cleared, Refusal>) {
         if !self.policy.scoped(asker) {
             return self.beside_name(id, who, work).await;
         }
@@ -182,10 +193,11 @@ impl PortalService {
         id: &EndUserId,
         who: Option<EndUserSummary>,
         work: impl std::future::Future<Output = T>,
-    ) -> (T, Result<Option<EndUserSummary>, Refusal>) {
+    ) -> (T, Result<Cleared, Refusal>) {
         let lookup = self.lookup_who(id, who);
         let out = work.await;
-        (out, Ok(lookup.now().await))
+        let who = lookup.now().await;
+        (out, Ok(Cleared { who, grant: None }))
     }
 
     /// `scope = "owned"`: the asker's email (from their chat platform) against the owners of
@@ -198,7 +210,7 @@ impl PortalService {
         id: &EndUserId,
         who: Option<EndUserSummary>,
         action: Action,
-    ) -> Result<Option<EndUserSummary>, Refusal> {
+    ) -> Result<Cleared, Refusal> {
         let email = self.asker_email(asker).await?;
         let max_age = if action == Action::Go {
             self.ownership_at_click
@@ -210,24 +222,29 @@ impl PortalService {
             .check(&email, id, who.as_ref(), max_age)
             .await
         {
-            Ok(summary) => Ok(Some(summary)),
+            Ok(summary) => Ok(Cleared {
+                who: Some(summary),
+                grant: None,
+            }),
             Err(OwnershipError::NotFound) => Err(Refusal::NotFound),
             Err(OwnershipError::Denied(ScopeDenied::NotYours)) => {
                 // Not theirs: an approval (or break-glass) may still let them in. The company
                 // was just looked up, so this reads the caches.
-                let granted = match &self.grants {
-                    Some(grants) => match self.ownership.company(id, who.as_ref(), max_age).await {
-                        Ok(company) => grants
-                            .of(asker, &company.company_id)
-                            .await
-                            .map(|_| company.end_user),
-                        Err(_) => None,
-                    },
-                    None => None,
-                };
-                granted
-                    .map(Some)
-                    .ok_or(Refusal::OutOfScope(ScopeDenied::NotYours))
+                let not_yours = Refusal::OutOfScope(ScopeDenied::NotYours);
+                let grants = self.grants.as_ref().ok_or(not_yours.clone())?;
+                let company = self
+                    .ownership
+                    .company(id, who.as_ref(), max_age)
+                    .await
+                    .map_err(|_| not_yours.clone())?;
+                let grant = grants
+                    .of(asker, &company.company_id)
+                    .await
+                    .ok_or(not_yours)?;
+                Ok(Cleared {
+                    who: Some(company.end_user),
+                    grant: Some(grant),
+                })
             }
             Err(OwnershipError::Denied(d)) => Err(Refusal::OutOfScope(d)),
         }
@@ -277,34 +294,38 @@ impl PortalService {
     }
 
     /// Access check and mint at once (and the scope check beside them when `check_scope` and
-    /// the asker is scoped); a URL is kept only when every answer is yes.
+    /// the asker is scoped; otherwise `known` says what cleared it already); a URL is kept
+    /// only when every answer is yes.
     async fn mint_now(
         &self,
         asker: &Asker,
         id: EndUserId,
-        who: Option<EndUserSummary>,
+        known: Cleared,
         action: Action,
         check_scope: bool,
     ) -> Reply {
         let before_mint = SystemTime::now();
         let round = async { tokio::join!(self.planhat.check_access(&id), self.planhat.mint(&id)) };
+        let Cleared { who, grant } = known;
         let ((access, minted), scope) = if check_scope {
             self.beside_scope(asker, &id, who, action, round).await
         } else {
-            self.beside_name(&id, who, round).await
+            let (out, cleared) = self.beside_name(&id, who, round).await;
+            (out, cleared.map(|c| Cleared { grant, ..c }))
         };
         // A URL that is not shown below is dropped here, unseen and unlogged.
         match (access, scope) {
             (Err(e), _) => self.upstream(e),
             (_, Err(refusal)) => Reply::Refused(refusal),
             (Ok(false), _) => Reply::Refused(Refusal::NoAccess),
-            (Ok(true), Ok(who)) => match minted {
+            (Ok(true), Ok(cleared)) => match minted {
                 Ok(url) => Reply::Link(PortalLink {
                     url,
                     end_user: id,
-                    who,
+                    who: cleared.who,
                     expires_at: before_mint + self.link_lifetime,
                     at_click: false,
+                    grant: cleared.grant,
                 }),
                 Err(e) => self.upstream(e),
             },
@@ -312,12 +333,7 @@ impl PortalService {
     }
 
     /// With `public_url`: check access now, mint when the person clicks `/go/{id}`.
-    async fn at_click(
-        &self,
-        asker: &Asker,
-        id: EndUserId,
-        who: Option<EndUserSummary>,
-    ) -> Option<Reply> {
+    async fn at_click(&self, asker: &Asker, id: EndUserId, cleared: &Cleared) -> Option<Reply> {
         let base = self.public_url.as_ref()?;
         // Slack tells the bot about its asker's own click; Discord's link buttons don't.
         let needs_arming = !self.signed_in_browsers && asker.platform == Platform::Slack;
@@ -331,9 +347,10 @@ impl PortalService {
         Some(Reply::Link(PortalLink {
             url: Secret::new(format!("{base}/go/{go}")),
             end_user: id,
-            who,
+            who: cleared.who.clone(),
             expires_at: SystemTime::now() + self.ids.lifetime(),
             at_click: true,
+            grant: cleared.grant.clone(),
         }))
     }
 
