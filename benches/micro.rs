@@ -107,14 +107,7 @@ fn benches(c: &mut Criterion) {
 
     let reply = link();
     c.bench_function("slack link reply build + JSON", |b| {
-        b.iter(|| {
-            serde_json::to_vec(&slack_render::command_response(slack_render::reply(
-                black_box(&reply),
-                "U2147483697",
-                None,
-            )))
-            .unwrap()
-        })
+        b.iter(|| slack_render::command_json(black_box(&reply), "U2147483697"))
     });
     c.bench_function("discord link reply build + JSON", |b| {
         b.iter(|| {

@@ -237,7 +237,7 @@ impl SlackState {
         match approvals.break_glass(&asker, id, reason).await {
             Ok(done) => {
                 if let Some(url) = &response_url {
-                    self.deliver(url, render::reply(&done.reply, &user, None), true)
+                    self.deliver(url, render::reply(&done.reply, &user), true)
                         .await;
                 }
             }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -109,7 +110,12 @@ async fn commands(
         }
     };
     // Boxed: the handler's future (moved at each layer above it) stays a few hundred bytes.
-    Json(Box::pin(state.slack.command(ev)).await).into_response()
+    let answer = Box::pin(state.slack.command(ev)).await;
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        answer.json(),
+    )
+        .into_response()
 }
 
 async fn interactions(

@@ -12,6 +12,7 @@ mod http;
 pub mod probe;
 pub mod render;
 mod socket;
+mod template;
 pub mod verify;
 
 use std::sync::Arc;
@@ -58,6 +59,34 @@ impl From<SlackCommandEvent> for SlashCommand {
             channel_id: ev.channel_id.0,
             text: ev.text.unwrap_or_default(),
             response_url: ev.response_url.0.into(),
+        }
+    }
+}
+
+/// A slash command's inline answer, rendered only where it goes: the webhook's JSON body, a
+/// Socket Mode acknowledgement, or (when that connection went away) a message to
+/// `response_url`.
+pub enum CommandAnswer {
+    /// The core's reply to this asker.
+    Reply { reply: Reply, asker: String },
+    /// One line of the adapter's own (a duplicate, or "your answer follows").
+    Line(&'static str),
+}
+
+impl CommandAnswer {
+    /// The ephemeral answer as the JSON Slack reads.
+    pub fn json(&self) -> String {
+        match self {
+            CommandAnswer::Reply { reply, asker } => render::command_json(reply, asker),
+            CommandAnswer::Line(text) => render::content_json(render::line(text)),
+        }
+    }
+
+    /// The same answer as a message, for `response_url`.
+    pub fn content(&self) -> SlackMessageContent {
+        match self {
+            CommandAnswer::Reply { reply, asker } => render::reply(reply, asker),
+            CommandAnswer::Line(text) => render::line(text),
         }
     }
 }
@@ -191,13 +220,11 @@ impl SlackState {
 
     /// A slash command, from either transport: the inline answer, or a short acknowledgement
     /// when the answer will follow through `response_url`.
-    pub async fn command(self: &Arc<Self>, ev: SlashCommand) -> SlackCommandEventResponse {
+    pub async fn command(self: &Arc<Self>, ev: SlashCommand) -> CommandAnswer {
         let delivery = self.claim(&ev.trigger_id).await;
         if delivery == Delivery::Duplicate {
             tracing::info!(user = %ev.user_id, "duplicate delivery of a slash command; answered once already");
-            return render::command_response(render::line(
-                "This request is already being answered.",
-            ));
+            return CommandAnswer::Line("This request is already being answered.");
         }
         let SlashCommand {
             user_id,
@@ -215,7 +242,7 @@ impl SlackState {
         }));
         let user = user_id.clone();
         let late = move |reply: Reply| async move {
-            let content = render::reply(&reply, &user, None);
+            let content = render::reply(&reply, &user);
             me.deliver_to(&response_url, content, false).await;
         };
         // Unchecked (shared state down, not seen here): perhaps a replay, whose inline answer
@@ -232,15 +259,16 @@ impl SlackState {
             .await
         };
         match answer {
-            Answer::Inline(reply) => {
-                render::command_response(render::reply(&reply, &user_id, None))
+            Answer::Inline(reply) => CommandAnswer::Reply {
+                reply,
+                asker: user_id,
+            },
+            Answer::Deferred if delivery == Delivery::Unchecked => {
+                CommandAnswer::Line("Working on it; your answer will appear here in a moment.")
             }
-            Answer::Deferred if delivery == Delivery::Unchecked => render::command_response(
-                render::line("Working on it; your answer will appear here in a moment."),
-            ),
-            Answer::Deferred => render::command_response(render::line(
+            Answer::Deferred => CommandAnswer::Line(
                 "Planhat is taking a moment; your answer will appear here shortly.",
-            )),
+            ),
         }
     }
 
@@ -395,7 +423,7 @@ impl SlackState {
         let reply = self.app.portal.link_for(&asker, id, action).await;
         self.deliver(
             &response_url,
-            render::reply(&reply, &asker.user_id, None),
+            render::reply(&reply, &asker.user_id),
             !granted,
         )
         .await;

@@ -29,9 +29,35 @@ pub const GRANTED_LINK: &str = "granted_link";
 
 /// Escapes text for Slack's mrkdwn (the three characters Slack's docs require).
 pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    let mut out = String::with_capacity(text.len());
+    escape_into(&mut out, text, |c| c);
+    out
+}
+
+/// [`escape`] appended to `out`, each other character first passed through `map`: one pass,
+/// no intermediate string (this runs for every reply).
+fn escape_into(out: &mut String, text: &str, map: impl Fn(char) -> char) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(map(c)),
+        }
+    }
+}
+
+/// Slack's look-alikes for the characters of [`name`].
+fn inert(c: char) -> char {
+    match c {
+        '*' => '\u{2217}',
+        '_' => '\u{02cd}',
+        '~' => '\u{223c}',
+        '`' => '\u{02cb}',
+        '.' => '\u{2024}',
+        '/' => '\u{2215}',
+        c => c,
+    }
 }
 
 /// A name from Planhat (already one line: [`crate::core::text`]) for mrkdwn: escaped like
@@ -40,43 +66,45 @@ pub fn escape(text: &str) -> String {
 /// (`evil.example`, `https://…`, `a@b.example`), so those characters become look-alikes that
 /// mean nothing to it: `∗` `ˍ` `∼` `ˋ`, and a dot `․` and a slash `∕` that no address has.
 pub fn name(text: &str) -> String {
-    escape(text)
-        .chars()
-        .map(|c| match c {
-            '*' => '\u{2217}',
-            '_' => '\u{02cd}',
-            '~' => '\u{223c}',
-            '`' => '\u{02cb}',
-            '.' => '\u{2024}',
-            '/' => '\u{2215}',
-            c => c,
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len());
+    escape_into(&mut out, text, inert);
+    out
 }
 
 /// Inline code with the input escaped; the id grammar has no backtick, emails neither.
 pub fn code(text: &str) -> String {
-    format!("`{}`", escape(&text.replace('`', "'")))
+    let mut out = String::with_capacity(text.len() + 2);
+    code_into(&mut out, text);
+    out
+}
+
+fn code_into(out: &mut String, text: &str) {
+    out.push('`');
+    escape_into(out, text, |c| if c == '`' { '\'' } else { c });
+    out.push('`');
 }
 
 fn who(who: Option<&EndUserSummary>) -> String {
-    match who {
-        Some(EndUserSummary {
-            name: Some(n),
-            company: Some(c),
-            ..
-        }) => format!(" ({}, {})", name(n), name(c)),
-        Some(EndUserSummary {
-            name: Some(n),
-            company: None,
-            ..
-        }) => format!(" ({})", name(n)),
-        Some(EndUserSummary {
-            name: None,
-            company: Some(c),
-            ..
-        }) => format!(" ({})", name(c)),
-        _ => String::new(),
+    let mut out = String::new();
+    who_into(&mut out, who);
+    out
+}
+
+/// ` (name, company)`, ` (name)`, ` (company)` or nothing.
+fn who_into(out: &mut String, who: Option<&EndUserSummary>) {
+    let Some(who) = who else {
+        return;
+    };
+    let parts = [who.name.as_deref(), who.company.as_deref()];
+    let mut parts = parts.iter().flatten();
+    if let Some(first) = parts.next() {
+        out.push_str(" (");
+        escape_into(out, first, inert);
+        for more in parts {
+            out.push_str(", ");
+            escape_into(out, more, inert);
+        }
+        out.push(')');
     }
 }
 
@@ -88,13 +116,24 @@ fn unix(t: SystemTime) -> u64 {
 
 /// `HH:MM:SS UTC`, the fallback where Slack can't localise a date.
 pub fn clock(t: SystemTime) -> String {
+    let mut out = String::with_capacity(12);
+    clock_into(&mut out, t);
+    out
+}
+
+fn clock_into(out: &mut String, t: SystemTime) {
     let secs = unix(t) % 86_400;
-    format!(
-        "{:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    for (i, n) in [secs / 3600, secs / 60 % 60, secs % 60]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push(char::from(b'0' + (n / 10) as u8));
+        out.push(char::from(b'0' + (n % 10) as u8));
+    }
+    out.push_str(" UTC");
 }
 
 /// A one-line message.
@@ -106,53 +145,153 @@ pub fn line(text: &str) -> SlackMessageContent {
             .into()])
 }
 
-/// The message a link reply shows.
-pub fn link(link: &PortalLink, asker: &str, button_url: &url::Url) -> SlackMessageContent {
-    let target = format!("{}{}", code(link.end_user.as_str()), who(link.who.as_ref()));
-    let expires = unix(link.expires_at);
-    let fallback = format!(
-        "Portal login as {}: {} (works until {}, only you can see this)",
-        link.end_user,
-        button_url,
-        clock(link.expires_at)
-    );
+/// The six strings of a link reply that change from one command to the next; everything else
+/// in it is the same every time (see [`super::template`]).
+struct LinkStrings {
+    fallback: String,
+    heading: String,
+    url: String,
+    open: String,
+    new_link: String,
+    expiry: String,
+}
+
+impl LinkStrings {
+    /// In slot order (see [`link_message`]).
+    fn slots(&self) -> [&str; 6] {
+        [
+            &self.fallback,
+            &self.heading,
+            &self.url,
+            &self.open,
+            &self.new_link,
+            &self.expiry,
+        ]
+    }
+}
+
+/// Written with `push_str` rather than `format!`: this runs for every link (issue 23).
+fn link_strings(link: &PortalLink, asker: &str) -> LinkStrings {
+    let url = link.url.expose();
+    let end_user = link.end_user.as_str();
+    let mut clock = String::with_capacity(12);
+    clock_into(&mut clock, link.expires_at);
+    let joined = |parts: &[&str]| {
+        let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        parts.iter().for_each(|p| out.push_str(p));
+        out
+    };
+    let mut heading = String::with_capacity(64);
+    heading.push_str("Portal login as ");
+    code_into(&mut heading, end_user);
+    who_into(&mut heading, link.who.as_ref());
+    let expires = unix(link.expires_at).to_string();
+    LinkStrings {
+        fallback: joined(&[
+            "Portal login as ",
+            end_user,
+            ": ",
+            url,
+            " (works until ",
+            &clock,
+            ", only you can see this)",
+        ]),
+        heading,
+        url: url.to_string(),
+        open: open_value(asker, link),
+        new_link: joined(&[asker, ":", end_user]),
+        expiry: if link.at_click {
+            joined(&[
+                "Works until <!date^",
+                &expires,
+                "^{time}|",
+                &clock,
+                ">; you are signed in when you click · single use · only you can see this",
+            ])
+        } else {
+            joined(&[
+                "Expires <!date^",
+                &expires,
+                "^{time_secs}|",
+                &clock,
+                "> · only you can see this",
+            ])
+        },
+    }
+}
+
+/// A link reply's blocks from its six strings ([`LinkStrings::slots`] order); `url` is the
+/// third, parsed. Built per message only for late answers; the inline answer is this, built
+/// once with markers and filled ([`command_json`]).
+fn link_message(s: [&str; 6], url: url::Url) -> SlackMessageContent {
+    let [fallback, heading, _, open, new_link, expiry] = s;
     let blocks: Vec<SlackBlock> = vec![
-        SlackSectionBlock::new().with_text(md!(format!("Portal login as {target}"))).into(),
+        SlackSectionBlock::new()
+            .with_text(md!(heading.to_string()))
+            .into(),
         SlackActionsBlock::new(vec![
             SlackBlockButtonElement::new(pt!("Open portal"))
                 .with_action_id(OPEN_PORTAL.into())
-                .with_url(button_url.clone())
-                .with_value(open_value(asker, link, button_url))
+                .with_url(url)
+                .with_value(open.to_string())
                 .with_style(SlackBlockButtonStyle::Primary)
                 .into(),
-            new_link_button(asker, link.end_user.as_str()).into(),
+            SlackBlockButtonElement::new(pt!("New link"))
+                .with_action_id(NEW_LINK.into())
+                .with_value(new_link.to_string())
+                .into(),
         ])
         .into(),
-        SlackContextBlock::new(vec![md!(if link.at_click {
-            format!(
-                "Works until <!date^{expires}^{{time}}|{}>; you are signed in when you click · single use · only you can see this",
-                clock(link.expires_at)
-            )
-        } else {
-            format!(
-                "Expires <!date^{expires}^{{time_secs}}|{}> · only you can see this",
-                clock(link.expires_at)
-            )
-        })])
-        .into(),
+        SlackContextBlock::new(vec![md!(expiry.to_string())]).into(),
     ];
     SlackMessageContent::new()
-        .with_text(fallback)
+        .with_text(fallback.to_string())
         .with_blocks(blocks)
 }
 
-/// The Open portal button's value: `{asker}:{end user}`, and for a `/go/` link `|{id}`, so that
-/// the asker's click (Slack's `block_actions`) can arm exactly that id. (`|` never occurs in an
-/// end-user id.)
-fn open_value(asker: &str, link: &PortalLink, button_url: &url::Url) -> String {
+/// The message a link reply shows (for a late answer, through `response_url`).
+pub fn link(link: &PortalLink, asker: &str) -> SlackMessageContent {
+    let strings = link_strings(link, asker);
+    match url::Url::parse(&strings.url) {
+        Ok(url) => link_message(strings.slots(), url),
+        Err(_) => line("Planhat answered something the bot can't use, so no link was shown."),
+    }
+}
+
+/// The link reply as the inline answer to a slash command, from the template built once.
+static LINK_ANSWER: std::sync::LazyLock<Option<super::template::Template>> =
+    std::sync::LazyLock::new(|| {
+        let marks: Vec<String> = (0..6).map(super::template::marker).collect();
+        let s: [&str; 6] = std::array::from_fn(|i| marks[i].as_str());
+        let url = url::Url::parse(s[2]).ok()?;
+        let json = serde_json::to_string(&command_response(link_message(s, url))).ok()?;
+        super::template::Template::cut(&json, 6)
+    });
+
+/// The inline answer to a slash command as the JSON body Slack reads: ephemeral, always. A
+/// link is filled into [`LINK_ANSWER`]; anything else is built and serialised as it comes.
+pub fn command_json(answer: &Reply, asker: &str) -> String {
+    if let (Reply::Link(l), Some(template)) = (answer, LINK_ANSWER.as_ref()) {
+        return template.fill(&link_strings(l, asker).slots());
+    }
+    content_json(reply(answer, asker))
+}
+
+/// An ephemeral command answer of any content, serialised.
+pub fn content_json(content: SlackMessageContent) -> String {
+    serde_json::to_string(&command_response(content)).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a Slack answer could not be serialised");
+        r#"{"response_type":"ephemeral","text":"Something went wrong; please try again."}"#.into()
+    })
+}
+
+/// The Open portal button's value: `{asker}:{end user}`, and for a `/go/` link `|{id}` (the last
+/// segment of its URL), so that the asker's click (Slack's `block_actions`) can arm exactly that
+/// id. (`|` never occurs in an end-user id.)
+fn open_value(asker: &str, link: &PortalLink) -> String {
     let go = link
         .at_click
-        .then(|| button_url.path_segments().and_then(|mut s| s.next_back()))
+        .then(|| link.url.expose().rsplit_once('/').map(|(_, id)| id))
         .flatten();
     match go {
         Some(id) => format!("{asker}:{}|{id}", link.end_user),
@@ -181,19 +320,11 @@ pub fn used(asker: &str, end_user: &str, what: &str) -> SlackMessageContent {
         ])
 }
 
-/// Everything but a link.
-pub fn reply(reply: &Reply, asker: &str, button_url: Option<&url::Url>) -> SlackMessageContent {
+/// Any reply as a message (a link included, for late answers).
+pub fn reply(reply: &Reply, asker: &str) -> SlackMessageContent {
     match reply {
         Reply::Help => line(&format!("```{}```", escape(USAGE))),
-        Reply::Link(l) => match button_url {
-            Some(u) => link(l, asker, u),
-            None => match url::Url::parse(l.url.expose()) {
-                Ok(u) => link(l, asker, &u),
-                Err(_) => {
-                    line("Planhat answered something the bot can't use, so no link was shown.")
-                }
-            },
-        },
+        Reply::Link(l) => link(l, asker),
         Reply::Access {
             end_user,
             who: w,
@@ -293,5 +424,93 @@ mod tests {
     fn clock_format() {
         let t = UNIX_EPOCH + std::time::Duration::from_secs(86_400 * 3 + 3600 * 13 + 62);
         assert_eq!(clock(t), "13:01:02 UTC");
+    }
+
+    use crate::core::enduser::{parse_target, Target};
+    use proptest::prelude::*;
+
+    fn summary(name: Option<String>, company: Option<String>) -> EndUserSummary {
+        EndUserSummary {
+            id: "x".into(),
+            name,
+            company,
+            company_id: None,
+            email: None,
+        }
+    }
+
+    #[test]
+    fn a_link_reads_as_it_always_has() {
+        let Ok(Target::EndUser(end_user)) = parse_target("5f2a") else {
+            panic!("an id");
+        };
+        let l = PortalLink {
+            url: crate::core::secret::Secret::new("https://p.example/redirect/t".to_string()),
+            end_user,
+            who: Some(summary(Some("Jane <Doe>".into()), Some("Acme.com".into()))),
+            expires_at: UNIX_EPOCH
+                + std::time::Duration::from_secs(86_400 + 3600 * 14 + 3 * 60 + 12),
+            at_click: false,
+            grant: None,
+        };
+        let s = link_strings(&l, "U1");
+        assert_eq!(
+            s.heading,
+            "Portal login as `5f2a` (Jane &lt;Doe&gt;, Acme\u{2024}com)"
+        );
+        assert_eq!(
+            s.fallback,
+            "Portal login as 5f2a: https://p.example/redirect/t (works until 14:03:12 UTC, only you can see this)"
+        );
+        assert_eq!(
+            s.expiry,
+            "Expires <!date^136992^{time_secs}|14:03:12 UTC> · only you can see this"
+        );
+        assert_eq!(
+            (s.open.as_str(), s.new_link.as_str()),
+            ("U1:5f2a", "U1:5f2a")
+        );
+        assert_eq!(
+            who(Some(&summary(None, Some("A_b".into())))),
+            " (A\u{02cd}b)"
+        );
+        assert_eq!(who(Some(&summary(None, None))), "");
+    }
+
+    proptest! {
+        /// The inline link answer, filled into the template, is the very JSON serde writes for
+        /// the same message built with slack-morphism: for any end user, name, company, asker,
+        /// signed-URL token and expiry, `/go/` link or not.
+        #[test]
+        fn the_link_template_is_what_serde_writes(
+            id in "[A-Za-z0-9_-]{1,40}",
+            name in proptest::option::of(".{0,40}"),
+            company in proptest::option::of(".{0,40}"),
+            asker in "[A-Z0-9\\\"<>&]{1,20}",
+            token in "[A-Za-z0-9_~+=%-]{1,60}",
+            secs in 0u64..4_000_000_000,
+            at_click: bool,
+        ) {
+            let Ok(Target::EndUser(end_user)) = parse_target(&id) else {
+                return Ok(());
+            };
+            let url = if at_click {
+                format!("https://bot.example.com/go/{token}")
+            } else {
+                format!("https://portal.example.com/redirect/{token}")
+            };
+            let l = PortalLink {
+                url: crate::core::secret::Secret::new(url),
+                end_user,
+                who: Some(summary(name, company)),
+                expires_at: UNIX_EPOCH + std::time::Duration::from_secs(secs),
+                at_click,
+                grant: None,
+            };
+            let filled: serde_json::Value =
+                serde_json::from_str(&command_json(&Reply::Link(l.clone()), &asker)).unwrap();
+            let built = serde_json::to_value(command_response(link(&l, &asker))).unwrap();
+            prop_assert_eq!(filled, built);
+        }
     }
 }

@@ -299,12 +299,18 @@ async fn serve(
                     let (state, tx) = (state.clone(), tx.clone());
                     state.app.tasks.clone().spawn(async move {
                         let response_url = ev.response_url.0.clone();
-                        let response = state.command(ev.into()).await;
-                        let ack = json!({"envelope_id": id, "payload": response});
-                        if tx.send(Message::text(ack.to_string())).is_err() {
+                        let answer = state.command(ev.into()).await;
+                        // The answer is JSON already (see `CommandAnswer::json`); the id is
+                        // quoted by serde_json like any string.
+                        let ack = format!(
+                            r#"{{"envelope_id":{},"payload":{}}}"#,
+                            serde_json::Value::from(id.as_str()),
+                            answer.json()
+                        );
+                        if tx.send(Message::text(ack)).is_err() {
                             // The connection went away meanwhile: the answer still reaches
                             // the asker, through the command's response_url.
-                            state.deliver(&response_url, response.content, false).await;
+                            state.deliver(&response_url, answer.content(), false).await;
                         }
                     });
                 }
