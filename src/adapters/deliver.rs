@@ -121,18 +121,24 @@ where
 
 /// The reply of `work`, or a clear "something went wrong" if it panicked: the asker must get
 /// an answer either way (inline or late), never silence.
-pub async fn reply_or_internal_error<W>(work: W) -> Reply
+///
+/// A combinator rather than an `async fn`: an `async fn` would hold `work` twice (the
+/// argument, and the `catch_unwind` future made of it), doubling a request's future and the
+/// bytes copied each time it moves (issue 23).
+pub fn reply_or_internal_error<W>(work: W) -> impl Future<Output = Reply>
 where
     W: Future<Output = Reply>,
 {
     use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
-        Ok(reply) => reply,
-        Err(_) => {
-            tracing::error!("a request panicked; the asker was told something went wrong");
-            Reply::Refused(Refusal::Internal)
-        }
-    }
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .map(|done| match done {
+            Ok(reply) => reply,
+            Err(_) => {
+                tracing::error!("a request panicked; the asker was told something went wrong");
+                Reply::Refused(Refusal::Internal)
+            }
+        })
 }
 
 /// A late delivery that did not go through, and whether trying again is safe.

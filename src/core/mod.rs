@@ -12,6 +12,7 @@ pub mod command;
 pub mod config;
 pub mod directory;
 pub mod enduser;
+pub mod held;
 pub mod metrics;
 pub mod names;
 pub mod notes;

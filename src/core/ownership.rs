@@ -335,3 +335,27 @@ impl Ownership {
         }
     }
 }
+
+impl crate::core::held::Holds for Ownership {
+    /// Companies' owners (an id, a name and a few owner ids each, about 200 bytes) and the
+    /// user list (owner id → email, about 100 bytes a user).
+    fn held(&self, out: &mut Vec<crate::core::held::Held>) {
+        const COMPANY: usize = 200;
+        const USER: usize = 100;
+        let companies = self.companies.len();
+        out.push(crate::core::held::Held {
+            holder: "owners",
+            entries: companies,
+            bytes: companies * COMPANY,
+            capacity: MAX_COMPANIES * COMPANY,
+        });
+        // Never waits: while the list is being replaced, it counts as empty for this scrape.
+        let users = self.users.try_read().map_or(0, |u| u.emails.len());
+        out.push(crate::core::held::Held {
+            holder: "owner_emails",
+            entries: users,
+            bytes: users * USER,
+            capacity: 0,
+        });
+    }
+}

@@ -37,10 +37,14 @@ impl RateLimiter {
     /// Takes one token for `key`; `Err(wait)` says when the next one will be there.
     pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let rate = self.refill_rate();
-        let mut entry = self.buckets.entry(key.to_string()).or_insert(Bucket {
-            tokens: self.per_minute,
-            updated: now,
-        });
+        // A known asker's bucket is found by `&str`: no key is made for a lookup.
+        let mut entry = match self.buckets.get_mut(key) {
+            Some(entry) => entry,
+            None => self.buckets.entry(key.to_string()).or_insert(Bucket {
+                tokens: self.per_minute,
+                updated: now,
+            }),
+        };
         let b = entry.value_mut();
         let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
         b.tokens = (b.tokens + elapsed * rate).min(self.per_minute);
@@ -67,6 +71,19 @@ impl RateLimiter {
     /// How many askers are being tracked (for tests and metrics).
     pub fn tracked(&self) -> usize {
         self.buckets.len()
+    }
+
+    /// Buckets held: a slot each (key and bucket) in the map's tables, and the key's text (a
+    /// platform and user id, about 32 bytes). Bounded by the askers of the last minute.
+    pub fn held(&self, out: &mut Vec<crate::core::held::Held>) {
+        let slot = std::mem::size_of::<(String, Bucket)>();
+        out.push(crate::core::held::Held {
+            holder: "rate_limit",
+            entries: self.buckets.len(),
+            bytes: crate::core::held::table_bytes(self.buckets.capacity(), slot)
+                + self.buckets.len() * 32,
+            capacity: 0,
+        });
     }
 }
 

@@ -91,6 +91,9 @@ pub trait SharedState: Send + Sync {
     /// `"memory"` or `"redis"`, for logs and `check`.
     fn kind(&self) -> &'static str;
 
+    /// What this process holds for it in memory, by holder (see [`crate::core::held`]).
+    fn held(&self, _out: &mut Vec<crate::core::held::Held>) {}
+
     /// Claims the delivery `id` for `ttl` across every replica: a redelivered request, or an
     /// interaction that reached two replicas, is answered by whoever claims it first. Every
     /// claim is also remembered by this process, so a store outage doesn't make it forget what

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
+use crate::core::held::{table_bytes, Held};
 use crate::core::onetime::{now_ms, GoError};
 use crate::core::ratelimit::RateLimiter;
 use crate::core::state::{
@@ -20,9 +21,9 @@ use crate::core::state::{
 };
 
 /// Delivery ids remembered at once; when full, the oldest is forgotten first (a redelivery
-/// that old has long been answered). Each is held as a 64-bit keyed digest, not as its text:
-/// 32 bytes an entry and no allocation per request, where the text cost ~150 bytes in two
-/// heap blocks, so a full memory is about 3 MB rather than 15.
+/// that old has long been answered). Each is held as a 64-bit keyed digest, not as its text,
+/// with its deadline in seconds ([`Deliveries`]): about 40 bytes an entry with the tables'
+/// spare room and no allocation per request, so a full memory is about 4 MB.
 const MAX_DELIVERIES: usize = 100_000;
 /// `/go/` ids held at once; when full of live ids, no new one is issued and the asker gets a
 /// link minted directly instead.
@@ -84,6 +85,106 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
     fn full(&self) -> bool {
         self.map.len() >= self.cap
     }
+
+    /// Entries and bytes: the map's and the order's tables as allocated, plus `heap(k, v)`
+    /// for what an entry points to.
+    fn held(&self, holder: &'static str, heap: impl Fn(&K, &V) -> usize) -> Held {
+        let slot = std::mem::size_of::<(K, (Instant, V))>();
+        let order = std::mem::size_of::<(Instant, K)>();
+        // Sampled (the first 64 entries, scaled), so a scrape never walks a full map.
+        let sample: Vec<usize> = self
+            .map
+            .iter()
+            .take(64)
+            .map(|(k, (_, v))| heap(k, v))
+            .collect();
+        let heap = match sample.len() {
+            0 => 0,
+            n => sample.iter().sum::<usize>() * self.map.len() / n,
+        };
+        Held {
+            holder,
+            entries: self.map.len(),
+            bytes: table_bytes(self.map.capacity(), slot) + self.order.capacity() * order + heap,
+            capacity: table_bytes(self.cap, slot) + self.cap.next_power_of_two() * order,
+        }
+    }
+}
+
+/// Delivery digests and when each is forgotten, in whole seconds since the store began (rounded
+/// up), expiring from the front like [`Expiring`]. Every command and click passes through here
+/// and is remembered for minutes, so this is the largest map at load: 16 bytes an entry in
+/// each of its two tables, where an `Instant` (16 bytes alone) made them 24 (issue 23). A
+/// second's rounding is nothing against a redelivery window of minutes.
+struct Deliveries {
+    map: HashMap<u64, u32>,
+    order: VecDeque<(u32, u64)>,
+    epoch: Instant,
+    cap: usize,
+}
+
+impl Deliveries {
+    fn new(cap: usize) -> Self {
+        Deliveries {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            epoch: Instant::now(),
+            cap,
+        }
+    }
+
+    /// `t` in whole seconds since the epoch, rounded up or down.
+    fn secs(&self, t: Instant, up: bool) -> u32 {
+        let d = t.saturating_duration_since(self.epoch);
+        let s = d.as_secs() + u64::from(up && d.subsec_nanos() > 0);
+        u32::try_from(s).unwrap_or(u32::MAX)
+    }
+
+    fn purge(&mut self, now: Instant) {
+        let now = self.secs(now, false);
+        while let Some(&(at, _)) = self.order.front() {
+            if at > now {
+                break;
+            }
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((at, key)) = self.order.pop_front() {
+            if self.map.get(&key) == Some(&at) {
+                self.map.remove(&key);
+            }
+        }
+    }
+
+    fn live(&self, key: u64, now: Instant) -> bool {
+        let now = self.secs(now, false);
+        self.map.get(&key).is_some_and(|&at| at > now)
+    }
+
+    fn insert(&mut self, key: u64, forget_at: Instant) {
+        let at = self.secs(forget_at, true);
+        self.order.push_back((at, key));
+        self.map.insert(key, at);
+    }
+
+    fn full(&self) -> bool {
+        self.map.len() >= self.cap
+    }
+
+    fn held(&self) -> Held {
+        let (slot, order) = (
+            std::mem::size_of::<(u64, u32)>(),
+            std::mem::size_of::<(u32, u64)>(),
+        );
+        Held {
+            holder: "deliveries",
+            entries: self.map.len(),
+            bytes: table_bytes(self.map.capacity(), slot) + self.order.capacity() * order,
+            capacity: table_bytes(self.cap, slot) + self.cap.next_power_of_two() * order,
+        }
+    }
 }
 
 struct GoEntry {
@@ -123,7 +224,7 @@ pub struct MemoryState {
     /// Delivery ids by digest (see [`MAX_DELIVERIES`]). The digest is keyed at random per
     /// process, so no one can choose two ids that collide; by chance, two of 100,000 live ids
     /// share a digest about once in 10^9 fills.
-    deliveries: Mutex<Expiring<u64, ()>>,
+    deliveries: Mutex<Deliveries>,
     digest: RandomState,
     limiter: RateLimiter,
     /// `/go/` records by their ids' keyed digests (never the ids).
@@ -137,7 +238,7 @@ impl MemoryState {
     /// A store whose rate limit allows `per_minute` requests per asker.
     pub fn new(per_minute: u32) -> Self {
         MemoryState {
-            deliveries: Mutex::new(Expiring::new(MAX_DELIVERIES)),
+            deliveries: Mutex::new(Deliveries::new(MAX_DELIVERIES)),
             digest: RandomState::new(),
             limiter: RateLimiter::new(per_minute),
             go: Mutex::new(Expiring::new(MAX_GO)),
@@ -183,13 +284,13 @@ impl MemoryState {
         let now = Instant::now();
         let mut seen = lock(&self.deliveries);
         seen.purge(now);
-        if seen.live(&key, now).is_some() {
+        if seen.live(key, now) {
             return false;
         }
         if seen.full() {
             seen.pop_front();
         }
-        seen.insert(key, now + ttl, ());
+        seen.insert(key, now + ttl);
         true
     }
 
@@ -304,6 +405,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl SharedState for MemoryState {
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn held(&self, out: &mut Vec<Held>) {
+        fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+            m.lock().unwrap_or_else(|p| p.into_inner())
+        }
+        out.push(lock(&self.deliveries).held());
+        // A `/go/` record: its digest key and its sightings (each a client and a user agent).
+        out.push(lock(&self.go).held("go_ids", |k, e| {
+            k.len() + e.record.sightings.capacity() * 64
+        }));
+        out.push(lock(&self.records).held("records", |k, v| k.len() + v.len()));
+        let jobs = lock(&self.jobs);
+        let job = std::mem::size_of::<((SystemTime, u64), String)>()
+            + std::mem::size_of::<(String, (SystemTime, u64, String))>()
+            + 2 * 48;
+        out.push(Held {
+            holder: "jobs",
+            entries: jobs.by_key.len(),
+            bytes: jobs.by_key.len() * job,
+            capacity: MAX_JOBS * job,
+        });
+        drop(jobs);
+        self.limiter.held(out);
     }
 
     async fn claim_delivery(&self, id: &str, ttl: Duration) -> Delivery {

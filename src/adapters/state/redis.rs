@@ -436,6 +436,11 @@ impl SharedState for RedisState {
         "redis"
     }
 
+    /// Only the fallback is in this process.
+    fn held(&self, out: &mut Vec<crate::core::held::Held>) {
+        self.fallback.held(out);
+    }
+
     async fn claim_delivery(&self, id: &str, ttl: Duration) -> Delivery {
         // Written through to this process's own memory as well: during a Redis outage this
         // replica still knows what it answered.

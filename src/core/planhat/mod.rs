@@ -346,6 +346,11 @@ impl Planhat {
         self.inner.calls.last_minute() < self.inner.optional_below
     }
 
+    /// Optional calls (name lookups) the budget lets through in a minute, at most.
+    pub fn optional_per_minute(&self) -> u64 {
+        self.inner.optional_below
+    }
+
     /// Calls sent to Planhat in the last 60 seconds (by the cluster, when it shares a count).
     pub fn calls_last_minute(&self) -> u64 {
         self.inner.calls.last_minute()

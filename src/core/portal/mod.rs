@@ -71,8 +71,10 @@ pub struct PortalService {
     directories: std::sync::RwLock<std::collections::HashMap<Platform, Arc<dyn Directory>>>,
 }
 
-/// End users' names cached at once, about (a full cache evicts as it inserts: [`NameCache`]).
-const MAX_NAMES: usize = 10_000;
+/// How long a cached name is served.
+const NAME_TTL: Duration = Duration::from_secs(3600);
+/// The name cache's ceiling, however high Planhat's budget is set: about 40,000 names.
+const MAX_NAME_BYTES: u64 = 8 * 1024 * 1024;
 
 impl PortalService {
     /// Assembles the use case from its parts.
@@ -91,7 +93,12 @@ impl PortalService {
         ownership_age: MaxAge,
     ) -> Self {
         planhat.share_pauses(state.clone());
-        let names = Arc::new(NameCache::new(MAX_NAMES, Duration::from_secs(3600)));
+        // As many names as Planhat's budget lets through within one TTL (see `sized_for`).
+        let names = Arc::new(NameCache::sized_for(
+            planhat.optional_per_minute(),
+            NAME_TTL,
+            MAX_NAME_BYTES,
+        ));
         let ownership = Ownership::new(planhat.clone(), names.clone(), ownership_age.ttl);
         PortalService {
             planhat,
@@ -209,6 +216,16 @@ impl PortalService {
     /// The end-user index, when `[search]` is on.
     pub fn search(&self) -> Option<&Arc<crate::core::search::Search>> {
         self.search.as_ref()
+    }
+
+    /// What the use case holds in memory (names, owners, the search index), for `/metrics`.
+    pub fn holders(self: &Arc<Self>) -> Vec<Arc<dyn crate::core::held::Holds>> {
+        let mut holders: Vec<Arc<dyn crate::core::held::Holds>> =
+            vec![self.names.clone(), Arc::new(OwnershipHeld(self.clone()))];
+        if let Some(search) = &self.search {
+            holders.push(search.clone());
+        }
+        holders
     }
 
     /// The directory of `platform`'s chat, when its adapter registered one.
@@ -354,12 +371,12 @@ impl PortalService {
                 Some(Target::EndUser(id)) => match self.find_instead(asker, id.as_str()).await {
                     Some(choices) if action == Action::Link => choices,
                     _ => {
-                        let reply = self.run(asker, id.clone(), None, action).await;
+                        let reply = Box::pin(self.run(asker, id.clone(), None, action)).await;
                         self.offer(asker, &id, action, reply)
                     }
                 },
                 Some(Target::Email(email)) => {
-                    let (resolved, reply) = self.by_email(asker, email, action).await;
+                    let (resolved, reply) = Box::pin(self.by_email(asker, email, action)).await;
                     audited.end_user = resolved.map(|id| id.to_string());
                     reply
                 }
@@ -377,7 +394,7 @@ impl PortalService {
         let reply = match self.admit(asker, action).await {
             Err(refusal) => Reply::Refused(refusal),
             Ok(()) => {
-                let reply = self.run(asker, id.clone(), None, action).await;
+                let reply = Box::pin(self.run(asker, id.clone(), None, action)).await;
                 self.offer(asker, &id, action, reply)
             }
         };
@@ -396,7 +413,7 @@ impl PortalService {
         };
         let reply = match self.admit(asker, Action::Go).await {
             Err(refusal) => Reply::Refused(refusal),
-            Ok(()) => self.run(asker, id, None, Action::Go).await,
+            Ok(()) => Box::pin(self.run(asker, id, None, Action::Go)).await,
         };
         self.finish(asker, Action::Go, audited, reply, started)
             .await
@@ -595,5 +612,13 @@ impl Audited {
             end_user: Some(id.to_string()),
             ..Audited::default()
         }
+    }
+}
+/// The ownership caches, reached through the service that owns them.
+struct OwnershipHeld(Arc<PortalService>);
+
+impl crate::core::held::Holds for OwnershipHeld {
+    fn held(&self, out: &mut Vec<crate::core::held::Held>) {
+        crate::core::held::Holds::held(&self.0.ownership, out);
     }
 }

@@ -151,3 +151,16 @@ impl Search {
         )
     }
 }
+
+impl crate::core::held::Holds for Search {
+    /// The index as it is now (a refresh holds a second one while it is built).
+    fn held(&self, out: &mut Vec<crate::core::held::Held>) {
+        let index = self.index();
+        out.push(crate::core::held::Held {
+            holder: "search_index",
+            entries: index.len(),
+            bytes: index.heap_bytes(),
+            capacity: 0,
+        });
+    }
+}
