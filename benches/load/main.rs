@@ -15,6 +15,8 @@
 //! `LOAD_CALLGRIND=1 cargo bench --bench load -- --drive bot slack 1 2000` starts the server
 //! under `valgrind --tool=callgrind`, warms it up, counts only the `2000` requests, and prints
 //! instructions per request (and where the profile was written, for `callgrind_annotate`).
+//! `cargo bench --bench load -- --drive` alone prints memory by distinct end users (1, 1,000,
+//! 30,000, 100,000): anonymous memory of floor and bot, and what each of the bot's caches holds.
 //! `cargo bench --bench load -- --search` runs only the search scenario (the index at 100,000
 //! end users: build time, memory, queries; autocomplete through the bot; commands unchanged).
 //! `cargo bench --bench load -- --go` runs only the browser hop: commands with `/go/` links
@@ -71,6 +73,8 @@ enum Kind {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The bot's metrics listener (`None` for the floor, which has none).
+    metrics: Option<SocketAddr>,
     sandbox: Sandbox,
     latency: Duration,
     _dir: PathBuf,
@@ -255,6 +259,7 @@ async fn start_bot_searching(
         None => "",
     };
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let public_url = match hop {
         Hop::Direct => String::new(),
         _ => format!("public_url = \"http://{addr}\"\n"),
@@ -277,7 +282,7 @@ async fn start_bot_searching(
     let config = format!(
         // Every request comes from one loopback address, up to 2,000 at once (the burst): the
         // per-peer cap (meant for the internet) would close most of them.
-        "[server]\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:0\"\nmax_connections = 4096\nmax_connections_per_peer = 4096\n{public_url}\
+        "[server]\nlisten = \"{addr}\"\nmetrics_listen = \"{metrics}\"\nmax_connections = 4096\nmax_connections_per_peer = 4096\n{public_url}\
          {sign_in}[planhat]\napi_url = \"{base}\"\nportal_url = \"{base}\"\ntoken = \"{SANDBOX_TOKEN}\"\ntimeout = \"5s\"\nmax_in_flight = 32\n{planhat_extra}\n\
          [slack]\nmode = \"http\"\nsigning_secret = \"{SECRET}\"\nbot_token = \"xoxb-bench\"\napi_url = \"{response_url_base}/api\"\n\
          [discord]\nmode = \"http\"\ntoken = \"bench\"\napplication_id = \"{APP_ID}\"\npublic_key = \"{key}\"\nguild_ids = [\"{GUILD}\"]\napi_url = \"{response_url_base}/api/v10\"\n\
@@ -306,6 +311,7 @@ async fn start_bot_searching(
     Server {
         child,
         addr,
+        metrics: Some(metrics),
         sandbox,
         latency,
         _dir: dir,
@@ -332,6 +338,7 @@ async fn start_floor(latency: Duration) -> Server {
     Server {
         child,
         addr,
+        metrics: None,
         sandbox,
         latency,
         _dir: std::env::temp_dir(),
@@ -1172,6 +1179,149 @@ async fn drive(args: &[String]) {
     }
 }
 
+/// `portal_bot_held_*` from the bot's `/metrics`: holder → (entries, bytes, capacity bytes),
+/// and lookups by (holder, result).
+async fn held(server: &Server) -> (Vec<(String, [u64; 3])>, Vec<(String, u64)>) {
+    let Some(metrics) = server.metrics else {
+        return (Vec::new(), Vec::new());
+    };
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut held: Vec<(String, [u64; 3])> = Vec::new();
+    let mut lookups: Vec<(String, u64)> = Vec::new();
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: u64 = value.parse().unwrap_or(0);
+        let label = |l: &str| {
+            series
+                .split_once(&format!("{l}=\""))
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(v, _)| v.to_string())
+        };
+        let slot = if series.starts_with("portal_bot_held_entries{") {
+            0
+        } else if series.starts_with("portal_bot_held_bytes{") {
+            1
+        } else if series.starts_with("portal_bot_held_capacity_bytes{") {
+            2
+        } else {
+            if series.starts_with("portal_bot_held_lookups_total{") {
+                if let (Some(h), Some(r)) = (label("holder"), label("result")) {
+                    lookups.push((format!("{h} {r}"), value));
+                }
+            }
+            continue;
+        };
+        let Some(holder) = label("holder") else {
+            continue;
+        };
+        match held.iter_mut().find(|(h, _)| *h == holder) {
+            Some((_, v)) => v[slot] = value,
+            None => {
+                let mut v = [0; 3];
+                v[slot] = value;
+                held.push((holder, v));
+            }
+        }
+    }
+    (held, lookups)
+}
+
+/// `--drive` alone: memory by distinct end users. For 1, 1,000, 30,000 and 100,000 end users,
+/// a fresh floor, a fresh bot and a fresh bot with name lookups on (Planhat's budget raised
+/// out of reach, so every new end user's name is fetched and cached: the name cache's worst
+/// case) each serve max(30,000, end users) Slack commands, 50 concurrent, Planhat at 0 ms;
+/// then their anonymous memory (RssAnon) and its peak, and what the bot's holders hold.
+async fn memory() {
+    let key = SigningKey::from_bytes(&[9u8; 32]);
+    let (rx_base, _) = receiver().await;
+    println!(
+        "\n## Memory by distinct end users (Slack commands, 50 concurrent, Planhat at 0 ms)\n"
+    );
+    println!("| end users | requests | floor RssAnon MB | bot RssAnon MB (÷ floor) | bot with name lookups, RssAnon MB (÷ floor) | bot CPU µs/request (÷ floor) |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut details = Vec::new();
+    for users in [1usize, 1_000, 30_000, 100_000] {
+        let n = users.max(30_000);
+        let mut figures = Vec::new();
+        for (kind, extra) in [
+            (Kind::Floor, ""),
+            (Kind::Bot, ""),
+            (Kind::Bot, "calls_per_minute = 1000000"),
+        ] {
+            let server = start(kind, Duration::ZERO, &key, &rx_base, extra).await;
+            let warm = requests(Chat::Slack, 500, 1_000, "memwarm", &rx_base, &key);
+            run(&server, &warm, 50, None).await;
+            let (mut cpu, mut wall) = (0.0, Duration::ZERO);
+            for first in (0..n).step_by(10_000) {
+                let reqs = requests_from(
+                    Chat::Slack,
+                    first,
+                    10_000.min(n - first),
+                    users,
+                    "mem",
+                    &rx_base,
+                    &key,
+                );
+                let r = run(&server, &reqs, 50, None).await;
+                assert_eq!(r.errors, 0, "every command answered");
+                (cpu, wall) = (cpu + r.server_cpu, wall + r.wall);
+            }
+            let anon = status_kb(server.pid(), "RssAnon:") as f64 / 1024.0;
+            let (holders, lookups) = held(&server).await;
+            if !holders.is_empty() {
+                details.push((users, extra.to_string(), wall, holders, lookups));
+            }
+            figures.push((anon, cpu * 1e6 / n as f64));
+        }
+        let (floor, bot, names) = (figures[0], figures[1], figures[2]);
+        println!(
+            "| {users} | {n} | {:.1} | {:.1} ({}) | {:.1} ({}) | {:.0} / {:.0} ({}) |",
+            floor.0,
+            bot.0,
+            ratio(bot.0, floor.0),
+            names.0,
+            ratio(names.0, floor.0),
+            bot.1,
+            floor.1,
+            ratio(bot.1, floor.1)
+        );
+    }
+    println!("\nWhat the bot holds after each run (`portal_bot_held_*`; bytes are the holders' own estimates):\n");
+    println!("| end users | name lookups | holder | entries | KB | of capacity KB |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (users, extra, wall, holders, lookups) in &details {
+        let on = if extra.is_empty() { "budget" } else { "on" };
+        for (holder, [entries, bytes, cap]) in holders {
+            if *entries == 0 && *bytes == 0 {
+                continue;
+            }
+            let cap = if *cap == 0 {
+                "—".to_string()
+            } else {
+                format!("{}", cap / 1024)
+            };
+            println!(
+                "| {users} | {on} | {holder} | {entries} | {} | {cap} |",
+                bytes / 1024
+            );
+        }
+        let minutes = wall.as_secs_f64() / 60.0;
+        for (what, n) in lookups {
+            println!(
+                "| {users} | {on} | lookups: {what} | {n} ({:.0} a minute) | | |",
+                *n as f64 / minutes
+            );
+        }
+    }
+}
+
 /// The browser hop: Slack commands with `public_url` without and with `[sign_in]` (sign-in
 /// must cost nothing on the command path), then `/go/` clicks from browsers that are signed
 /// in: the page's `GET` and the `POST` that mints (latency and server CPU per click).
@@ -1537,6 +1687,7 @@ fn main() -> std::process::ExitCode {
         .unwrap();
     rt.block_on(async {
         match args.iter().position(|a| a == "--drive") {
+            Some(i) if args.len() == i + 1 => memory().await,
             Some(i) => drive(&args[i + 1..]).await,
             None if args.iter().any(|a| a == "--search") => {
                 let key = SigningKey::from_bytes(&[9u8; 32]);

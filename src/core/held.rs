@@ -56,10 +56,13 @@ impl std::fmt::Debug for HeldCollector {
     }
 }
 
+/// A gauge family of [`Held`]: its name, its help, and which figure it shows.
+type Family = (&'static str, &'static str, fn(&Held) -> usize);
+
 impl Collector for HeldCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (held, counted) = self.figures();
-        let families: [(&str, &str, fn(&Held) -> usize); 3] = [
+        let families: [Family; 3] = [
             ("held_entries", "Entries held now, by holder", |h| h.entries),
             (
                 "held_bytes",

@@ -66,6 +66,8 @@ impl From<SlackCommandEvent> for SlashCommand {
 /// A slash command's inline answer, rendered only where it goes: the webhook's JSON body, a
 /// Socket Mode acknowledgement, or (when that connection went away) a message to
 /// `response_url`.
+// Made once per command and moved once; boxing the reply would add an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum CommandAnswer {
     /// The core's reply to this asker.
     Reply { reply: Reply, asker: String },
