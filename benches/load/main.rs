@@ -1583,11 +1583,27 @@ async fn search_hop(key: &SigningKey, rx_base: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mb = |key| status_kb(bot.pid(), key) as f64 / 1024.0;
     println!(
-        "the bot: index read from the sandbox ({} pages) and built within {:.1} s of start; RSS {:.1} MB",
+        "the bot: index read from the sandbox ({} pages) and built within {:.1} s of start; RSS {:.1} MB \
+         (peak {:.1}), anonymous {:.1} MB",
         n.div_ceil(5_000),
         started.elapsed().as_secs_f64(),
-        status_kb(bot.pid(), "VmRSS:") as f64 / 1024.0
+        mb("VmRSS:"),
+        mb("VmHWM:"),
+        mb("RssAnon:")
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let index = held(&bot)
+        .await
+        .0
+        .into_iter()
+        .find(|(h, _)| h == "search_index")
+        .map_or(0, |(_, [_, bytes, _])| bytes);
+    println!(
+        "5 s later: anonymous {:.1} MB, of which the index (portal_bot_held_bytes) {:.1} MB",
+        mb("RssAnon:"),
+        index as f64 / 1024.0 / 1024.0
     );
     let reqs: Arc<Vec<Req>> = Arc::new(
         (0..scaled(5_000))

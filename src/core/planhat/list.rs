@@ -79,31 +79,217 @@ fn text(v: Option<&Value>) -> Option<String> {
 
 /// A page of `GET /endusers`: the end users with an id, archived ones left out. `None`: not a
 /// list.
+///
+/// Read straight into [`Row`]s rather than through `serde_json::Value`: a page of 5,000 end
+/// users as `Value`s (an ordered map per end user, every field kept) took several MB while it
+/// was read, which the allocator then held on to (issue 23). It reads as the `Value` reading
+/// did (a test holds the two equal): a repeated key keeps its last value, a field that is not
+/// a string counts as absent, an item that is not an object has no id.
 pub fn parse_enduser_page(body: &[u8]) -> Option<Vec<Listed>> {
-    let items: Vec<Value> = serde_json::from_slice(body).ok()?;
-    Some(
-        items
-            .iter()
-            .filter(|u| u.get("archived").and_then(Value::as_bool) != Some(true))
-            .filter_map(|u| {
-                let id = text(u.get("_id").or_else(|| u.get("id")))?;
-                let name = text(u.get("name")).or_else(|| {
-                    let first = text(u.get("firstName")).unwrap_or_default();
-                    let last = text(u.get("lastName")).unwrap_or_default();
-                    let full = format!("{first} {last}").trim().to_string();
-                    (!full.is_empty()).then_some(full)
-                });
-                // Names as shown anywhere: one line, no format characters (`core::text`).
-                Some(Listed {
-                    id,
-                    name: name.map(|n| crate::core::text::name(&n)),
-                    email: text(u.get("email")).map(|e| e.to_ascii_lowercase()),
-                    company_id: text(u.get("companyId")),
-                    company_name: text(u.get("companyName")).map(|c| crate::core::text::name(&c)),
+    let rows: Vec<Row> = serde_json::from_slice(body).ok()?;
+    Some(rows.into_iter().filter_map(Row::listed).collect())
+}
+
+/// One item of an end-user page: the fields the index keeps, as [`text`] would read them.
+#[derive(Default)]
+struct Row {
+    id: Option<String>,
+    /// `_id` was there (of whatever value): then `id` is not read.
+    has_id: bool,
+    alt_id: Option<String>,
+    name: Option<String>,
+    first: Option<String>,
+    last: Option<String>,
+    email: Option<String>,
+    company_id: Option<String>,
+    company_name: Option<String>,
+    archived: bool,
+}
+
+impl Row {
+    fn listed(self) -> Option<Listed> {
+        if self.archived {
+            return None;
+        }
+        let id = if self.has_id { self.id } else { self.alt_id }?;
+        let name = self.name.or_else(|| {
+            let full = format!(
+                "{} {}",
+                self.first.unwrap_or_default(),
+                self.last.unwrap_or_default()
+            )
+            .trim()
+            .to_string();
+            (!full.is_empty()).then_some(full)
+        });
+        // Names as shown anywhere: one line, no format characters (`core::text`).
+        Some(Listed {
+            id,
+            name: name.map(|n| crate::core::text::name(&n)),
+            email: self.email.map(|e| e.to_ascii_lowercase()),
+            company_id: self.company_id,
+            company_name: self.company_name.map(|c| crate::core::text::name(&c)),
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Row {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Row, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct Item;
+        impl<'de> Visitor<'de> for Item {
+            type Value = Row;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an end user")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
+                let mut row = Row::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let slot = match key {
+                        Key::Id => {
+                            row.has_id = true;
+                            &mut row.id
+                        }
+                        Key::AltId => &mut row.alt_id,
+                        Key::Name => &mut row.name,
+                        Key::First => &mut row.first,
+                        Key::Last => &mut row.last,
+                        Key::Email => &mut row.email,
+                        Key::CompanyId => &mut row.company_id,
+                        Key::CompanyName => &mut row.company_name,
+                        Key::Archived => {
+                            row.archived = map.next_value::<Lenient>()?.0 == Some(Seen::True);
+                            continue;
+                        }
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = match map.next_value::<Lenient>()?.0 {
+                        Some(Seen::Text(t)) => Some(t),
+                        _ => None,
+                    };
+                }
+                Ok(row)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Row, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Row::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Row, E> {
+                Ok(Row::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Row, E> {
+                Ok(Row::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Row, E> {
+                Ok(Row::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Row, E> {
+                Ok(Row::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Row, E> {
+                Ok(Row::default())
+            }
+            fn visit_unit<E>(self) -> Result<Row, E> {
+                Ok(Row::default())
+            }
+        }
+        d.deserialize_any(Item)
+    }
+}
+
+/// The keys of an end user the index reads; any other is skipped unread.
+enum Key {
+    Id,
+    AltId,
+    Name,
+    First,
+    Last,
+    Email,
+    CompanyId,
+    CompanyName,
+    Archived,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "_id" => Key::Id,
+                    "id" => Key::AltId,
+                    "name" => Key::Name,
+                    "firstName" => Key::First,
+                    "lastName" => Key::Last,
+                    "email" => Key::Email,
+                    "companyId" => Key::CompanyId,
+                    "companyName" => Key::CompanyName,
+                    "archived" => Key::Archived,
+                    _ => Key::Other,
                 })
-            })
-            .collect(),
-    )
+            }
+        }
+        d.deserialize_identifier(Name)
+    }
+}
+
+/// A field's value as [`text`] and `as_bool` see it: trimmed non-empty text, `true`, or
+/// nothing (any other value, read and dropped).
+#[derive(PartialEq)]
+enum Seen {
+    Text(String),
+    True,
+}
+
+struct Lenient(Option<Seen>);
+
+impl<'de> serde::Deserialize<'de> for Lenient {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Lenient, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct Any;
+        impl<'de> Visitor<'de> for Any {
+            type Value = Lenient;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Lenient, E> {
+                let s = s.trim();
+                Ok(Lenient((!s.is_empty()).then(|| Seen::Text(s.to_string()))))
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Lenient, E> {
+                Ok(Lenient(b.then_some(Seen::True)))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Lenient, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Lenient, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Lenient, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+        }
+        d.deserialize_any(Any)
+    }
 }
 
 /// A page of `GET /companies`. `None`: not a list.
@@ -133,6 +319,84 @@ pub fn parse_company_page(body: &[u8]) -> Option<Vec<ListedCompany>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The reading through `serde_json::Value` that [`parse_enduser_page`] replaced: the
+    /// reference it must agree with.
+    fn through_values(body: &[u8]) -> Option<Vec<Listed>> {
+        let items: Vec<Value> = serde_json::from_slice(body).ok()?;
+        Some(
+            items
+                .iter()
+                .filter(|u| u.get("archived").and_then(Value::as_bool) != Some(true))
+                .filter_map(|u| {
+                    let id = text(u.get("_id").or_else(|| u.get("id")))?;
+                    let name = text(u.get("name")).or_else(|| {
+                        let first = text(u.get("firstName")).unwrap_or_default();
+                        let last = text(u.get("lastName")).unwrap_or_default();
+                        let full = format!("{first} {last}").trim().to_string();
+                        (!full.is_empty()).then_some(full)
+                    });
+                    Some(Listed {
+                        id,
+                        name: name.map(|n| crate::core::text::name(&n)),
+                        email: text(u.get("email")).map(|e| e.to_ascii_lowercase()),
+                        company_id: text(u.get("companyId")),
+                        company_name: text(u.get("companyName"))
+                            .map(|c| crate::core::text::name(&c)),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn a_field() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[ a-zA-Z@.]{0,12}".prop_map(Value::from),
+            Just(serde_json::json!(["x", {"y": 1}])),
+            Just(serde_json::json!({"nested": "x"})),
+        ]
+    }
+
+    fn an_item() -> impl Strategy<Value = Value> {
+        let keys = prop_oneof![
+            Just("_id"),
+            Just("id"),
+            Just("name"),
+            Just("firstName"),
+            Just("lastName"),
+            Just("email"),
+            Just("companyId"),
+            Just("companyName"),
+            Just("archived"),
+            Just("other"),
+        ];
+        prop_oneof![
+            4 => proptest::collection::vec((keys, a_field()), 0..12).prop_map(|pairs| {
+                Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            }),
+            1 => a_field(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn pages_read_as_they_did_through_values(items in proptest::collection::vec(an_item(), 0..20)) {
+            let body = serde_json::to_vec(&items).unwrap();
+            prop_assert_eq!(parse_enduser_page(&body), through_values(&body));
+        }
+
+        /// Repeated keys (which `Value` keeps the last of) read the same too.
+        #[test]
+        fn repeated_keys_keep_the_last(a in "[a-z]{0,5}", b in "[a-z]{0,5}", archived: bool) {
+            let body = format!(
+                r#"[{{"_id":"{a}","name":"{a}","_id":"{b}","archived":{archived},"name":"{b}","archived":false}}]"#
+            );
+            prop_assert_eq!(parse_enduser_page(body.as_bytes()), through_values(body.as_bytes()));
+        }
+    }
 
     #[test]
     fn pages_parse_and_archived_end_users_are_left_out() {
