@@ -43,11 +43,15 @@ impl Purpose {
 pub struct Forged;
 
 /// Seals and checks records, and names credentials by digest. Its `Debug` shows no key.
+///
+/// Each key is kept as an HMAC already keyed with it, cloned per use: keying HMAC-SHA256 hashes
+/// two blocks (the padded key twice), a third of the work of sealing a Discord expiry job
+/// (issue 23).
 pub struct Sealer {
-    go: [u8; 32],
-    discord: [u8; 32],
-    approval: [u8; 32],
-    names: [u8; 32],
+    go: HmacSha256,
+    discord: HmacSha256,
+    approval: HmacSha256,
+    names: HmacSha256,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -56,10 +60,16 @@ impl std::fmt::Debug for Sealer {
     }
 }
 
-/// HMAC-SHA256 of `parts` (each length-prefixed, so no two lists of parts collide).
-fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
+/// HMAC-SHA256 keyed with `key`.
+fn keyed(key: &[u8]) -> HmacSha256 {
     // HMAC takes a key of any length.
-    let mut m = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!())
+}
+
+/// HMAC-SHA256 of `parts` under an already keyed `key` (each part length-prefixed, so no two
+/// lists of parts collide).
+fn mac(key: &HmacSha256, parts: &[&[u8]]) -> HmacSha256 {
+    let mut m = key.clone();
     for p in parts {
         m.update(&(p.len() as u64).to_be_bytes());
         m.update(p);
@@ -67,18 +77,21 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     m
 }
 
-fn derive(root: &[u8], label: &[u8]) -> [u8; 32] {
-    mac(root, &[label]).finalize().into_bytes().into()
+/// The key for `label`, derived from `root`, ready to use.
+fn derive(root: &HmacSha256, label: &[u8]) -> HmacSha256 {
+    let key: [u8; 32] = mac(root, &[label]).finalize().into_bytes().into();
+    keyed(&key)
 }
 
 impl Sealer {
     /// Derives every key from `root` (a secret every replica shares and the store doesn't).
     pub fn new(root: &[u8]) -> Sealer {
+        let root = keyed(root);
         Sealer {
-            go: derive(root, Purpose::Go.label()),
-            discord: derive(root, Purpose::DiscordEdit.label()),
-            approval: derive(root, Purpose::Approval.label()),
-            names: derive(root, b"portal-bot names v1"),
+            go: derive(&root, Purpose::Go.label()),
+            discord: derive(&root, Purpose::DiscordEdit.label()),
+            approval: derive(&root, Purpose::Approval.label()),
+            names: derive(&root, b"portal-bot names v1"),
         }
     }
 
@@ -90,7 +103,7 @@ impl Sealer {
         Sealer::new(&root)
     }
 
-    fn key(&self, purpose: Purpose) -> &[u8; 32] {
+    fn key(&self, purpose: Purpose) -> &HmacSha256 {
         match purpose {
             Purpose::Go => &self.go,
             Purpose::DiscordEdit => &self.discord,
@@ -161,6 +174,30 @@ mod tests {
         let tampered = sealed.replace(r#""a":1"#, r#""a":2"#);
         assert_eq!(s.open(Purpose::Go, "n1", &tampered), Err(Forged));
         assert_eq!(s.open(Purpose::Go, "n1", r#"{"a":1}"#), Err(Forged));
+    }
+
+    /// Keys kept keyed seal exactly as keying per use did: records written before (by another
+    /// replica, say) still open.
+    #[test]
+    fn seals_are_what_keying_per_use_made() {
+        fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+            let mut m = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap();
+            for p in parts {
+                m.update(&(p.len() as u64).to_be_bytes());
+                m.update(p);
+            }
+            m.finalize().into_bytes().into()
+        }
+        let root = b"root key of the test";
+        let key = hmac(root, &[Purpose::DiscordEdit.label()]);
+        let tag = hmac(&key, &[b"job:1", br#"{"t":"x"}"#]);
+        let s = Sealer::new(root);
+        assert_eq!(
+            s.seal(Purpose::DiscordEdit, "job:1", r#"{"t":"x"}"#),
+            format!("{}.{}", hex::encode(tag), r#"{"t":"x"}"#)
+        );
+        let names = hmac(root, &[b"portal-bot names v1"]);
+        assert_eq!(s.name("abc"), hex::encode(hmac(&names, &[b"abc"])));
     }
 
     #[test]

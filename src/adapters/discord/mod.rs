@@ -139,6 +139,37 @@ fn asker_of(guild: Option<GuildId>, channel: ChannelId, member: Option<&Member>)
     })
 }
 
+/// A `/portal` slash command as its handler reads it: the interaction's id and token, who asks
+/// and where, and the `enduser` option's text. Made from serenity's `CommandInteraction` (the
+/// gateway) or read straight from the endpoint's JSON (`http::parse_interaction`). No `Debug`:
+/// the token lets its holder edit the reply.
+#[derive(PartialEq)]
+pub struct PortalCommand {
+    pub id: u64,
+    pub token: String,
+    /// `None` outside a server (a direct message).
+    pub asker: Option<Asker>,
+    pub enduser: String,
+}
+
+impl PortalCommand {
+    fn from_serenity(c: &CommandInteraction) -> PortalCommand {
+        PortalCommand {
+            id: c.id.get(),
+            token: c.token.clone(),
+            asker: asker_of(c.guild_id, c.channel_id, c.member.as_deref()),
+            enduser: c
+                .data
+                .options
+                .iter()
+                .find(|o| o.name == "enduser")
+                .and_then(|o| o.value.as_str())
+                .unwrap_or("")
+                .to_string(),
+        }
+    }
+}
+
 /// Which bot message a component sits on, named by the interaction that created the message
 /// (the same key [`DiscordState::command`] uses); the message id when Discord doesn't say.
 fn message_key(message: &Message) -> u64 {
@@ -165,6 +196,28 @@ impl DiscordState {
             .await
     }
 
+    /// A `/portal` command from either transport → its initial response (`None`: a duplicate,
+    /// answered once already).
+    pub async fn portal_command(
+        self: &Arc<Self>,
+        c: PortalCommand,
+        budget: Duration,
+    ) -> Option<CreateInteractionResponse> {
+        let budget = match self.claim(c.id).await {
+            Delivery::Duplicate => {
+                tracing::info!("duplicate delivery of an interaction; answered once already");
+                return None;
+            }
+            // Perhaps a replay (the shared store can't say): never answer it inline,
+            // where the answer goes to whoever sent it; the edit goes to the asker.
+            Delivery::Unchecked => None,
+            Delivery::First => Some(budget),
+        };
+        // Boxed, like each path below: a request's future then holds a pointer, not
+        // kilobytes of every path's state, and is cheaper to move at each level.
+        Some(Box::pin(self.command(c, budget)).await)
+    }
+
     /// One interaction from either transport → its initial response (`None`: not for us).
     /// `budget`: how long the answer may wait for the link before deferring.
     pub async fn interaction(
@@ -175,21 +228,8 @@ impl DiscordState {
         match interaction {
             Interaction::Ping(_) => Some(CreateInteractionResponse::Pong),
             Interaction::Command(c) if c.data.name == "portal" => {
-                let budget = match self.claim(c.id.get()).await {
-                    Delivery::Duplicate => {
-                        tracing::info!(
-                            "duplicate delivery of an interaction; answered once already"
-                        );
-                        return None;
-                    }
-                    // Perhaps a replay (the shared store can't say): never answer it inline,
-                    // where the answer goes to whoever sent it; the edit goes to the asker.
-                    Delivery::Unchecked => None,
-                    Delivery::First => Some(budget),
-                };
-                // Boxed, like each path below: a request's future then holds a pointer, not
-                // kilobytes of every path's state, and is cheaper to move at each level.
-                Some(Box::pin(self.command(c, budget)).await)
+                self.portal_command(PortalCommand::from_serenity(&c), budget)
+                    .await
             }
             // Suggestions while the asker types: answered from memory, never deduplicated
             // (Discord doesn't redeliver them) and never audited (they are not requests).
@@ -221,26 +261,19 @@ impl DiscordState {
 
     async fn command(
         self: &Arc<Self>,
-        c: CommandInteraction,
+        c: PortalCommand,
         budget: Option<Duration>,
     ) -> CreateInteractionResponse {
-        let Some(asker) = asker_of(c.guild_id, c.channel_id, c.member.as_deref()) else {
+        let Some(asker) = c.asker else {
             return ephemeral_line("/portal works in a server, not in direct messages.");
         };
-        let text = c
-            .data
-            .options
-            .iter()
-            .find(|o| o.name == "enduser")
-            .and_then(|o| o.value.as_str())
-            .unwrap_or("")
-            .to_string();
+        let text = c.enduser;
         let work = {
             let app = self.app.clone();
             let asker = asker.clone();
             Box::pin(async move { app.portal.handle(&asker, &text).await })
         };
-        let key = c.id.get();
+        let key = c.id;
         match self
             .answer(work, asker.user_id.clone(), c.token.clone(), key, budget)
             .await
