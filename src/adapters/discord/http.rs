@@ -61,7 +61,7 @@ async fn interactions(
     // Boxed: the handler's future (moved at each layer above it) stays a few hundred bytes.
     let answered = match interaction {
         Parsed::Portal(c) => Box::pin(state.discord.portal_command(c, budget)).await,
-        Parsed::Other(i) => Box::pin(state.discord.interaction(i, budget)).await,
+        Parsed::Other(i) => Box::pin(state.discord.interaction(*i, budget)).await,
     };
     match answered {
         Some(response) => Json(response).into_response(),
@@ -72,7 +72,8 @@ async fn interactions(
 /// An interaction from its JSON: a `/portal` command, or anything else as serenity reads it.
 pub enum Parsed {
     Portal(PortalCommand),
-    Other(Interaction),
+    /// Boxed: rare, and several times a command's size.
+    Other(Box<Interaction>),
 }
 
 /// An interaction from its JSON. A `/portal` slash command (type 2: nearly every request) is
@@ -93,8 +94,8 @@ pub fn parse_interaction(body: &[u8]) -> serde_json::Result<Parsed> {
     }
     match serde_json::from_slice::<Kind>(body) {
         Ok(Kind { kind: 2 }) => serde_json::from_slice::<CommandInteraction>(body)
-            .map(|c| Parsed::Other(Interaction::Command(c))),
-        _ => serde_json::from_slice(body).map(Parsed::Other),
+            .map(|c| Parsed::Other(Box::new(Interaction::Command(c)))),
+        _ => serde_json::from_slice(body).map(|i| Parsed::Other(Box::new(i))),
     }
 }
 
@@ -201,13 +202,13 @@ mod tests {
         let other = body.replace(r#""name":"portal""#, r#""name":"other""#);
         assert!(matches!(
             super::parse_interaction(other.as_bytes()),
-            Ok(super::Parsed::Other(Interaction::Command(_)))
+            Ok(super::Parsed::Other(i)) if matches!(*i, Interaction::Command(_))
         ));
         let ping = super::parse_interaction(
             br#"{"id":"1","application_id":"2","type":1,"token":"t","version":1}"#,
         )
         .unwrap();
-        assert!(matches!(ping, super::Parsed::Other(Interaction::Ping(_))));
+        assert!(matches!(ping, super::Parsed::Other(i) if matches!(*i, Interaction::Ping(_))));
         assert!(super::parse_interaction(br#"{"type":2}"#).is_err());
     }
 
