@@ -17,9 +17,9 @@ use serenity::all::{
 };
 
 use super::verify::DiscordVerifier;
-use super::{DiscordState, PortalCommand};
+use super::{member_asker, DiscordState, PortalCommand};
 use crate::adapters::unsigned::Unsigned;
-use crate::core::asker::{Asker, Groups, Platform};
+use crate::core::asker::Platform;
 
 struct HttpState {
     discord: Arc<DiscordState>,
@@ -140,13 +140,7 @@ fn lean_portal_command(body: &[u8]) -> Option<PortalCommand> {
         return None;
     }
     let asker = match (w.guild_id, w.member) {
-        (Some(guild), Some(member)) => Some(Asker {
-            platform: Platform::Discord,
-            user_id: member.user.id.to_string(),
-            team_id: Some(guild.to_string()),
-            channel_id: Some(w.channel_id.to_string()),
-            groups: Groups::Known(member.roles.iter().map(|r| r.to_string()).collect()),
-        }),
+        (Some(guild), Some(m)) => Some(member_asker(guild, w.channel_id, m.user.id, &m.roles)),
         _ => None,
     };
     let enduser = w

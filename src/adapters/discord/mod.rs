@@ -20,7 +20,7 @@ use std::time::Duration;
 use serenity::all::{
     ChannelId, CommandInteraction, ComponentInteraction, CreateAutocompleteResponse,
     CreateInteractionResponse, CreateInteractionResponseMessage, GuildId, Interaction, Member,
-    Message, MessageInteractionMetadata,
+    Message, MessageInteractionMetadata, RoleId, UserId,
 };
 use serenity::http::Http;
 
@@ -130,13 +130,18 @@ pub async fn start(app: &Arc<App>) -> Result<Option<Started>, StartError> {
 /// (serenity would otherwise fill in a silent default user).
 fn asker_of(guild: Option<GuildId>, channel: ChannelId, member: Option<&Member>) -> Option<Asker> {
     let (guild, member) = (guild?, member?);
-    Some(Asker {
+    Some(member_asker(guild, channel, member.user.id, &member.roles))
+}
+
+/// A server member asking in `channel`, their roles as groups.
+fn member_asker(guild: GuildId, channel: ChannelId, user: UserId, roles: &[RoleId]) -> Asker {
+    Asker {
         platform: Platform::Discord,
-        user_id: member.user.id.to_string(),
+        user_id: user.to_string(),
         team_id: Some(guild.to_string()),
         channel_id: Some(channel.to_string()),
-        groups: Groups::Known(member.roles.iter().map(|r| r.to_string()).collect()),
-    })
+        groups: Groups::Known(roles.iter().map(|r| r.to_string()).collect()),
+    }
 }
 
 /// A `/portal` slash command as its handler reads it: the interaction's id and token, who asks
