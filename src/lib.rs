@@ -157,9 +157,10 @@ impl App {
             metrics.clone(),
         ));
         // What holds memory, by name, on `/metrics` (issue 23).
-        let mut holders = portal.holders();
-        holders.push(Arc::new(StateHeld(state.clone())));
-        metrics.register_collector(Box::new(crate::core::held::HeldCollector(holders)));
+        metrics.register_collector(Box::new(crate::core::held::HeldCollector(vec![
+            portal.clone(),
+            state.clone(),
+        ])));
         Ok(Arc::new(App {
             config,
             portal,
@@ -438,14 +439,5 @@ async fn housekeeping(app: Arc<App>, mut shutdown: Shutdown) {
             _ = tick.tick() => app.portal.sweep(),
             _ = shutdown.fired() => return,
         }
-    }
-}
-
-/// Shared state's in-process part as a holder of memory.
-struct StateHeld(Arc<dyn crate::core::state::SharedState>);
-
-impl crate::core::held::Holds for StateHeld {
-    fn held(&self, out: &mut Vec<crate::core::held::Held>) {
-        self.0.held(out);
     }
 }

@@ -4,7 +4,8 @@
 //! Why: memory is reported by what holds it (issue 23), so that growth has a name. Each
 //! holder estimates its own bytes from what it stores (slots, the heap blocks of its strings,
 //! the spare capacity of its tables); it is an estimate, not an allocator count, and is cheap
-//! enough to compute on every scrape (lengths and capacities, never a walk over entries).
+//! enough to compute on every scrape (lengths, capacities, a small sample; never a walk over a
+//! whole map).
 
 use std::sync::Arc;
 
@@ -35,7 +36,7 @@ pub trait Holds: Send + Sync {
     fn counted(&self, _out: &mut Vec<(&'static str, &'static str, u64)>) {}
 }
 
-/// Everything registered, for the collector and for `portal-bot` internals.
+/// The holders `/metrics` reports, registered once at start.
 pub struct HeldCollector(pub Vec<Arc<dyn Holds>>);
 
 impl HeldCollector {

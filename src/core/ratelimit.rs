@@ -72,10 +72,12 @@ impl RateLimiter {
     pub fn tracked(&self) -> usize {
         self.buckets.len()
     }
+}
 
+impl crate::core::held::Holds for RateLimiter {
     /// Buckets held: a slot each (key and bucket) in the map's tables, and the key's text (a
     /// platform and user id, about 32 bytes). Bounded by the askers of the last minute.
-    pub fn held(&self, out: &mut Vec<crate::core::held::Held>) {
+    fn held(&self, out: &mut Vec<crate::core::held::Held>) {
         let slot = std::mem::size_of::<(String, Bucket)>();
         out.push(crate::core::held::Held {
             holder: "rate_limit",

@@ -87,12 +87,10 @@ pub struct Due {
 
 /// Shared state, in memory or on Redis. Implementations live in `adapters::state`.
 #[async_trait]
-pub trait SharedState: Send + Sync {
+/// [`Holds`](crate::core::held::Holds): what the store keeps in this process, for `/metrics`.
+pub trait SharedState: crate::core::held::Holds {
     /// `"memory"` or `"redis"`, for logs and `check`.
     fn kind(&self) -> &'static str;
-
-    /// What this process holds for it in memory, by holder (see [`crate::core::held`]).
-    fn held(&self, _out: &mut Vec<crate::core::held::Held>) {}
 
     /// Claims the delivery `id` for `ttl` across every replica: a redelivered request, or an
     /// interaction that reached two replicas, is answered by whoever claims it first. Every

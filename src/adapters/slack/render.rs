@@ -147,22 +147,22 @@ pub fn line(text: &str) -> SlackMessageContent {
 
 /// The six strings of a link reply that change from one command to the next; everything else
 /// in it is the same every time (see [`super::template`]).
-struct LinkStrings {
+struct LinkStrings<'a> {
     fallback: String,
     heading: String,
-    url: String,
+    url: &'a str,
     open: String,
     new_link: String,
     expiry: String,
 }
 
-impl LinkStrings {
+impl LinkStrings<'_> {
     /// In slot order (see [`link_message`]).
     fn slots(&self) -> [&str; 6] {
         [
             &self.fallback,
             &self.heading,
-            &self.url,
+            self.url,
             &self.open,
             &self.new_link,
             &self.expiry,
@@ -171,23 +171,18 @@ impl LinkStrings {
 }
 
 /// Written with `push_str` rather than `format!`: this runs for every link (issue 23).
-fn link_strings(link: &PortalLink, asker: &str) -> LinkStrings {
+fn link_strings<'a>(link: &'a PortalLink, asker: &str) -> LinkStrings<'a> {
     let url = link.url.expose();
     let end_user = link.end_user.as_str();
     let mut clock = String::with_capacity(12);
     clock_into(&mut clock, link.expires_at);
-    let joined = |parts: &[&str]| {
-        let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        parts.iter().for_each(|p| out.push_str(p));
-        out
-    };
     let mut heading = String::with_capacity(64);
     heading.push_str("Portal login as ");
     code_into(&mut heading, end_user);
     who_into(&mut heading, link.who.as_ref());
     let expires = unix(link.expires_at).to_string();
     LinkStrings {
-        fallback: joined(&[
+        fallback: [
             "Portal login as ",
             end_user,
             ": ",
@@ -195,27 +190,30 @@ fn link_strings(link: &PortalLink, asker: &str) -> LinkStrings {
             " (works until ",
             &clock,
             ", only you can see this)",
-        ]),
+        ]
+        .concat(),
         heading,
-        url: url.to_string(),
+        url,
         open: open_value(asker, link),
-        new_link: joined(&[asker, ":", end_user]),
+        new_link: [asker, ":", end_user].concat(),
         expiry: if link.at_click {
-            joined(&[
+            [
                 "Works until <!date^",
                 &expires,
                 "^{time}|",
                 &clock,
                 ">; you are signed in when you click · single use · only you can see this",
-            ])
+            ]
+            .concat()
         } else {
-            joined(&[
+            [
                 "Expires <!date^",
                 &expires,
                 "^{time_secs}|",
                 &clock,
                 "> · only you can see this",
-            ])
+            ]
+            .concat()
         },
     }
 }
@@ -236,10 +234,7 @@ fn link_message(s: [&str; 6], url: url::Url) -> SlackMessageContent {
                 .with_value(open.to_string())
                 .with_style(SlackBlockButtonStyle::Primary)
                 .into(),
-            SlackBlockButtonElement::new(pt!("New link"))
-                .with_action_id(NEW_LINK.into())
-                .with_value(new_link.to_string())
-                .into(),
+            new_link_button(new_link.to_string()).into(),
         ])
         .into(),
         SlackContextBlock::new(vec![md!(expiry.to_string())]).into(),
@@ -252,7 +247,7 @@ fn link_message(s: [&str; 6], url: url::Url) -> SlackMessageContent {
 /// The message a link reply shows (for a late answer, through `response_url`).
 pub fn link(link: &PortalLink, asker: &str) -> SlackMessageContent {
     let strings = link_strings(link, asker);
-    match url::Url::parse(&strings.url) {
+    match url::Url::parse(strings.url) {
         Ok(url) => link_message(strings.slots(), url),
         Err(_) => line("Planhat answered something the bot can't use, so no link was shown."),
     }
@@ -299,11 +294,12 @@ fn open_value(asker: &str, link: &PortalLink) -> String {
     }
 }
 
-/// Button values carry `{asker}:{end user}`, so a click can be checked against the asker.
-fn new_link_button(asker: &str, end_user: &str) -> SlackBlockButtonElement {
+/// The New link button; its value carries `{asker}:{end user}`, so a click can be checked
+/// against the asker.
+fn new_link_button(value: String) -> SlackBlockButtonElement {
     SlackBlockButtonElement::new(pt!("New link"))
         .with_action_id(NEW_LINK.into())
-        .with_value(format!("{asker}:{end_user}"))
+        .with_value(value)
 }
 
 /// What replaces a link message once it was opened (or expired): no URL, a New link button.
@@ -316,7 +312,8 @@ pub fn used(asker: &str, end_user: &str, what: &str) -> SlackMessageContent {
         .with_text(text.clone())
         .with_blocks(vec![
             SlackSectionBlock::new().with_text(md!(text)).into(),
-            SlackActionsBlock::new(vec![new_link_button(asker, end_user).into()]).into(),
+            SlackActionsBlock::new(vec![new_link_button([asker, ":", end_user].concat()).into()])
+                .into(),
         ])
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
-use crate::core::held::{table_bytes, Held};
+use crate::core::held::{table_bytes, Held, Holds};
 use crate::core::onetime::{now_ms, GoError};
 use crate::core::ratelimit::RateLimiter;
 use crate::core::state::{
@@ -22,7 +22,7 @@ use crate::core::state::{
 
 /// Delivery ids remembered at once; when full, the oldest is forgotten first (a redelivery
 /// that old has long been answered). Each is held as a 64-bit keyed digest, not as its text,
-/// with its deadline in seconds ([`Deliveries`]): about 40 bytes an entry with the tables'
+/// with its deadline in milliseconds ([`Expiring`]): about 40 bytes an entry with the tables'
 /// spare room and no allocation per request, so a full memory is about 4 MB.
 const MAX_DELIVERIES: usize = 100_000;
 /// `/go/` ids held at once; when full of live ids, no new one is issued and the asker gets a
@@ -35,11 +35,16 @@ const MAX_JOBS: usize = 10_000;
 const MAX_RECORDS: usize = 20_000;
 
 /// Keys with a time after which they are forgotten, in insertion order beside the map.
+///
+/// Times are kept as milliseconds since the structure began (rounded up: an entry is forgotten
+/// at most a millisecond late), 8 bytes where an `Instant` takes 16: delivery ids, the largest
+/// map at load, then take 16 bytes an entry in each table instead of 24 (issue 23).
 struct Expiring<K, V> {
-    map: HashMap<K, (Instant, V)>,
+    map: HashMap<K, (u64, V)>,
     /// (forget-at, key) in insertion order. A key inserted again leaves a stale pair behind;
     /// popping it removes nothing, because the map's forget-at no longer matches.
-    order: VecDeque<(Instant, K)>,
+    order: VecDeque<(u64, K)>,
+    epoch: Instant,
     cap: usize,
 }
 
@@ -48,12 +53,21 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
         Expiring {
             map: HashMap::new(),
             order: VecDeque::new(),
+            epoch: Instant::now(),
             cap,
         }
     }
 
+    /// `t` in milliseconds since the epoch, rounded up or down.
+    fn tick(&self, t: Instant, up: bool) -> u64 {
+        let d = t.saturating_duration_since(self.epoch);
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        ms.saturating_add(u64::from(up && !d.subsec_nanos().is_multiple_of(1_000_000)))
+    }
+
     /// Forgets entries whose time has passed, from the front; stops at the first live one.
     fn purge(&mut self, now: Instant) {
+        let now = self.tick(now, false);
         while let Some((at, _)) = self.order.front() {
             if *at > now {
                 break;
@@ -71,15 +85,30 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
     }
 
     fn live(&self, key: &K, now: Instant) -> Option<&V> {
+        let now = self.tick(now, false);
         self.map
             .get(key)
             .filter(|(at, _)| *at > now)
             .map(|(_, v)| v)
     }
 
+    /// [`Self::live`], to change.
+    fn live_mut<Q>(&mut self, key: &Q, now: Instant) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let now = self.tick(now, false);
+        self.map
+            .get_mut(key)
+            .filter(|(at, _)| *at > now)
+            .map(|(_, v)| v)
+    }
+
     fn insert(&mut self, key: K, forget_at: Instant, value: V) {
-        self.order.push_back((forget_at, key.clone()));
-        self.map.insert(key, (forget_at, value));
+        let at = self.tick(forget_at, true);
+        self.order.push_back((at, key.clone()));
+        self.map.insert(key, (at, value));
     }
 
     fn full(&self) -> bool {
@@ -89,8 +118,8 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
     /// Entries and bytes: the map's and the order's tables as allocated, plus `heap(k, v)`
     /// for what an entry points to.
     fn held(&self, holder: &'static str, heap: impl Fn(&K, &V) -> usize) -> Held {
-        let slot = std::mem::size_of::<(K, (Instant, V))>();
-        let order = std::mem::size_of::<(Instant, K)>();
+        let slot = std::mem::size_of::<(K, (u64, V))>();
+        let order = std::mem::size_of::<(u64, K)>();
         // Sampled (the first 64 entries, scaled), so a scrape never walks a full map.
         let sample: Vec<usize> = self
             .map
@@ -106,82 +135,6 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
             holder,
             entries: self.map.len(),
             bytes: table_bytes(self.map.capacity(), slot) + self.order.capacity() * order + heap,
-            capacity: table_bytes(self.cap, slot) + self.cap.next_power_of_two() * order,
-        }
-    }
-}
-
-/// Delivery digests and when each is forgotten, in whole seconds since the store began (rounded
-/// up), expiring from the front like [`Expiring`]. Every command and click passes through here
-/// and is remembered for minutes, so this is the largest map at load: 16 bytes an entry in
-/// each of its two tables, where an `Instant` (16 bytes alone) made them 24 (issue 23). A
-/// second's rounding is nothing against a redelivery window of minutes.
-struct Deliveries {
-    map: HashMap<u64, u32>,
-    order: VecDeque<(u32, u64)>,
-    epoch: Instant,
-    cap: usize,
-}
-
-impl Deliveries {
-    fn new(cap: usize) -> Self {
-        Deliveries {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            epoch: Instant::now(),
-            cap,
-        }
-    }
-
-    /// `t` in whole seconds since the epoch, rounded up or down.
-    fn secs(&self, t: Instant, up: bool) -> u32 {
-        let d = t.saturating_duration_since(self.epoch);
-        let s = d.as_secs() + u64::from(up && d.subsec_nanos() > 0);
-        u32::try_from(s).unwrap_or(u32::MAX)
-    }
-
-    fn purge(&mut self, now: Instant) {
-        let now = self.secs(now, false);
-        while let Some(&(at, _)) = self.order.front() {
-            if at > now {
-                break;
-            }
-            self.pop_front();
-        }
-    }
-
-    fn pop_front(&mut self) {
-        if let Some((at, key)) = self.order.pop_front() {
-            if self.map.get(&key) == Some(&at) {
-                self.map.remove(&key);
-            }
-        }
-    }
-
-    fn live(&self, key: u64, now: Instant) -> bool {
-        let now = self.secs(now, false);
-        self.map.get(&key).is_some_and(|&at| at > now)
-    }
-
-    fn insert(&mut self, key: u64, forget_at: Instant) {
-        let at = self.secs(forget_at, true);
-        self.order.push_back((at, key));
-        self.map.insert(key, at);
-    }
-
-    fn full(&self) -> bool {
-        self.map.len() >= self.cap
-    }
-
-    fn held(&self) -> Held {
-        let (slot, order) = (
-            std::mem::size_of::<(u64, u32)>(),
-            std::mem::size_of::<(u32, u64)>(),
-        );
-        Held {
-            holder: "deliveries",
-            entries: self.map.len(),
-            bytes: table_bytes(self.map.capacity(), slot) + self.order.capacity() * order,
             capacity: table_bytes(self.cap, slot) + self.cap.next_power_of_two() * order,
         }
     }
@@ -224,7 +177,7 @@ pub struct MemoryState {
     /// Delivery ids by digest (see [`MAX_DELIVERIES`]). The digest is keyed at random per
     /// process, so no one can choose two ids that collide; by chance, two of 100,000 live ids
     /// share a digest about once in 10^9 fills.
-    deliveries: Mutex<Deliveries>,
+    deliveries: Mutex<Expiring<u64, ()>>,
     digest: RandomState,
     limiter: RateLimiter,
     /// `/go/` records by their ids' keyed digests (never the ids).
@@ -238,7 +191,7 @@ impl MemoryState {
     /// A store whose rate limit allows `per_minute` requests per asker.
     pub fn new(per_minute: u32) -> Self {
         MemoryState {
-            deliveries: Mutex::new(Deliveries::new(MAX_DELIVERIES)),
+            deliveries: Mutex::new(Expiring::new(MAX_DELIVERIES)),
             digest: RandomState::new(),
             limiter: RateLimiter::new(per_minute),
             go: Mutex::new(Expiring::new(MAX_GO)),
@@ -284,13 +237,13 @@ impl MemoryState {
         let now = Instant::now();
         let mut seen = lock(&self.deliveries);
         seen.purge(now);
-        if seen.live(key, now) {
+        if seen.live(&key, now).is_some() {
             return false;
         }
         if seen.full() {
             seen.pop_front();
         }
-        seen.insert(key, now + ttl);
+        seen.insert(key, now + ttl, ());
         true
     }
 
@@ -333,12 +286,9 @@ impl MemoryState {
     ) -> Result<T, GoError> {
         let now = Instant::now();
         let mut go = lock(&self.go);
-        let Some((forget, entry)) = go.map.get_mut(name) else {
+        let Some(entry) = go.live_mut(name, now) else {
             return Err(GoError::Unknown);
         };
-        if *forget <= now {
-            return Err(GoError::Unknown);
-        }
         if entry.used {
             return Err(GoError::Used);
         }
@@ -401,17 +351,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[async_trait]
-impl SharedState for MemoryState {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
+impl Holds for MemoryState {
     fn held(&self, out: &mut Vec<Held>) {
-        fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-            m.lock().unwrap_or_else(|p| p.into_inner())
-        }
-        out.push(lock(&self.deliveries).held());
+        out.push(lock(&self.deliveries).held("deliveries", |_, _| 0));
         // A `/go/` record: its digest key and its sightings (each a client and a user agent).
         out.push(lock(&self.go).held("go_ids", |k, e| {
             k.len() + e.record.sightings.capacity() * 64
@@ -428,7 +370,14 @@ impl SharedState for MemoryState {
             capacity: MAX_JOBS * job,
         });
         drop(jobs);
-        self.limiter.held(out);
+        Holds::held(&self.limiter, out);
+    }
+}
+
+#[async_trait]
+impl SharedState for MemoryState {
+    fn kind(&self) -> &'static str {
+        "memory"
     }
 
     async fn claim_delivery(&self, id: &str, ttl: Duration) -> Delivery {

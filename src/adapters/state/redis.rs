@@ -430,15 +430,17 @@ fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
+/// Only the fallback is in this process.
+impl crate::core::held::Holds for RedisState {
+    fn held(&self, out: &mut Vec<crate::core::held::Held>) {
+        self.fallback.held(out);
+    }
+}
+
 #[async_trait]
 impl SharedState for RedisState {
     fn kind(&self) -> &'static str {
         "redis"
-    }
-
-    /// Only the fallback is in this process.
-    fn held(&self, out: &mut Vec<crate::core::held::Held>) {
-        self.fallback.held(out);
     }
 
     async fn claim_delivery(&self, id: &str, ttl: Duration) -> Delivery {

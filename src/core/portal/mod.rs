@@ -218,16 +218,6 @@ impl PortalService {
         self.search.as_ref()
     }
 
-    /// What the use case holds in memory (names, owners, the search index), for `/metrics`.
-    pub fn holders(self: &Arc<Self>) -> Vec<Arc<dyn crate::core::held::Holds>> {
-        let mut holders: Vec<Arc<dyn crate::core::held::Holds>> =
-            vec![self.names.clone(), Arc::new(OwnershipHeld(self.clone()))];
-        if let Some(search) = &self.search {
-            holders.push(search.clone());
-        }
-        holders
-    }
-
     /// The directory of `platform`'s chat, when its adapter registered one.
     pub fn directory(&self, platform: Platform) -> Option<Arc<dyn Directory>> {
         self.directories
@@ -371,7 +361,7 @@ impl PortalService {
                 Some(Target::EndUser(id)) => match self.find_instead(asker, id.as_str()).await {
                     Some(choices) if action == Action::Link => choices,
                     _ => {
-                        let reply = Box::pin(self.run(asker, id.clone(), None, action)).await;
+                        let reply = self.run(asker, id.clone(), None, action).await;
                         self.offer(asker, &id, action, reply)
                     }
                 },
@@ -394,7 +384,7 @@ impl PortalService {
         let reply = match self.admit(asker, action).await {
             Err(refusal) => Reply::Refused(refusal),
             Ok(()) => {
-                let reply = Box::pin(self.run(asker, id.clone(), None, action)).await;
+                let reply = self.run(asker, id.clone(), None, action).await;
                 self.offer(asker, &id, action, reply)
             }
         };
@@ -413,7 +403,7 @@ impl PortalService {
         };
         let reply = match self.admit(asker, Action::Go).await {
             Err(refusal) => Reply::Refused(refusal),
-            Ok(()) => Box::pin(self.run(asker, id, None, Action::Go)).await,
+            Ok(()) => self.run(asker, id, None, Action::Go).await,
         };
         self.finish(asker, Action::Go, audited, reply, started)
             .await
@@ -614,11 +604,17 @@ impl Audited {
         }
     }
 }
-/// The ownership caches, reached through the service that owns them.
-struct OwnershipHeld(Arc<PortalService>);
-
-impl crate::core::held::Holds for OwnershipHeld {
+/// What the use case holds in memory: names, owners, the search index.
+impl crate::core::held::Holds for PortalService {
     fn held(&self, out: &mut Vec<crate::core::held::Held>) {
-        crate::core::held::Holds::held(&self.0.ownership, out);
+        self.names.held(out);
+        self.ownership.held(out);
+        if let Some(search) = &self.search {
+            search.held(out);
+        }
+    }
+
+    fn counted(&self, out: &mut Vec<(&'static str, &'static str, u64)>) {
+        crate::core::held::Holds::counted(&*self.names, out);
     }
 }

@@ -122,10 +122,20 @@ impl PortalService {
 
     /// The Planhat round: access check and mint at once; a URL is kept only on "yes".
     ///
-    /// Callers box it (`Box::pin(self.run(..))`): its future, two Planhat calls side by side,
-    /// is about 8 KB, most of a request's, and each future enclosing it would otherwise be as
-    /// large and copy it as it starts (measured: about 28k instructions a command; issue 23).
+    /// Boxed here: the round's future, two Planhat calls side by side, is about 8 KB, most of
+    /// a request's, and each future enclosing it would otherwise be as large and copy it as it
+    /// starts (measured: about 28k instructions a command; issue 23).
     pub(super) async fn run(
+        &self,
+        asker: &Asker,
+        id: EndUserId,
+        who: Option<EndUserSummary>,
+        action: Action,
+    ) -> Reply {
+        Box::pin(self.round(asker, id, who, action)).await
+    }
+
+    async fn round(
         &self,
         asker: &Asker,
         id: EndUserId,
